@@ -1,0 +1,48 @@
+# Two entry points: `make demo` (the main job on the embedded default) and `make test` (the test suite).
+# Both create .venv and install what they need; everything runs offline on CPU.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+PYTEST_ARGS ?=
+
+# keep every tool off the network (the same switches medrov/env.py sets for the CLI)
+export YOLO_OFFLINE=1
+export YOLO_CONFIG_DIR=$(CURDIR)/.ultralytics
+export MLFLOW_DISABLE_TELEMETRY=true
+export PREFECT_SERVER_ANALYTICS_ENABLED=false
+export DVC_NO_ANALYTICS=1
+export RAY_USAGE_STATS_ENABLED=0
+export RAY_USAGE_STATS_REPORT_URL=http://127.0.0.1:9/
+export GX_ANALYTICS_ENABLED=false
+export HF_HUB_OFFLINE=1
+export DO_NOT_TRACK=1
+
+.PHONY: install demo test bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q -U pip wheel setuptools
+
+# torch first (from local disk here), then the project; the stamp re-installs when pyproject.toml changes
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q $(TORCH_SPEC)
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/dvc repro
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/dvc push -q
+	@echo "demo done: data/omnis (see data/omnis/convert_summary.json, quarantine.csv); dvc metrics show for the figures"
+
+test: install
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+bench: install
+	$(BIN)/python bench/convert.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ultralytics

@@ -1,0 +1,3 @@
+"""medrov: real-time open-vocabulary detection for medical images."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+from medrov.cli import main
+
+main()

@@ -1,0 +1,158 @@
+"""Typed parameters: the only reader of params.yaml.
+
+Every section is a pydantic model that rejects unknown keys, so a typo in params.yaml, a DVC ``-S`` override,
+a Prefect parameter or a Ray Tune search-space key fails loudly instead of being ignored. Overrides use the
+same dotted keys everywhere: ``data.workers=1``, ``data.ct_window=[-1000,1000]``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from medrov import paths
+from medrov.errors import ConfigError
+
+
+class Section(BaseModel):
+    """Base for every params section: unknown keys are errors, values are validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SplitParams(Section):
+    """Patient/volume-level split fractions; the split of a group is a hash of (seed, source, group)."""
+
+    train: float = Field(0.7, ge=0, le=1)
+    val: float = Field(0.15, ge=0, le=1)
+    test: float = Field(0.15, ge=0, le=1)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _fractions_sum_to_one(self) -> "SplitParams":
+        total = self.train + self.val + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"split fractions must sum to 1, got {total:g}")
+        return self
+
+
+class DataParams(Section):
+    """The ``data`` section: how raw sources become Omnis (the ``convert`` step)."""
+
+    sources: str = "data/sources.yaml"
+    out: str = "data/omnis"
+    workers: int = Field(2, ge=1)
+    ray_address: str | None = None
+    boxes: Literal["components", "slice"] = "components"
+    connectivity: Literal[1, 2] = 2
+    min_box_pixels: int = Field(1, ge=1)
+    skip_empty_slices: bool = True
+    keep_empty_images: bool = False
+    ct_window: tuple[float, float] = (-500.0, 1000.0)
+    mri_percentiles: tuple[float, float] = (0.5, 99.5)
+    png_compress_level: int = Field(1, ge=0, le=9)
+    split: SplitParams = SplitParams()
+
+    @model_validator(mode="after")
+    def _ordered_ranges(self) -> "DataParams":
+        if self.ct_window[0] >= self.ct_window[1]:
+            raise ValueError(f"ct_window must be [low, high] with low < high, got {list(self.ct_window)}")
+        lo, hi = self.mri_percentiles
+        if not 0 <= lo < hi <= 100:
+            raise ValueError(f"mri_percentiles must satisfy 0 <= low < high <= 100, got {[lo, hi]}")
+        return self
+
+
+class DemoParams(Section):
+    """The embedded synthetic multi-source generator used when no real data is at hand."""
+
+    out: str = "data/raw/synthetic"
+    seed: int = 0
+    ct_volumes: int = Field(6, ge=1)
+    mri_volumes: int = Field(4, ge=1)
+    volume_shape: tuple[int, int, int] = (96, 96, 24)
+    xray_images: int = Field(16, ge=1)
+    microscopy_images: int = Field(16, ge=1)
+    endoscopy_images: int = Field(12, ge=1)
+    image_size: int = Field(128, ge=64)
+
+
+class Params(Section):
+    """All of params.yaml."""
+
+    data: DataParams = DataParams()
+    demo: DemoParams = DemoParams()
+
+
+def _parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} must look like section.key=value")
+    key, raw = item.split("=", 1)
+    keys = [k for k in key.strip().split(".") if k]
+    if not keys:
+        raise ConfigError(f"override {item!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {item!r}: value is not valid YAML ({exc})") from exc
+    return keys, value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """Apply dotted ``a.b=c`` overrides to a raw params mapping (values are parsed as YAML)."""
+    out = yaml.safe_load(yaml.safe_dump(raw)) or {}
+    for item in overrides:
+        keys, value = _parse_override(item)
+        node = out
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {k!r} is not a section")
+        node[keys[-1]] = value
+    return out
+
+
+def default_params_path() -> Path:
+    return paths.project_root() / "params.yaml"
+
+
+def load_params(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Params:
+    """Read params.yaml (default: the project's), apply overrides, validate.
+
+    Raises:
+        ConfigError: the file is missing or malformed, a key is unknown or a value is out of range.
+    """
+    file = Path(path) if path else default_params_path()
+    raw: dict[str, Any] = {}
+    if file.is_file():
+        try:
+            raw = yaml.safe_load(file.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"not valid YAML: {exc}", file) from exc
+    elif path is not None:
+        raise ConfigError("params file not found", file)
+    if not isinstance(raw, dict):
+        raise ConfigError("params must be a mapping of sections", file)
+    raw = apply_overrides(raw, overrides)
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(problems, file) from exc
+
+
+def flatten(params: BaseModel, prefix: str = "") -> dict[str, Any]:
+    """Dotted-key view of a params model (for logging to trackers)."""
+    flat: dict[str, Any] = {}
+    for key, value in params:
+        name = f"{prefix}{key}"
+        if isinstance(value, BaseModel):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = list(value) if isinstance(value, tuple) else value
+    return flat

@@ -1,0 +1,1 @@
+"""Omnis data layer: normalise, slice, box, convert, presence matrix, demo sources."""

@@ -1,0 +1,528 @@
+"""One adapter per annotation family, all behind one interface.
+
+``enumerate_items(source)`` finds the inputs of a source on disk (cheap, in the main process) and returns the
+items to convert plus the inputs that cannot even become an item (an image with no annotation file...).
+``load_samples(source, item, params)`` runs in a worker: it reads one item and returns 2D samples (8-bit
+image, boxes with canonical class names, geometry) or raises :class:`SourceReadError`. An item is converted
+whole or quarantined whole.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import json
+import re
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medrov.config import DataParams
+from medrov.data.boxes import Box, check_box, mask_to_boxes
+from medrov.data.normalise import normalise_volume, to_uint8_image
+from medrov.data.sources import ResolvedSource
+from medrov.errors import SourceReadError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+VOLUME_SUFFIXES = (".nii", ".nii.gz")
+
+
+@dataclass
+class Item:
+    """One input unit of a source: converted whole or quarantined whole."""
+
+    source: str
+    item_id: str
+    inputs: list[str]
+    group: str
+    spec: dict[str, Any] = field(default_factory=dict)
+    split: str | None = None
+
+
+@dataclass
+class Sample:
+    """One 2D image ready to write, with its boxes and where it came from."""
+
+    suffix: str
+    image: np.ndarray
+    boxes: list[Box]
+    slice_index: int = -1
+    spacing: tuple[float, float, float] = (float("nan"), float("nan"), float("nan"))
+
+
+@dataclass
+class Skipped:
+    """An input found on disk that cannot become an item."""
+
+    input: str
+    reason: str
+
+
+def safe_id(relative: str) -> str:
+    """A filesystem-safe, stable id from a path relative to the source root."""
+    stem = relative
+    for suffix in (*VOLUME_SUFFIXES, *IMAGE_SUFFIXES, ".xml", ".txt", ".dcm"):
+        if stem.lower().endswith(suffix):
+            stem = stem[: -len(suffix)]
+            break
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", stem.strip("/").replace("/", "__")) or "item"
+
+
+def _group(source: ResolvedSource, item_id: str, fallback: str | None = None) -> str:
+    """Patient/volume group used for splitting: the regex group ``patient`` (or group 1) of the item id."""
+    pattern = source.spec.patient_pattern
+    if pattern:
+        match = re.search(pattern, item_id)
+        if match:
+            return match.groupdict().get("patient") or match.group(1 if match.groups() else 0)
+    return fallback or item_id
+
+
+def _glob(source: ResolvedSource, pattern: str) -> list[Path]:
+    return sorted(Path(p) for p in glob.glob(str(source.root / pattern), recursive=True))
+
+
+def _template(pattern: str, rel: Path) -> str:
+    """Fill ``{stem}``, ``{name}``, ``{parent}`` and ``{rel}`` (relative path without suffix)."""
+    name = rel.name
+    stem = name
+    for suffix in (*VOLUME_SUFFIXES, *IMAGE_SUFFIXES):
+        if stem.lower().endswith(suffix):
+            stem = stem[: -len(suffix)]
+            break
+    return pattern.format(stem=stem, name=name, parent=str(rel.parent), rel=str(rel.parent / stem))
+
+
+def _map_class(source: ResolvedSource, native: str, where: str) -> str | None:
+    """Canonical class for a native label; unknown labels are an error naming the file."""
+    if native in source.class_map:
+        return source.class_map[native]
+    raise SourceReadError(
+        f"unknown label {native!r} (source {source.name} maps {sorted(source.class_map) or 'no labels'})", where
+    )
+
+
+def _read_image(path: Path) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            img.load()
+            if img.mode in ("P", "PA", "LA", "CMYK", "YCbCr"):
+                img = img.convert("RGB")
+            array = np.asarray(img)
+    except FileNotFoundError as exc:
+        raise SourceReadError("image file not found", path) from exc
+    except (OSError, UnidentifiedImageError, ValueError) as exc:
+        raise SourceReadError(f"cannot read image ({type(exc).__name__}: {exc})", path) from exc
+    if array.ndim not in (2, 3) or array.size == 0:
+        raise SourceReadError(f"unexpected image shape {array.shape}", path)
+    if np.issubdtype(array.dtype, np.floating) and not np.all(np.isfinite(array)):
+        raise SourceReadError("image has NaN or inf pixels", path)
+    return array
+
+
+def _checked_boxes(raw: list[Box], width: int, height: int, where: str, notes: list[dict]) -> list[Box]:
+    """Apply :func:`check_box`; repaired or dropped boxes are recorded in ``notes`` (they go to the quarantine report)."""
+    kept = []
+    for box in raw:
+        fixed, problem = check_box(box, width, height)
+        if problem:
+            notes.append({"input": str(where), "reason": problem, "action": "clipped" if fixed else "dropped"})
+        if fixed is not None:
+            kept.append(fixed)
+    return kept
+
+
+def _require_objects(boxes: list[Box], where: str, params: DataParams, what: str = "no objects") -> None:
+    if not boxes and not params.keep_empty_images:
+        raise SourceReadError(f"empty annotation: {what}", where)
+
+
+# ---------------------------------------------------------------- volumes (NIfTI / DICOM + label volume)
+
+
+def enumerate_volume(source: ResolvedSource) -> tuple[list[Item], list[Skipped]]:
+    items, skipped = [], []
+    pairs: list[tuple[Path, Path, str | None]] = []
+    for case in source.spec.cases:
+        pairs.append((source.path(case.image), source.path(case.label), case.patient))
+    if source.spec.images:
+        if not source.spec.labels:
+            raise SourceReadError(f"source {source.name}: 'images' needs a 'labels' template", source.root)
+        for image in _glob(source, source.spec.images):
+            rel = image.relative_to(source.root)
+            pairs.append((image, source.path(_template(source.spec.labels, rel)), None))
+    for image, label, patient in pairs:
+        rel = str(image.relative_to(source.root)) if image.is_relative_to(source.root) else image.name
+        item_id = safe_id(rel)
+        if not label.exists():
+            skipped.append(Skipped(str(image), f"no label volume: expected {label}"))
+            continue
+        items.append(Item(source.name, item_id, [str(image), str(label)], patient or _group(source, item_id)))
+    return items, skipped
+
+
+def _affines_match(a: np.ndarray, b: np.ndarray, spacing: tuple[float, ...]) -> bool:
+    tol = 0.01 * max(min(spacing), 1e-3)
+    return np.allclose(a[:3, :3], b[:3, :3], atol=tol) and np.allclose(a[:3, 3], b[:3, 3], atol=max(0.5 * min(spacing), 1e-3))
+
+
+def load_volume(source: ResolvedSource, item: Item, params: DataParams) -> tuple[list[Sample], list[dict]]:
+    from medrov.io.volume import read_volume, reorient
+
+    image_path, label_path = Path(item.inputs[0]), Path(item.inputs[1])
+    image = reorient(read_volume(image_path))
+    label = reorient(read_volume(label_path))
+    if image.array.shape != label.array.shape:
+        raise SourceReadError(
+            f"image/mask shape mismatch: image {image.array.shape} vs mask {label.array.shape} ({label_path.name})",
+            image_path,
+        )
+    if not _affines_match(image.affine, label.affine, image.spacing):
+        raise SourceReadError(f"image/mask affine mismatch with {label_path.name}: they are not on the same grid", image_path)
+    lab = label.array
+    if np.issubdtype(lab.dtype, np.floating):
+        if not np.all(np.isfinite(lab)) or not np.array_equal(lab, np.round(lab)):
+            raise SourceReadError("label volume has non-integer values", label_path)
+        lab = lab.astype(np.int32)
+    if lab.dtype.kind not in "iub":
+        raise SourceReadError(f"label volume has unsupported type {lab.dtype}", label_path)
+    # (x, y, z) -> (z, y, x), one copy: each slice is then a contiguous (rows, cols) image whose rows run
+    # anterior->posterior and columns patient right->left (the radiological view of an LPS volume)
+    lab = np.ascontiguousarray(lab.transpose(2, 1, 0))
+    if lab.dtype.kind == "i" and lab.min() < 0:
+        raise SourceReadError(f"negative label ids (min {int(lab.min())})", label_path)
+    counts = np.bincount(lab.ravel())
+    ids = np.flatnonzero(counts[1:]) + 1
+    if ids.size == 0:
+        raise SourceReadError("empty mask: the label volume has no foreground voxels", label_path)
+    unknown = [int(i) for i in ids if str(int(i)) not in source.class_map]
+    if unknown:
+        raise SourceReadError(f"unknown label ids {unknown} (not in the label map of source {source.name})", label_path)
+    ignored = [int(i) for i in ids if source.class_map[str(int(i))] is None]
+    if ignored:
+        lab = np.where(np.isin(lab, ignored), 0, lab)
+    spec = source.spec
+    pixels = normalise_volume(
+        image.array,
+        source.modality,
+        spec.ct_window or params.ct_window,
+        spec.mri_percentiles or params.mri_percentiles,
+    )
+    pixels = np.ascontiguousarray(pixels.transpose(2, 1, 0))
+    mode = spec.boxes or params.boxes
+    skip_empty = params.skip_empty_slices if spec.skip_empty_slices is None else spec.skip_empty_slices
+    sx, sy, sz = image.spacing
+    samples = []
+    occupied = lab.reshape(lab.shape[0], -1).any(axis=1)
+    for k in range(lab.shape[0]):
+        if skip_empty and not occupied[k]:
+            continue
+        boxes = [
+            Box(source.class_map[str(idx)], b.x0, b.y0, b.x1, b.y1)
+            for idx, b in mask_to_boxes(lab[k], mode, params.connectivity, params.min_box_pixels)
+        ]
+        if skip_empty and not boxes:
+            continue
+        samples.append(Sample(f"_z{k:04d}", pixels[k], boxes, k, (sx, sy, sz)))
+    if not samples and not params.keep_empty_images:
+        raise SourceReadError(f"no slice has an object of size >= {params.min_box_pixels} px", label_path)
+    return samples, []
+
+
+# ---------------------------------------------------------------- 2D image + per-class binary masks
+
+
+def enumerate_mask2d(source: ResolvedSource) -> tuple[list[Item], list[Skipped]]:
+    spec = source.spec
+    if not spec.images or not spec.labels or "{class}" not in spec.labels:
+        raise SourceReadError(
+            f"source {source.name}: mask2d needs 'images' (glob) and 'labels' with a {{class}} placeholder", source.root
+        )
+    items, skipped = [], []
+    for image in _glob(source, spec.images):
+        rel = image.relative_to(source.root)
+        masks = {}
+        for native in source.class_map:
+            candidate = source.path(_template(spec.labels.replace("{class}", "{{class}}"), rel).replace("{class}", native))
+            if candidate.exists():
+                masks[native] = str(candidate)
+        if not masks:
+            skipped.append(Skipped(str(image), f"no mask file matches {spec.labels}"))
+            continue
+        item_id = safe_id(str(rel))
+        items.append(Item(source.name, item_id, [str(image), *masks.values()], _group(source, item_id), {"masks": masks}))
+    return items, skipped
+
+
+def load_mask2d(source: ResolvedSource, item: Item, params: DataParams) -> tuple[list[Sample], list[dict]]:
+    image_path = Path(item.inputs[0])
+    pixels = to_uint8_image(_read_image(image_path), params.mri_percentiles)
+    height, width = pixels.shape[:2]
+    mode = source.spec.boxes or params.boxes
+    boxes: list[Box] = []
+    for native, mask_file in item.spec["masks"].items():
+        mask = _read_image(Path(mask_file))
+        if mask.ndim == 3:
+            mask = mask.max(axis=2)
+        if mask.shape != (height, width):
+            raise SourceReadError(f"image/mask shape mismatch: image {(height, width)} vs mask {mask.shape}", mask_file)
+        target = source.class_map[native]
+        if target is None:
+            continue
+        for _, b in mask_to_boxes((mask > 0).astype(np.uint8), mode, params.connectivity, params.min_box_pixels):
+            boxes.append(Box(target, b.x0, b.y0, b.x1, b.y1))
+    _require_objects(boxes, item.inputs[0], params, "every mask is empty")
+    return [Sample("", pixels, boxes)], []
+
+
+# ---------------------------------------------------------------- Pascal VOC XML
+
+
+def _voc_image(source: ResolvedSource, xml_path: Path, filename: str | None) -> Path:
+    images_dir = source.path(source.spec.images or "JPEGImages")
+    if filename:
+        candidate = images_dir / filename
+        if candidate.exists():
+            return candidate
+    for suffix in IMAGE_SUFFIXES:
+        candidate = images_dir / f"{xml_path.stem}{suffix}"
+        if candidate.exists():
+            return candidate
+    return images_dir / (filename or f"{xml_path.stem}.jpg")
+
+
+def _imagesets(source: ResolvedSource) -> dict[str, str]:
+    split_of = {}
+    folder = source.root / "ImageSets" / "Main"
+    for split in ("train", "val", "test"):
+        file = folder / f"{split}.txt"
+        if file.exists():
+            for line in file.read_text().split():
+                split_of[line.strip()] = split
+    return split_of
+
+
+def enumerate_voc(source: ResolvedSource) -> tuple[list[Item], list[Skipped]]:
+    ann_dir = source.path(source.spec.annotations or "Annotations")
+    items, skipped = [], []
+    split_of = _imagesets(source) if source.spec.split == "imagesets" else {}
+    seen_images = set()
+    for xml_path in sorted(ann_dir.glob("*.xml")):
+        filename = None
+        try:
+            filename = (ET.parse(xml_path).getroot().findtext("filename") or "").strip() or None
+        except ET.ParseError:
+            pass  # reported by load_voc with the parser's message
+        image = _voc_image(source, xml_path, filename)
+        seen_images.add(image.resolve())
+        item_id = safe_id(xml_path.stem)
+        split = split_of.get(xml_path.stem) if split_of else None
+        if split_of and split is None:
+            skipped.append(Skipped(str(xml_path), "not listed in any ImageSets/Main split file"))
+            continue
+        items.append(Item(source.name, item_id, [str(image), str(xml_path)], _group(source, item_id), split=split))
+    images_dir = source.path(source.spec.images or "JPEGImages")
+    for image in sorted(images_dir.glob("*")) if images_dir.is_dir() else []:
+        if image.suffix.lower() in IMAGE_SUFFIXES and image.resolve() not in seen_images:
+            skipped.append(Skipped(str(image), "image has no annotation XML"))
+    return items, skipped
+
+
+def load_voc(source: ResolvedSource, item: Item, params: DataParams) -> tuple[list[Sample], list[dict]]:
+    image_path, xml_path = Path(item.inputs[0]), item.inputs[1]
+    try:
+        root = ET.parse(xml_path).getroot()
+    except ET.ParseError as exc:
+        raise SourceReadError(f"malformed XML ({exc})", xml_path) from exc
+    pixels = to_uint8_image(_read_image(image_path), params.mri_percentiles)
+    height, width = pixels.shape[:2]
+    raw = []
+    for obj in root.iter("object"):
+        name = (obj.findtext("name") or "").strip()
+        target = _map_class(source, name, xml_path)
+        bnd = obj.find("bndbox")
+        if bnd is None:
+            raise SourceReadError(f"object {name!r} has no bndbox", xml_path)
+        try:
+            xmin, ymin, xmax, ymax = (float(bnd.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
+        except (TypeError, ValueError) as exc:
+            raise SourceReadError(f"object {name!r} has a non-numeric bndbox", xml_path) from exc
+        if target is None:
+            continue
+        if xmax <= xmin or ymax <= ymin:
+            # a point or inverted box in the annotation itself (BCCD has two): keep it degenerate so it is reported
+            raw.append(Box(target, xmin, ymin, xmax, ymax))
+        else:
+            # VOC coordinates are 1-based inclusive pixel indices: edges are (xmin - 1, xmax)
+            raw.append(Box(target, xmin - 1, ymin - 1, xmax, ymax))
+    notes: list[dict] = []
+    boxes = _checked_boxes(raw, width, height, xml_path, notes)
+    _require_objects(boxes, xml_path, params)
+    return [Sample("", pixels, boxes)], notes
+
+
+# ---------------------------------------------------------------- COCO JSON
+
+
+def enumerate_coco(source: ResolvedSource) -> tuple[list[Item], list[Skipped]]:
+    ann_file = source.path(source.spec.annotations or "annotations.json")
+    try:
+        data = json.loads(ann_file.read_text())
+        categories = {int(c["id"]): str(c["name"]) for c in data.get("categories", [])}
+        images = {int(im["id"]): im for im in data["images"]}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise SourceReadError(f"cannot read COCO JSON ({type(exc).__name__}: {exc})", ann_file) from exc
+    per_image: dict[int, list[dict]] = {i: [] for i in images}
+    skipped = []
+    for ann in data.get("annotations", []):
+        image_id = ann.get("image_id")
+        if image_id not in per_image:
+            skipped.append(Skipped(f"{ann_file}#annotation{ann.get('id')}", f"refers to unknown image id {image_id}"))
+            continue
+        per_image[image_id].append(
+            {"category": categories.get(int(ann.get("category_id", -1)), str(ann.get("category_id"))), "bbox": ann.get("bbox")}
+        )
+    images_dir = source.path(source.spec.images or "images")
+    items = []
+    for image_id, meta in sorted(images.items()):
+        file_name = str(meta.get("file_name", ""))
+        item_id = safe_id(file_name)
+        spec = {"annotations": per_image[image_id], "width": meta.get("width"), "height": meta.get("height")}
+        items.append(Item(source.name, item_id, [str(images_dir / file_name)], _group(source, item_id), spec))
+    return items, skipped
+
+
+def load_coco(source: ResolvedSource, item: Item, params: DataParams) -> tuple[list[Sample], list[dict]]:
+    image_path = Path(item.inputs[0])
+    pixels = to_uint8_image(_read_image(image_path), params.mri_percentiles)
+    height, width = pixels.shape[:2]
+    declared = (item.spec.get("width"), item.spec.get("height"))
+    if all(declared) and (int(declared[0]), int(declared[1])) != (width, height):
+        raise SourceReadError(f"COCO says {declared[0]}x{declared[1]} but the image is {width}x{height}", image_path)
+    raw = []
+    for ann in item.spec["annotations"]:
+        target = _map_class(source, ann["category"], str(image_path))
+        bbox = ann["bbox"]
+        if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
+            raise SourceReadError(f"annotation bbox {bbox!r} is not [x, y, w, h]", image_path)
+        if target is not None:
+            x, y, w, h = (float(v) for v in bbox)
+            raw.append(Box(target, x, y, x + w, y + h))
+    notes: list[dict] = []
+    boxes = _checked_boxes(raw, width, height, str(image_path), notes)
+    _require_objects(boxes, str(image_path), params)
+    return [Sample("", pixels, boxes)], notes
+
+
+# ---------------------------------------------------------------- CSV of boxes
+
+
+def enumerate_csv(source: ResolvedSource) -> tuple[list[Item], list[Skipped]]:
+    csv_file = source.path(source.spec.annotations or "boxes.csv")
+    cols = source.spec.csv_columns
+    rows_by_image: dict[str, list[dict]] = {}
+    skipped = []
+    try:
+        with open(csv_file, newline="") as fh:
+            reader = csv.DictReader(fh)
+            needed = {cols.image, cols.label, cols.x0, cols.y0, cols.x1, cols.y1}
+            missing = needed - set(reader.fieldnames or [])
+            if missing:
+                raise SourceReadError(f"CSV lacks columns {sorted(missing)}", csv_file)
+            for line_no, row in enumerate(reader, start=2):
+                if not row.get(cols.image):
+                    skipped.append(Skipped(f"{csv_file}:{line_no}", "row has no image name"))
+                    continue
+                rows_by_image.setdefault(row[cols.image], []).append(
+                    {"line": line_no, "label": row[cols.label], "coords": [row[cols.x0], row[cols.y0], row[cols.x1], row[cols.y1]]}
+                )
+    except OSError as exc:
+        raise SourceReadError(f"cannot read CSV ({exc})", csv_file) from exc
+    images_dir = source.path(source.spec.images or ".")
+    items = []
+    for name, rows in sorted(rows_by_image.items()):
+        item_id = safe_id(name)
+        items.append(Item(source.name, item_id, [str(images_dir / name)], _group(source, item_id), {"rows": rows, "csv": str(csv_file)}))
+    return items, skipped
+
+
+def load_csv(source: ResolvedSource, item: Item, params: DataParams) -> tuple[list[Sample], list[dict]]:
+    image_path = Path(item.inputs[0])
+    pixels = to_uint8_image(_read_image(image_path), params.mri_percentiles)
+    height, width = pixels.shape[:2]
+    raw = []
+    where = item.spec["csv"]
+    for row in item.spec["rows"]:
+        target = _map_class(source, row["label"], f"{where}:{row['line']}")
+        try:
+            a, b, c, d = (float(v) for v in row["coords"])
+        except (TypeError, ValueError) as exc:
+            raise SourceReadError(f"line {row['line']}: non-numeric box {row['coords']}", where) from exc
+        if target is not None:
+            raw.append(Box(target, a, b, a + c, b + d) if source.spec.csv_box == "xywh" else Box(target, a, b, c, d))
+    notes: list[dict] = []
+    boxes = _checked_boxes(raw, width, height, str(image_path), notes)
+    _require_objects(boxes, str(image_path), params)
+    return [Sample("", pixels, boxes)], notes
+
+
+# ---------------------------------------------------------------- existing YOLO txt
+
+
+def enumerate_yolo(source: ResolvedSource) -> tuple[list[Item], list[Skipped]]:
+    pattern = source.spec.images or "images/**/*"
+    labels = source.spec.labels or "labels/{stem}.txt"
+    items, skipped = [], []
+    for image in _glob(source, pattern):
+        if image.suffix.lower() not in IMAGE_SUFFIXES:
+            continue
+        rel = image.relative_to(source.root)
+        label = source.path(_template(labels, rel))
+        if not label.exists():
+            skipped.append(Skipped(str(image), f"no YOLO label file: expected {label}"))
+            continue
+        item_id = safe_id(str(rel))
+        items.append(Item(source.name, item_id, [str(image), str(label)], _group(source, item_id)))
+    return items, skipped
+
+
+def load_yolo(source: ResolvedSource, item: Item, params: DataParams) -> tuple[list[Sample], list[dict]]:
+    image_path, label_path = Path(item.inputs[0]), item.inputs[1]
+    pixels = to_uint8_image(_read_image(image_path), params.mri_percentiles)
+    height, width = pixels.shape[:2]
+    names = source.spec.classes
+    raw = []
+    for line_no, line in enumerate(Path(label_path).read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        parts = line.split()
+        try:
+            cls, xc, yc, bw, bh = int(parts[0]), *(float(v) for v in parts[1:5])
+        except (ValueError, IndexError) as exc:
+            raise SourceReadError(f"line {line_no}: expected 'class xc yc w h', got {line.strip()!r}", label_path) from exc
+        if len(parts) != 5:
+            raise SourceReadError(f"line {line_no}: expected 5 numbers, got {len(parts)}", label_path)
+        if not 0 <= cls < len(names):
+            raise SourceReadError(f"line {line_no}: unknown class id {cls} (source lists {len(names)} classes)", label_path)
+        target = _map_class(source, names[cls], label_path)
+        if target is not None:
+            raw.append(Box(target, (xc - bw / 2) * width, (yc - bh / 2) * height, (xc + bw / 2) * width, (yc + bh / 2) * height))
+    notes: list[dict] = []
+    boxes = _checked_boxes(raw, width, height, label_path, notes)
+    _require_objects(boxes, label_path, params)
+    return [Sample("", pixels, boxes)], notes
+
+
+ADAPTERS = {
+    "volume": (enumerate_volume, load_volume),
+    "mask2d": (enumerate_mask2d, load_mask2d),
+    "voc": (enumerate_voc, load_voc),
+    "coco": (enumerate_coco, load_coco),
+    "csv": (enumerate_csv, load_csv),
+    "yolo": (enumerate_yolo, load_yolo),
+}

@@ -1,0 +1,26 @@
+"""One exception type per failure family; each carries the file and the reason."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class MedrovError(Exception):
+    """Base class: ``str(err)`` is one readable line naming the file (when there is one) and the reason."""
+
+    def __init__(self, reason: str, path: str | Path | None = None):
+        self.reason = reason
+        self.path = str(path) if path is not None else None
+        super().__init__(f"{self.path}: {reason}" if self.path else reason)
+
+
+class ConfigError(MedrovError):
+    """params.yaml, a sources file or an override is invalid."""
+
+
+class SourceReadError(MedrovError):
+    """An input file cannot be read or makes no sense (corrupt, NaN voxels, mismatched mask...)."""
+
+
+class ValidationFailed(MedrovError):
+    """The converted dataset failed hard data-quality expectations."""

@@ -1,0 +1,187 @@
+"""3D volumes (NIfTI via nibabel, DICOM series via pydicom) with explicit geometry."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medrov.errors import SourceReadError
+
+# Orientation every volume is brought to before slicing. Axial slices of an LPS array, transposed, display in
+# the radiological convention: patient anterior at the top, patient right on the left of the image.
+SLICE_AXCODES = ("L", "P", "S")
+
+
+@dataclass
+class Volume:
+    """A 3D array with the voxel-to-world (RAS+, mm) affine that places it."""
+
+    array: np.ndarray
+    affine: np.ndarray
+    path: Path
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        """Voxel size in mm along each array axis."""
+        return tuple(float(s) for s in np.sqrt((self.affine[:3, :3] ** 2).sum(axis=0)))
+
+    @property
+    def axcodes(self) -> tuple[str, str, str]:
+        import nibabel as nib
+
+        return tuple(nib.aff2axcodes(self.affine))
+
+
+def reorient(volume: Volume, axcodes: tuple[str, str, str] = SLICE_AXCODES) -> Volume:
+    """Permute/flip the array so its axes follow ``axcodes``, using the affine (not the array order)."""
+    import nibabel.orientations as nio
+
+    current = nio.io_orientation(volume.affine)
+    transform = nio.ornt_transform(current, nio.axcodes2ornt(axcodes))
+    array = nio.apply_orientation(volume.array, transform)
+    affine = volume.affine @ nio.inv_ornt_aff(transform, volume.array.shape)
+    return Volume(array, affine, volume.path, dict(volume.meta))
+
+
+def _as_3d(array: np.ndarray, path: Path) -> np.ndarray:
+    if array.ndim == 4 and array.shape[3] == 1:
+        return array[..., 0]
+    if array.ndim == 2:
+        return array[..., None]
+    if array.ndim != 3:
+        raise SourceReadError(
+            f"{array.ndim}D volume of shape {tuple(array.shape)} is not supported: give one 3D volume per file",
+            path,
+        )
+    return array
+
+
+def _check_finite(array: np.ndarray, path: Path) -> None:
+    if np.issubdtype(array.dtype, np.floating):
+        bad = int(np.count_nonzero(~np.isfinite(array)))
+        if bad:
+            raise SourceReadError(f"{bad} of {array.size} voxels are NaN or inf", path)
+
+
+def read_nifti(path: str | Path) -> Volume:
+    """Read a NIfTI-1/2 file (``.nii`` or ``.nii.gz``) with nibabel."""
+    import nibabel as nib
+
+    path = Path(path)
+    try:
+        img = nib.load(str(path))
+        array = np.asanyarray(img.dataobj)
+    except Exception as exc:  # nibabel raises many types for corrupt/truncated files
+        raise SourceReadError(f"cannot read NIfTI ({type(exc).__name__}: {exc})", path) from exc
+    array = _as_3d(array, path)
+    _check_finite(array, path)
+    affine = np.asarray(img.affine, dtype=np.float64)
+    if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-9:
+        raise SourceReadError("affine is singular or not finite", path)
+    return Volume(array, affine, path, {"format": "nifti"})
+
+
+def _dicom_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+
+
+def read_dicom_series(path: str | Path) -> Volume:
+    """Read one DICOM series (a folder of single-frame slices, or one file) into a RAS+ volume.
+
+    Slices are ordered by their position along the slice normal (not by file name or InstanceNumber), and
+    rescale slope/intercept are applied, so CT values are in HU.
+    """
+    import pydicom
+
+    folder = Path(path)
+    if folder.is_dir():
+        files = _dicom_files(folder)
+    elif folder.is_file():
+        files = [folder]
+    else:
+        raise SourceReadError("DICOM path not found", folder)
+    slices = []
+    for file in files:
+        try:
+            ds = pydicom.dcmread(file)
+        except Exception as exc:
+            raise SourceReadError(f"cannot read DICOM file {file.name} ({type(exc).__name__}: {exc})", folder) from exc
+        if "PixelData" in ds:
+            if int(ds.get("NumberOfFrames", 1) or 1) > 1:
+                raise SourceReadError(f"multi-frame DICOM {file.name} is not supported: give single-frame slices", folder)
+            slices.append((file, ds))
+    if not slices:
+        raise SourceReadError("no DICOM slice with pixel data in the folder", folder)
+    series = {str(ds.get("SeriesInstanceUID", "")) for _, ds in slices}
+    if len(series) > 1:
+        raise SourceReadError(f"{len(series)} series in one folder: give one series per folder", folder)
+    try:
+        iop = np.asarray(slices[0][1].ImageOrientationPatient, dtype=np.float64)
+        row_spacing, col_spacing = (float(v) for v in slices[0][1].PixelSpacing)
+    except AttributeError as exc:
+        raise SourceReadError(f"missing geometry tag ({exc})", folder) from exc
+    normal = np.cross(iop[:3], iop[3:])
+    positions = [float(np.dot(np.asarray(ds.ImagePositionPatient, dtype=np.float64), normal)) for _, ds in slices]
+    order = np.argsort(positions)
+    slices = [slices[i] for i in order]
+    positions = [positions[i] for i in order]
+    gaps = np.diff(positions)
+    if len(gaps) and (np.any(gaps < 1e-3) or np.ptp(gaps) > 0.01 * max(abs(float(np.median(gaps))), 1e-3) + 1e-3):
+        raise SourceReadError(
+            f"irregular slice positions (gaps {np.min(gaps):.3g}..{np.max(gaps):.3g} mm): missing or duplicate slices",
+            folder,
+        )
+    frames = []
+    for file, ds in slices:
+        try:
+            pixels = ds.pixel_array
+        except Exception as exc:
+            raise SourceReadError(f"cannot decode pixels of {file.name} ({type(exc).__name__}: {exc})", folder) from exc
+        slope = float(ds.get("RescaleSlope", 1) or 1)
+        intercept = float(ds.get("RescaleIntercept", 0) or 0)
+        # (rows, cols) -> (cols, rows): array axis 0 then runs along a row, matching IOP's first vector
+        frames.append((pixels.astype(np.float32) * slope + intercept).T)
+    shapes = {f.shape for f in frames}
+    if len(shapes) > 1:
+        raise SourceReadError(f"slices of different sizes {sorted(shapes)}", folder)
+    array = np.stack(frames, axis=-1)
+    step = (
+        (np.asarray(slices[-1][1].ImagePositionPatient, dtype=np.float64) - np.asarray(slices[0][1].ImagePositionPatient, dtype=np.float64))
+        / (len(slices) - 1)
+        if len(slices) > 1
+        else normal * float(slices[0][1].get("SliceThickness", 1) or 1)
+    )
+    lps = np.eye(4)
+    lps[:3, 0] = iop[:3] * col_spacing
+    lps[:3, 1] = iop[3:] * row_spacing
+    lps[:3, 2] = step
+    lps[:3, 3] = np.asarray(slices[0][1].ImagePositionPatient, dtype=np.float64)
+    # DICOM patient space is LPS+; NIfTI and everything downstream use RAS+
+    affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
+    first = slices[0][1]
+    meta = {
+        "format": "dicom",
+        "modality": str(first.get("Modality", "")),
+        "patient_id": str(first.get("PatientID", "")),
+        "series_uid": next(iter(series)),
+    }
+    return Volume(array, affine, folder, meta)
+
+
+def read_volume(path: str | Path) -> Volume:
+    """Read a NIfTI file or a DICOM series folder (or a single DICOM file), chosen by the path."""
+    path = Path(path)
+    if not path.exists():
+        raise SourceReadError("file not found", path)
+    if path.is_dir():
+        return read_dicom_series(path)
+    name = path.name.lower()
+    if name.endswith((".nii", ".nii.gz", ".img", ".hdr")):
+        return read_nifti(path)
+    if name.endswith(".dcm"):
+        return read_dicom_series(path)
+    raise SourceReadError("unknown volume format (expected .nii, .nii.gz, a .dcm file or a DICOM folder)", path)

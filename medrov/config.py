@@ -80,11 +80,33 @@ class DemoParams(Section):
     image_size: int = Field(128, ge=64)
 
 
+class ValidateParams(Section):
+    """The ``validate`` section: hard expectations fail the gate; distribution checks only warn."""
+
+    data: str = "data/omnis"
+    report: str | None = "reports/validate"
+    coord_tolerance: float = Field(1e-4, ge=0, le=0.01)
+    check_pixels: bool = True
+    class_share: tuple[float, float] = (0.0, 0.95)
+    class_share_per_source: dict[str, tuple[float, float]] = {}
+    box_size_mad: float = Field(5.0, gt=0)
+
+    @model_validator(mode="after")
+    def _ordered_shares(self) -> "ValidateParams":
+        for name, (lo, hi) in {"class_share": self.class_share, **self.class_share_per_source}.items():
+            if not 0 <= lo <= hi <= 1:
+                raise ValueError(f"{name}: bounds must satisfy 0 <= low <= high <= 1, got {[lo, hi]}")
+        return self
+
+
 class Params(Section):
     """All of params.yaml."""
 
     data: DataParams = DataParams()
     demo: DemoParams = DemoParams()
+    validate_: ValidateParams = Field(ValidateParams(), alias="validate")
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
 
 
 def _parse_override(item: str) -> tuple[list[str], Any]:
@@ -146,12 +168,18 @@ def load_params(path: str | Path | None = None, overrides: list[str] | tuple[str
         raise ConfigError(problems, file) from exc
 
 
-def flatten(params: BaseModel, prefix: str = "") -> dict[str, Any]:
-    """Dotted-key view of a params model (for logging to trackers)."""
+def flatten(params: BaseModel | dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Dotted-key view of a params model (for trackers and search spaces): nested models and mappings are
+    expanded, tuples become lists."""
+    items = (
+        ((info.alias or key, getattr(params, key)) for key, info in type(params).model_fields.items())
+        if isinstance(params, BaseModel)
+        else params.items()
+    )
     flat: dict[str, Any] = {}
-    for key, value in params:
+    for key, value in items:
         name = f"{prefix}{key}"
-        if isinstance(value, BaseModel):
+        if isinstance(value, (BaseModel, dict)):
             flat.update(flatten(value, f"{name}."))
         else:
             flat[name] = list(value) if isinstance(value, tuple) else value

@@ -268,7 +268,8 @@ def load_mask2d(source: ResolvedSource, item: Item, params: DataParams) -> tuple
     for native, mask_file in item.spec["masks"].items():
         mask = _read_image(Path(mask_file))
         if mask.ndim == 3:
-            mask = mask.max(axis=2)
+            # colour masks: foreground is any non-black colour; an alpha channel is opacity, not foreground
+            mask = mask[..., :3].max(axis=2)
         if mask.shape != (height, width):
             raise SourceReadError(f"image/mask shape mismatch: image {(height, width)} vs mask {mask.shape}", mask_file)
         target = source.class_map[native]

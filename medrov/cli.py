@@ -33,6 +33,8 @@ def _setup(verbose: bool = False) -> None:
         datefmt="%H:%M:%S",
         stream=sys.stderr,
     )
+    for noisy in ("great_expectations", "matplotlib", "PIL"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def _write_metrics(path: Optional[Path], metrics: dict) -> None:
@@ -70,6 +72,46 @@ def convert(
     )
     if summary["quarantined"]:
         typer.echo(f"quarantine report: {paths.resolve(out or cfg.data.out) / 'quarantine.csv'}")
+
+
+@app.command()
+def validate(
+    data: Optional[Path] = typer.Option(None, help="converted dataset folder (default: validate.data in params)"),
+    report: Optional[Path] = typer.Option(None, help="write the Data Docs site and validation.json here (default: validate.report)"),
+    metrics: Optional[Path] = typer.Option(None, help="write the summary as JSON here (for DVC)"),
+    params: Optional[Path] = ParamsOpt,
+    set_: list[str] = SetOpt,
+) -> None:
+    """Run the Great Expectations gate on a converted dataset; exit 1 when a hard expectation fails."""
+    from medrov.config import load_params
+    from medrov.data import validate as step
+
+    cfg = load_params(params, set_)
+    report_dir = report or (Path(cfg.validate_.report) if cfg.validate_.report else None)
+    summary = step.run(cfg.validate_, data_dir=data, report_dir=report_dir)
+    _write_metrics(metrics, step.metrics(summary))
+    for line in step.summary_lines(summary):
+        typer.echo(line)
+    if report_dir:
+        typer.echo(f"report: {paths.resolve(report_dir) / 'index.html'}")
+    if not summary["success"]:
+        raise SystemExit(1)
+
+
+@app.command()
+def report(
+    data: Optional[Path] = typer.Option(None, help="converted dataset folder (default: validate.data in params)"),
+    out: Path = typer.Option(Path("reports/dataset"), help="where the dataset card (README.md + PNGs) goes"),
+    params: Optional[Path] = ParamsOpt,
+    set_: list[str] = SetOpt,
+) -> None:
+    """Write the dataset card: counts per source/modality/split, class frequencies, box sizes, samples, presence."""
+    from medrov.config import load_params
+    from medrov.data import report as step
+
+    cfg = load_params(params, set_)
+    card = step.run(paths.resolve(data or cfg.validate_.data), paths.resolve(out))
+    typer.echo(f"dataset card: {card}")
 
 
 @app.command("demo-sources")

@@ -303,7 +303,11 @@ def _imagesets(source: ResolvedSource) -> dict[str, str]:
     for split in ("train", "val", "test"):
         file = folder / f"{split}.txt"
         if file.exists():
-            for line in file.read_text().split():
+            try:
+                text = file.read_text()
+            except UnicodeDecodeError as exc:
+                raise SourceReadError(f"split list is not UTF-8 text ({exc.reason} at byte {exc.start})", file) from exc
+            for line in text.split():
                 split_of[line.strip()] = split
     return split_of
 
@@ -374,7 +378,7 @@ def enumerate_coco(source: ResolvedSource) -> tuple[list[Item], list[Skipped]]:
     ann_file = source.path(source.spec.annotations or "annotations.json")
     try:
         data = json.loads(ann_file.read_text())
-        categories = {int(c["id"]): str(c["name"]) for c in data.get("categories", [])}
+        categories = {str(c["id"]): str(c["name"]) for c in data.get("categories", [])}
         images = {int(im["id"]): im for im in data["images"]}
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise SourceReadError(f"cannot read COCO JSON ({type(exc).__name__}: {exc})", ann_file) from exc
@@ -386,7 +390,8 @@ def enumerate_coco(source: ResolvedSource) -> tuple[list[Item], list[Skipped]]:
             skipped.append(Skipped(f"{ann_file}#annotation{ann.get('id')}", f"refers to unknown image id {image_id}"))
             continue
         per_image[image_id].append(
-            {"category": categories.get(int(ann.get("category_id", -1)), str(ann.get("category_id"))), "bbox": ann.get("bbox")}
+            # an unknown or malformed category id stays as its text: the image is then quarantined naming it
+            {"category": categories.get(str(ann.get("category_id")), str(ann.get("category_id"))), "bbox": ann.get("bbox")}
         )
     images_dir = source.path(source.spec.images or "images")
     items = []
@@ -411,8 +416,11 @@ def load_coco(source: ResolvedSource, item: Item, params: DataParams) -> tuple[l
         bbox = ann["bbox"]
         if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
             raise SourceReadError(f"annotation bbox {bbox!r} is not [x, y, w, h]", image_path)
-        if target is not None:
+        try:
             x, y, w, h = (float(v) for v in bbox)
+        except (TypeError, ValueError) as exc:
+            raise SourceReadError(f"annotation bbox {bbox!r} is not four numbers", image_path) from exc
+        if target is not None:
             raw.append(Box(target, x, y, x + w, y + h))
     notes: list[dict] = []
     boxes = _checked_boxes(raw, width, height, str(image_path), notes)
@@ -444,6 +452,8 @@ def enumerate_csv(source: ResolvedSource) -> tuple[list[Item], list[Skipped]]:
                 )
     except OSError as exc:
         raise SourceReadError(f"cannot read CSV ({exc})", csv_file) from exc
+    except UnicodeDecodeError as exc:
+        raise SourceReadError(f"CSV is not UTF-8 text ({exc.reason} at byte {exc.start})", csv_file) from exc
     images_dir = source.path(source.spec.images or ".")
     items = []
     for name, rows in sorted(rows_by_image.items()):
@@ -498,7 +508,11 @@ def load_yolo(source: ResolvedSource, item: Item, params: DataParams) -> tuple[l
     height, width = pixels.shape[:2]
     names = source.spec.classes
     raw = []
-    for line_no, line in enumerate(Path(label_path).read_text().splitlines(), start=1):
+    try:
+        text = Path(label_path).read_text()
+    except UnicodeDecodeError as exc:
+        raise SourceReadError(f"label file is not UTF-8 text ({exc.reason} at byte {exc.start})", label_path) from exc
+    for line_no, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         parts = line.split()

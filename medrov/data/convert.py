@@ -129,7 +129,8 @@ def _write_sample(
     height, width = sample.image.shape[:2]
     lines, boxes = [], []
     for box in sample.boxes:
-        xc, yc, bw, bh = box.to_yolo(width, height)
+        # the table holds exactly what the label file says (6 decimals), so the two can be compared exactly
+        xc, yc, bw, bh = (float(f"{v:.6f}") for v in box.to_yolo(width, height))
         cid = class_ids[box.label]
         lines.append(f"{cid} {xc:.6f} {yc:.6f} {bw:.6f} {bh:.6f}")
         boxes.append(
@@ -254,14 +255,25 @@ def _clean_partials(out: Path) -> int:
     return removed
 
 
+def printable(name: str) -> str:
+    """A path as text that every writer accepts: undecodable bytes in file names become \\xNN escapes."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def _enumerate(source: ResolvedSource) -> tuple[list[Item], list[Skipped]]:
     enumerate_items, _ = ADAPTERS[source.format]
     try:
         items, skipped = enumerate_items(source)
     except SourceReadError as exc:
         return [], [Skipped(exc.path or str(source.root), str(exc))]
+    except Exception as exc:  # an adapter bug must not stop the other sources
+        return [], [Skipped(str(source.root), f"cannot list the inputs of source {source.name}: internal error {type(exc).__name__}: {exc}")]
+    skipped = [Skipped(printable(s.input), printable(s.reason)) for s in skipped]
     unique, seen = [], set()
     for item in items:
+        if printable(" ".join(item.inputs)) != " ".join(item.inputs):
+            skipped.append(Skipped(printable(item.inputs[0]), "file name is not valid UTF-8: rename it"))
+            continue
         if item.item_id in seen:
             skipped.append(Skipped(item.inputs[0], f"duplicate item id {item.item_id!r} in source {source.name}"))
             continue

@@ -71,7 +71,7 @@ def _save_nifti(array: np.ndarray, path: Path, lps: bool = False) -> None:
 
 
 def _ct_source(root: Path, rng: np.random.Generator, cfg: DemoParams, name: str, label_ids: dict[str, int], lps: bool) -> int:
-    hu = {"body": 40.0, "liver": 95.0, "spleen": 70.0, "right kidney": 160.0, "left kidney": 160.0, "kidney tumor": 20.0}
+    hu = {"body": 40.0, "liver": 130.0, "spleen": 110.0, "right kidney": 230.0, "left kidney": 230.0, "kidney tumor": 30.0}
     for case in range(cfg.ct_volumes):
         organs = _abdomen(rng, cfg.volume_shape, with_tumour="kidney tumor" in label_ids)
         ct = np.full(cfg.volume_shape, -1000.0, dtype=np.float32)

@@ -125,6 +125,9 @@ def read_dicom_series(path: str | Path) -> Volume:
     except AttributeError as exc:
         raise SourceReadError(f"missing geometry tag ({exc})", folder) from exc
     normal = np.cross(iop[:3], iop[3:])
+    missing = [file.name for file, ds in slices if "ImagePositionPatient" not in ds]
+    if missing:
+        raise SourceReadError(f"ImagePositionPatient missing in {missing[:3]}: slices cannot be ordered", folder)
     positions = [float(np.dot(np.asarray(ds.ImagePositionPatient, dtype=np.float64), normal)) for _, ds in slices]
     order = np.argsort(positions)
     slices = [slices[i] for i in order]

@@ -36,13 +36,14 @@ install: $(VENV)/.installed
 demo: install
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/dvc repro
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/dvc push -q
-	@echo "demo done: data/omnis (see data/omnis/convert_summary.json, quarantine.csv); dvc metrics show for the figures"
+	@echo "demo done: data/omnis (quarantine.csv lists what was not converted), reports/validate/index.html, reports/dataset/README.md; dvc metrics show for the figures"
 
 test: install
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 bench: install
 	$(BIN)/python bench/convert.py
+	$(BIN)/python bench/validate.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ultralytics

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from medrov.config import DataParams
-from medrov.data.boxes import Box, check_box, mask_to_boxes
+from medrov.data.boxes import Box, check_box, mask_to_boxes, slice_boxes
 from medrov.data.normalise import normalise_volume, to_uint8_image
 from medrov.data.sources import ResolvedSource
 from medrov.errors import SourceReadError
@@ -217,15 +217,10 @@ def load_volume(source: ResolvedSource, item: Item, params: DataParams) -> tuple
     mode = spec.boxes or params.boxes
     skip_empty = params.skip_empty_slices if spec.skip_empty_slices is None else spec.skip_empty_slices
     sx, sy, sz = image.spacing
+    boxes_by_slice = slice_boxes(lab, mode, params.connectivity, params.min_box_pixels)
     samples = []
-    occupied = lab.reshape(lab.shape[0], -1).any(axis=1)
     for k in range(lab.shape[0]):
-        if skip_empty and not occupied[k]:
-            continue
-        boxes = [
-            Box(source.class_map[str(idx)], b.x0, b.y0, b.x1, b.y1)
-            for idx, b in mask_to_boxes(lab[k], mode, params.connectivity, params.min_box_pixels)
-        ]
+        boxes = [Box(source.class_map[str(idx)], b.x0, b.y0, b.x1, b.y1) for idx, b in boxes_by_slice.get(k, [])]
         if skip_empty and not boxes:
             continue
         samples.append(Sample(f"_z{k:04d}", pixels[k], boxes, k, (sx, sy, sz)))

@@ -7,6 +7,7 @@ CLI and the test session, never at import time.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from medrov import paths
 
@@ -40,3 +41,34 @@ def apply_offline_env() -> dict[str, str]:
     for key, value in OFFLINE_ENV.items():
         os.environ.setdefault(key, value)
     return {key: os.environ[key] for key in (*OFFLINE_ENV, "YOLO_CONFIG_DIR")}
+
+
+def init_local_ray(num_cpus: int, **kwargs) -> None:
+    """Start a Ray instance on this machine that stays on 127.0.0.1 and asks no cloud metadata service.
+
+    Ray probes cloud metadata addresses unless ``$HOME/ray_bootstrap_config.yaml`` exists (measured, see
+    FACTS.md): while Ray starts, HOME points at a private folder holding an empty one, so the user's home is
+    never written. Ray also gets its own temp dir instead of the machine-wide default.
+    """
+    import tempfile
+
+    import ray
+
+    apply_offline_env()
+    private = tempfile.mkdtemp(prefix="medrov-ray-")
+    (Path(private) / "ray_bootstrap_config.yaml").write_text("{}\n")
+    saved_home = os.environ.get("HOME")
+    os.environ["HOME"] = private
+    try:
+        ray.init(
+            num_cpus=num_cpus,
+            include_dashboard=False,
+            _node_ip_address="127.0.0.1",
+            _temp_dir=str(Path(private) / "t"),
+            **kwargs,
+        )
+    finally:
+        if saved_home is None:
+            os.environ.pop("HOME", None)
+        else:
+            os.environ["HOME"] = saved_home

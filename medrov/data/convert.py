@@ -226,15 +226,16 @@ def _run_jobs_ray(jobs: list[tuple], address: str, workers: int) -> Iterator[dic
     try:
         import ray
     except ImportError as exc:
-        raise ConfigError("data.ray_address is set but Ray is not installed: pip install 'medrov[ray]'") from exc
+        raise ConfigError("data.ray_address is set but Ray is not installed: pip install 'ray[tune]'") from exc
     owns = not ray.is_initialized()
     if owns:
-        kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
         if address == "local":
-            kwargs.update(num_cpus=workers, _node_ip_address="127.0.0.1")
+            from medrov.env import init_local_ray
+
+            init_local_ray(workers, log_to_driver=False)
         else:
-            kwargs["address"] = address
-        ray.init(**kwargs)
+            ray.init(address=address, log_to_driver=False)
+    log.info("converting on Ray (%s): %s", address, ray.cluster_resources())
     try:
         remote = ray.remote(process_item)
         pending = [remote.remote(*job) for job in jobs]

@@ -1,0 +1,41 @@
+"""Conversion on a real local Ray (2 CPUs, loopback only) gives the same dataset as the process pool."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from medrov.config import load_params
+from medrov.data import convert, demo
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.integration
+
+
+def test_ray_local_matches_process_pool(tmp_path):
+    params = load_params(
+        ROOT / "params.yaml",
+        ["demo.ct_volumes=2", "demo.mri_volumes=1", "demo.xray_images=3", "demo.microscopy_images=3", "demo.endoscopy_images=3"],
+    )
+    demo.generate(params.demo, tmp_path / "raw")
+    sources = (ROOT / "data" / "sources.yaml").read_text().replace("raw/synthetic/", f"{tmp_path}/raw/")
+    (tmp_path / "sources.yaml").write_text(sources.split("  # ---- real public data")[0])
+
+    pool = convert.run(params.data, sources_file=tmp_path / "sources.yaml", out_dir=tmp_path / "pool", workers=2, progress=False)
+    ray_params = params.data.model_copy(update={"ray_address": "local"})
+    import ray
+
+    try:
+        on_ray = convert.run(ray_params, sources_file=tmp_path / "sources.yaml", out_dir=tmp_path / "ray", workers=2, progress=False)
+        assert not ray.is_initialized(), "convert must shut down the Ray instance it started"
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+
+    assert on_ray["converted"] == pool["converted"] == on_ray["total"] == 2 + 2 + 1 + 3 + 3 + 3
+    for table in ("manifest.parquet", "boxes.parquet"):
+        a = pd.read_parquet(tmp_path / "pool" / table).drop(columns=["input"], errors="ignore")
+        b = pd.read_parquet(tmp_path / "ray" / table).drop(columns=["input"], errors="ignore")
+        assert len(a) > 0
+        pd.testing.assert_frame_equal(a.sort_values(list(a.columns[:3])).reset_index(drop=True),
+                                      b.sort_values(list(b.columns[:3])).reset_index(drop=True))

@@ -452,7 +452,47 @@ def run(params: ValidateParams, data_dir: str | Path | None = None, report_dir: 
     }
     if report:
         (report / "validation.json").write_text(json.dumps(summary, indent=2, default=str))
+        _write_summary_page(report, summary, data)
     return summary
+
+
+def _write_summary_page(report: Path, summary: dict[str, Any], data: Path) -> None:
+    """A self-contained ``summary.html`` (no CDN: the GX pages fetch their styles and scripts online) linked
+    from the top of the Data Docs index, with every check, its counts and examples, and the GX result pages."""
+    from html import escape
+
+    pages = {p.parent.parent.parent.name: p.relative_to(report).as_posix() for p in report.glob("validations/*/*/*/*.html")}
+    rows = []
+    for r in sorted(summary["results"], key=lambda r: (r["success"], r["severity"] != "error", r["table"])):
+        status = "ok" if r["success"] else ("FAIL" if r["severity"] == "error" else "WARN")
+        suite = f"{r['table']}_{r['severity']}s"
+        link = f'<a href="{escape(pages[suite])}">{escape(suite)}</a>' if suite in pages else escape(suite)
+        examples = "<br>".join(escape(e) for e in r["examples"][:3]) if not r["success"] else ""
+        rows.append(
+            f'<tr class="{status}"><td>{status}</td><td>{escape(r["table"])}.{escape(r["column"])}</td>'
+            f'<td>{escape(r["description"])}</td><td>{r["unexpected_count"]} / {r["element_count"]}</td>'
+            f"<td>{examples}</td><td>{link}</td></tr>"
+        )
+    verdict = "PASSED" if summary["success"] else "FAILED"
+    html = f"""<!doctype html><html><head><meta charset="utf-8"><title>Omnis validation: {verdict}</title>
+<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse;width:100%}}
+td,th{{border:1px solid #ccc;padding:4px 8px;font-size:13px;vertical-align:top}}th{{background:#eee}}
+tr.FAIL td:first-child{{background:#f4b6b6;font-weight:bold}}tr.WARN td:first-child{{background:#f7e3a1}}
+tr.ok td:first-child{{background:#c8ecc8}}.verdict{{font-size:22px;font-weight:bold}}</style></head><body>
+<p class="verdict">Omnis validation {verdict}</p>
+<p>{escape(str(data))}: {summary['passed']} of {summary['expectations']} expectations passed, {summary['failed']} failed,
+{summary['warnings']} warnings; {sum(summary['rows_checked'].values())} rows checked
+({', '.join(f'{k} {v}' for k, v in summary['rows_checked'].items())}) in {summary['seconds']} s.
+Full Great Expectations Data Docs: <a href="index.html">index.html</a>; machine-readable: <a href="validation.json">validation.json</a>.</p>
+<table><tr><th>status</th><th>table.column</th><th>check</th><th>unexpected / rows</th><th>examples</th><th>GX result</th></tr>
+{''.join(rows)}</table></body></html>"""
+    (report / "summary.html").write_text(html)
+    index = report / "index.html"
+    if index.is_file():
+        text = index.read_text()
+        banner = f'<p style="font:16px sans-serif;padding:8px;background:#eef"><a href="summary.html">medrov summary: validation {verdict}</a> (works offline)</p>'
+        if "summary.html" not in text:
+            index.write_text(text.replace("<body>", "<body>" + banner, 1))
 
 
 def summary_lines(summary: dict[str, Any]) -> list[str]:

@@ -523,6 +523,11 @@ def test_data_docs_and_validation_json(valid_report):
     for key in ("success", "expectations", "passed", "failed", "warnings", "rows_checked"):
         assert saved[key] == summary[key], key
     assert len(saved["results"]) == summary["expectations"]
+    # the offline summary page lists every check and links the GX result pages, and the index links to it
+    page = (report / "summary.html").read_text()
+    assert "Omnis validation PASSED" in page and page.count("<tr class=") == summary["expectations"]
+    assert "validations/" in page and "cdn" not in page.lower()
+    assert (report / "index.html").read_text().count('href="summary.html"') == 1
 
 
 def test_data_docs_twice_in_a_row(valid, vparams, valid_report, tmp_path):
@@ -532,6 +537,7 @@ def test_data_docs_twice_in_a_row(valid, vparams, valid_report, tmp_path):
     assert second["success"] is True
     assert {k: second[k] for k in ("expectations", "passed", "failed")} == {k: first[k] for k in ("expectations", "passed", "failed")}
     assert json.loads((report / "validation.json").read_text())["passed"] == first["passed"]
+    assert (report / "index.html").read_text().count('href="summary.html"') == 1
 
 
 # ---------------------------------------------------------------- CLI

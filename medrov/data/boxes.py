@@ -93,7 +93,7 @@ def slice_boxes(
             rows_any, cols_any = crop.any(axis=2), crop.any(axis=1)
             for dz in np.flatnonzero(counts >= min_pixels):
                 ys, xs = np.flatnonzero(rows_any[dz]), np.flatnonzero(cols_any[dz])
-                box = Box(str(idx), x0 + xs[0], y0 + ys[0], x0 + xs[-1] + 1, y0 + ys[-1] + 1)
+                box = Box(str(idx), int(x0 + xs[0]), int(y0 + ys[0]), int(x0 + xs[-1] + 1), int(y0 + ys[-1] + 1))
                 out.setdefault(z0 + int(dz), []).append((idx, box))
             continue
         components, n = ndimage.label(crop, structure=_STRUCTURES[connectivity])

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
 import pytest
 
-from medrov.data.boxes import Box, check_box, mask_to_boxes
+from medrov.data.boxes import Box, check_box, mask_to_boxes, slice_boxes
 
 
 def _extents(pairs):
@@ -168,3 +169,17 @@ def test_check_box_non_finite_is_rejected(bad):
     fixed, reason = check_box(Box("spleen", 1.0, bad, 4.0, 5.0), 10, 10)
     assert fixed is None
     assert reason and "non-finite" in reason
+
+
+@pytest.mark.parametrize("mode", ["components", "slice"])
+def test_box_coordinates_are_plain_ints_in_both_modes(mode):
+    """Box coordinates go into JSON state files: numpy integers there fail the whole item."""
+    labels = np.zeros((3, 8, 8), dtype=np.uint8)
+    labels[1, 2:5, 3:7] = 2
+    found = slice_boxes(labels, mode=mode)
+    (_, box), = found[1]
+    coords = (box.x0, box.y0, box.x1, box.y1)
+    assert coords == (3, 2, 7, 5)
+    assert all(type(v) is int for v in coords)
+    json.dumps(coords)
+    assert all(type(k) is int for k in found)

@@ -99,12 +99,71 @@ class ValidateParams(Section):
         return self
 
 
+class TextParams(Section):
+    """The ``text`` section: which encoder turns class names into prompt embeddings."""
+
+    encoder: str = "biomedclip"  # biomedclip | hf-hub:ORG/NAME | local-dir:PATH | minilm
+    fallback: str | None = "minilm"  # used (and logged) when the encoder cannot be loaded, e.g. offline
+    cache_dir: str | None = ".cache/text"  # embeddings keyed by (encoder, names); null disables the cache
+
+
+class TrainProfile(Section):
+    """One training budget. Keys ultralytics knows are passed through; ``extra`` takes any other of its args."""
+
+    model: str = "n"  # n/s/m/l/x (worldv2 yaml of that scale), a yaml, or a local checkpoint
+    closed_set_model: str | None = None  # baseline; default yolov8<scale>.yaml of the same scale
+    epochs: int = Field(3, ge=1)
+    imgsz: int = Field(160, ge=32)
+    batch: int = Field(8, ge=1)
+    device: str = "cpu"
+    workers: int = Field(2, ge=0)
+    optimizer: str = "AdamW"
+    lr0: float = Field(2e-4, gt=0)
+    weight_decay: float = Field(0.05, ge=0)
+    patience: int = Field(100, ge=1)
+    seed: int = 0
+    extra: dict[str, Any] = {}
+
+
+class TrainParams(Section):
+    """The ``train`` section: dataset, the profile in force and the named profiles."""
+
+    data: str = "data/omnis/omnis.yaml"
+    profile: str = "demo"
+    project: str = "runs"
+    profiles: dict[str, TrainProfile] = {"demo": TrainProfile()}
+
+    @model_validator(mode="after")
+    def _profile_exists(self) -> "TrainParams":
+        if self.profile not in self.profiles:
+            raise ValueError(f"profile {self.profile!r} is not one of {sorted(self.profiles)}")
+        return self
+
+    @property
+    def active(self) -> TrainProfile:
+        return self.profiles[self.profile]
+
+
+class EvaluateParams(Section):
+    """The ``evaluate`` section: open-vocabulary mAP on a split, prompts = the classes each source annotates."""
+
+    split: Literal["train", "val", "test"] = "test"
+    conf: float = Field(0.001, ge=0, le=1)
+    iou: float = Field(0.7, gt=0, le=1)
+    max_det: int = Field(300, ge=1)
+    metrics: str = "metrics/eval.json"
+    plots: str = "reports/eval"
+
+
 class Params(Section):
     """All of params.yaml."""
 
     data: DataParams = DataParams()
     demo: DemoParams = DemoParams()
     validate_: ValidateParams = Field(ValidateParams(), alias="validate")
+    text: TextParams = TextParams()
+    train: TrainParams = TrainParams()
+    evaluate: EvaluateParams = EvaluateParams()
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
 

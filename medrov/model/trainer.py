@@ -1,0 +1,192 @@
+"""The MedROV trainer: ultralytics' ``WorldTrainer`` with our text encoder, held-out novel classes and a
+vocabulary-aware prompt sampler. Only narrow hooks are overridden; nothing of ultralytics is copied.
+
+Settings that are not ultralytics train arguments (ultralytics rejects unknown keys) travel as class attributes
+of a subclass made per run by :func:`make_world_trainer`. ultralytics' DDP launcher pickles the trainer *class*
+with cloudpickle; a class made inside a function is pickled by value, attributes included, so each GPU worker
+gets the same encoder spec, cache directory and held-out classes.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from ultralytics.data.augment import RandomLoadText
+from ultralytics.data.dataset import YOLODataset, YOLOMultiModalDataset
+from ultralytics.models.yolo.detect import DetectionTrainer
+from ultralytics.models.yolo.world import WorldTrainer
+from ultralytics.models.yolo.world.train import on_pretrain_routine_end as stock_pretrain_end
+from ultralytics.utils import RANK
+from ultralytics.utils.torch_utils import unwrap_model
+
+from medrov.model.build import Prompter, prompt_name, set_prompts
+
+log = logging.getLogger(__name__)
+
+
+class PromptSampler(RandomLoadText):
+    """ultralytics' per-image prompt sampler, with negatives drawn only from ``negatives`` (global class ids).
+
+    Held-out (novel) classes must never be shown as negatives in training; classes a source may contain but does
+    not annotate (presence M=0) are a later refinement of the same list. Positives are always kept.
+    """
+
+    def __init__(self, negatives: Sequence[int] | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.negatives = None if negatives is None else sorted(set(int(c) for c in negatives))
+
+    def get_params(self, labels: dict[str, Any]) -> dict[str, Any]:
+        if self.negatives is None:
+            return super().get_params(labels)
+        cls = np.asarray(labels["cls"], dtype=int).reshape(-1)
+        pool = sorted(set(cls.tolist()) | set(self.negatives))
+        position = {c: i for i, c in enumerate(pool)}
+        compact = {
+            **labels,
+            "texts": [labels["texts"][c] for c in pool],
+            "cls": np.array([[position[c]] for c in cls.tolist()], dtype=int).reshape(-1, 1),
+        }
+        return super().get_params(compact)
+
+
+class _HoldOut:
+    """Drops boxes of held-out classes (``data['held_out']``) from the labels a dataset serves."""
+
+    def get_labels(self):
+        labels = super().get_labels()
+        held = np.asarray(sorted(self.data.get("held_out", ())), dtype=int)
+        if held.size:
+            for lb in labels:
+                keep = ~np.isin(lb["cls"].reshape(-1).astype(int), held)
+                if not keep.all():
+                    lb["cls"], lb["bboxes"] = lb["cls"][keep], lb["bboxes"][keep]
+                    if len(lb.get("segments") or []):
+                        lb["segments"] = [s for s, k in zip(lb["segments"], keep) if k]
+        return labels
+
+
+class OmnisTrainDataset(_HoldOut, YOLOMultiModalDataset):
+    """Training images with per-image prompts (synonyms picked at random by ultralytics) and our sampler."""
+
+    def build_text_transforms(self, transforms, max_samples):
+        transforms = super().build_text_transforms(transforms, max_samples)
+        allowed = self.data.get("negatives")
+        for i, t in enumerate(transforms.transforms):
+            if type(t) is RandomLoadText:
+                transforms.transforms[i] = PromptSampler(
+                    negatives=allowed,
+                    max_samples=t.max_samples,
+                    padding=t.padding,
+                    padding_value=t.padding_value,
+                    prompt_format=t.prompt_format,
+                )
+        return transforms
+
+
+class OmnisEvalDataset(_HoldOut, YOLODataset):
+    """Validation images during training: held-out classes are not scored (they would leak into model selection)."""
+
+
+def _omnis_data(data: dict[str, Any], held_out: Sequence[int]) -> dict[str, Any]:
+    held = sorted(set(int(c) for c in held_out))
+    return {**data, "held_out": held, "negatives": [c for c in range(int(data["nc"])) if c not in set(held)]}
+
+
+def _dataset(trainer, img_path, mode, batch, multi_modal: bool):
+    """Our dataset classes, built with the arguments ultralytics' ``build_yolo_dataset`` passes for detection."""
+    from ultralytics.data.utils import get_split_fraction
+    from ultralytics.utils import colorstr
+
+    cfg = trainer.args
+    gs = max(int(unwrap_model(trainer.model).stride.max() if trainer.model else 0), 32)
+    data = _omnis_data(trainer.data, trainer.held_out)
+    cls = OmnisTrainDataset if (multi_modal and mode == "train") else OmnisEvalDataset
+    return cls(
+        img_path=img_path,
+        imgsz=cfg.imgsz,
+        batch_size=batch,
+        augment=mode == "train",
+        hyp=cfg,
+        rect=cfg.rect or mode == "val",
+        cache=cfg.cache or None,
+        single_cls=cfg.single_cls or False,
+        stride=gs,
+        pad=0.0 if mode == "train" else 0.5,
+        prefix=colorstr(f"{mode}: "),
+        task=cfg.task,
+        classes=cfg.classes,
+        data=data,
+        fraction=get_split_fraction(cfg.fraction, "train" if mode == "train" else cfg.split),
+    )
+
+
+def _medrov_pretrain_end(trainer) -> None:
+    """Replaces ultralytics' callback that builds CLIP: the EMA model gets every class name through our encoder."""
+    names = [prompt_name(n) for n in trainer.test_loader.dataset.data["names"].values()]
+    set_prompts(trainer.ema.ema, names, trainer.prompter(names))
+
+
+class MedrovWorldTrainer(WorldTrainer):
+    """WorldTrainer with our text encoder. Use :func:`make_world_trainer`, which fills the class attributes."""
+
+    text_spec: str = "minilm"
+    text_fallback: str | None = None
+    text_cache_dir: str | None = None
+    held_out: tuple[int, ...] = ()
+    _prompter: Prompter | None = None
+
+    @property
+    def prompter(self) -> Prompter:
+        if self._prompter is None:
+            from medrov.text import load_encoder
+
+            encoder = load_encoder(self.text_spec, self.text_fallback)
+            if RANK in {-1, 0}:
+                log.info("text encoder: %s (%d-d)", encoder.identity, encoder.dim)
+            self._prompter = Prompter(encoder, self.text_cache_dir)
+        return self._prompter
+
+    def get_model(self, cfg=None, weights=None, verbose=True):
+        model = super().get_model(cfg, weights, verbose)
+        hooks = self.callbacks["on_pretrain_routine_end"]
+        hooks[:] = [h for h in hooks if h is not stock_pretrain_end]
+        if _medrov_pretrain_end not in hooks:
+            hooks.append(_medrov_pretrain_end)
+        return model
+
+    def build_dataset(self, img_path, mode="train", batch=None):
+        dataset = _dataset(self, img_path, mode, batch, multi_modal=True)
+        if mode == "train":
+            self.set_text_embeddings([dataset], batch)
+        return dataset
+
+    def generate_text_embeddings(self, texts, batch, cache_dir):
+        texts = sorted(texts)
+        return dict(zip(texts, self.prompter(texts).to(self.device)))
+
+
+class MedrovDetectionTrainer(DetectionTrainer):
+    """Closed-set YOLOv8 baseline on the same data: same held-out classes, no text."""
+
+    held_out: tuple[int, ...] = ()
+
+    def build_dataset(self, img_path, mode="train", batch=None):
+        return _dataset(self, img_path, mode, batch, multi_modal=False)
+
+
+def make_world_trainer(text_spec: str, text_fallback: str | None, text_cache_dir: str | Path | None, held_out: Sequence[int]):
+    """A per-run trainer class carrying our settings (see the module docstring for why a class)."""
+    attrs = {
+        "text_spec": text_spec,
+        "text_fallback": text_fallback,
+        "text_cache_dir": None if text_cache_dir is None else str(text_cache_dir),
+        "held_out": tuple(int(c) for c in held_out),
+    }
+    return type("MedrovWorldRunTrainer", (MedrovWorldTrainer,), attrs)
+
+
+def make_detection_trainer(held_out: Sequence[int]):
+    return type("MedrovDetectionRunTrainer", (MedrovDetectionTrainer,), {"held_out": tuple(int(c) for c in held_out)})

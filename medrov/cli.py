@@ -129,6 +129,119 @@ def demo_sources(
     typer.echo(f"wrote {sum(written.values())} demo inputs: " + ", ".join(f"{k} {v}" for k, v in written.items()))
 
 
+def _weights_or_default(weights: Optional[Path], cfg, closed_set: bool = False) -> Path:
+    """Explicit weights, else the latest model of the active training profile."""
+    from medrov.model.train import run_dir
+
+    if weights:
+        return paths.resolve(weights)
+    run = run_dir(cfg, closed_set=closed_set) / "weights"
+    for name in ("best.pt", "last.pt"):
+        if (run / name).is_file():
+            return run / name
+    raise MedrovError(f"no trained model in {run} (run `medrov train` or pass --weights)")
+
+
+def _prompter(cfg):
+    from medrov.model.build import Prompter
+    from medrov.text import load_encoder
+
+    cache = None if cfg.text.cache_dir is None else paths.resolve(cfg.text.cache_dir)
+    return Prompter(load_encoder(cfg.text.encoder, cfg.text.fallback), cache)
+
+
+@app.command()
+def train(
+    profile: Optional[str] = typer.Option(None, help="training profile in params.yaml (default: train.profile)"),
+    closed_set: bool = typer.Option(False, "--closed-set", help="train the closed-set YOLOv8 baseline on the same data and budget"),
+    resume: bool = typer.Option(False, "--resume", help="continue the interrupted run of this profile from weights/last.pt"),
+    metrics: Optional[Path] = typer.Option(None, help="write the run summary as JSON here (for DVC)"),
+    params: Optional[Path] = ParamsOpt,
+    set_: list[str] = SetOpt,
+) -> None:
+    """Fine-tune YOLO-World on Omnis with the configured text encoder (or the closed-set baseline)."""
+    from medrov.config import load_params
+    from medrov.model import train as step
+
+    cfg = load_params(params, set_)
+    info = step.train(cfg, profile=profile, closed_set=closed_set, resume=resume)
+    _write_metrics(metrics, {"kind": info["kind"], "epochs": info["epochs_done"], "seconds": info["seconds"],
+                             "encoder": info.get("encoder", {}).get("identity"), **info["val"]})
+    typer.echo(f"trained {info['kind']} model: {info['weights']} ({info['epochs_done']} epochs, {info['seconds']} s)")
+
+
+@app.command()
+def evaluate(
+    weights: Optional[Path] = typer.Option(None, help="model to evaluate (default: the active profile's best.pt)"),
+    closed_set: bool = typer.Option(False, "--closed-set", help="default to the closed-set baseline's weights"),
+    split: Optional[str] = typer.Option(None, help="train, val or test (default: evaluate.split)"),
+    metrics: Optional[Path] = typer.Option(None, help="metrics JSON (default: evaluate.metrics)"),
+    plots: Optional[Path] = typer.Option(None, help="folder for PR-curve and per-modality PNGs (default: evaluate.plots)"),
+    params: Optional[Path] = ParamsOpt,
+    set_: list[str] = SetOpt,
+) -> None:
+    """mAP50 and mAP50-95 for base, novel and base+novel classes, per modality and per source."""
+    from medrov.config import load_params
+    from medrov.model import evaluate as step
+
+    cfg = load_params(params, set_)
+    w = _weights_or_default(weights, cfg, closed_set)
+    result = step.evaluate(w, cfg, split=split, out_metrics=paths.resolve(metrics) if metrics else None,
+                           plots_dir=paths.resolve(plots) if plots else None)
+    for group in ("all", "base", "novel"):
+        if group in result:
+            typer.echo(f"{group:>6}: mAP50 {result[group]['map50']:.4f}  mAP50-95 {result[group]['map50_95']:.4f}  ({result[group]['classes']} classes)")
+    for mod, r in result["modality"].items():
+        if "all" in r:
+            typer.echo(f"  {mod:<15} mAP50 {r['all']['map50']:.4f} ({r['images']} images)")
+
+
+@app.command()
+def predict(
+    path: Path = typer.Argument(..., help="image (PNG/JPG), NIfTI volume, DICOM series folder, or a folder of those"),
+    prompt: list[str] = typer.Option(..., "--prompt", "-p", help="what to find, e.g. 'liver tumor' (repeatable)"),
+    weights: Optional[Path] = typer.Option(None, help="model (default: the latest model of the active profile)"),
+    out: Path = typer.Option(Path("predictions"), help="folder for one JSON and overlay PNG(s) per input"),
+    conf: float = typer.Option(0.25, min=0, max=1, help="score threshold"),
+    imgsz: int = typer.Option(640, min=32, help="inference size"),
+    modality: str = typer.Option("auto", help="auto, ct or mri: intensity normalisation of volumes"),
+    params: Optional[Path] = ParamsOpt,
+    set_: list[str] = SetOpt,
+) -> None:
+    """Detect the prompted objects; volumes also get 3D boxes linked across slices."""
+    from medrov.config import load_params
+    from medrov.model.detector import Detector
+    from medrov.model.predict import predict_path
+
+    cfg = load_params(params, set_)
+    w = _weights_or_default(weights, cfg)
+    detector = Detector(w)
+    if detector.open_vocabulary:
+        detector.prompter = _prompter(cfg)
+    summary = predict_path(detector, paths.resolve(path, Path.cwd()), list(prompt), paths.resolve(out, Path.cwd()),
+                           imgsz=imgsz, conf=conf, modality=modality)
+    typer.echo(json.dumps(summary, indent=2, default=str))
+
+
+@app.command()
+def export(
+    prompt: list[str] = typer.Option([], "--prompt", "-p", help="the fixed vocabulary baked into the ONNX model (repeatable)"),
+    weights: Optional[Path] = typer.Option(None, help="model (default: the latest model of the active profile)"),
+    out: Path = typer.Option(Path("exports/medrov.onnx"), help="ONNX file to write (a .json sidecar lists the classes)"),
+    imgsz: int = typer.Option(640, min=32, help="input size of the exported model"),
+    params: Optional[Path] = ParamsOpt,
+    set_: list[str] = SetOpt,
+) -> None:
+    """Export to ONNX with a fixed vocabulary."""
+    from medrov.config import load_params
+    from medrov.model.export import export_onnx
+
+    cfg = load_params(params, set_)
+    w = _weights_or_default(weights, cfg)
+    written = export_onnx(w, list(prompt), _prompter(cfg) if prompt else None, paths.resolve(out, Path.cwd()), imgsz=imgsz)
+    typer.echo(f"exported: {written}")
+
+
 def main() -> None:
     """Console entry point."""
     verbose = "-v" in sys.argv or "--verbose" in sys.argv

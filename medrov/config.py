@@ -151,8 +151,8 @@ class EvaluateParams(Section):
     conf: float = Field(0.001, ge=0, le=1)
     iou: float = Field(0.7, gt=0, le=1)
     max_det: int = Field(300, ge=1)
-    metrics: str = "metrics/eval.json"
-    plots: str = "reports/eval"
+    metrics: str | None = "metrics/eval.json"
+    plots: str | None = "reports/eval"
 
 
 class Params(Section):

@@ -1,4 +1,5 @@
-"""A real DVC repo: `dvc repro` runs demo_sources -> convert, a second repro is a no-op, one param re-runs one stage."""
+"""A real DVC repo: `dvc repro` runs demo_sources -> convert -> validate/report -> train -> evaluate, a second repro
+is a no-op, one param re-runs one stage and what depends on it."""
 
 from __future__ import annotations
 
@@ -39,6 +40,8 @@ def project(tmp_path: Path) -> tuple[Path, dict[str, str]]:
             shutil.copy2(src, target)
     params = yaml.safe_load((dest / "params.yaml").read_text())
     params["demo"].update(ct_volumes=2, mri_volumes=2, xray_images=4, microscopy_images=4, endoscopy_images=4)
+    params["text"]["encoder"] = "minilm"
+    params["train"]["profiles"]["demo"].update(epochs=1, imgsz=64, batch=8, workers=0)
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {
         **os.environ,
@@ -61,6 +64,15 @@ def test_repro_runs_then_is_a_noop_then_reruns_only_convert(project):
     assert metrics["quarantined"] == 0
     assert (dest / "data" / "omnis" / "manifest.parquet").is_file()
     assert set(metrics["sources"]) == {"SynthAbdomenCT", "SynthKidneyCT", "SynthAbdomenMRI", "SynthChestXray", "SynthBloodSmear", "SynthPolyp"}
+    assert "Running stage 'train'" in first.stdout and "Running stage 'evaluate'" in first.stdout
+    assert (dest / "runs" / "demo" / "weights" / "best.pt").is_file()
+    train = json.loads((dest / "metrics" / "train.json").read_text())
+    assert train["kind"] == "open-vocabulary" and train["encoder"].startswith("minilm:")
+    evaluation = json.loads((dest / "metrics" / "eval.json").read_text())
+    assert {"all", "base", "novel", "modality", "source"} <= set(evaluation)
+    assert evaluation["modality"] and set(evaluation["modality"]) <= {"ct", "mri", "xray", "microscopy", "endoscopy"}
+    assert (dest / "reports" / "eval" / "pr_curve.png").is_file()
+    assert (dest / "reports" / "eval" / "map50_per_modality.png").is_file()
 
     second = _run([*dvc, "repro"], dest, env)
     assert "Data and pipelines are up to date" in second.stdout
@@ -78,3 +90,8 @@ def test_repro_runs_then_is_a_noop_then_reruns_only_convert(project):
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     third = _run([*dvc, "repro"], dest, env).stdout
     assert "Running stage 'convert'" in third and "Running stage 'demo_sources'" not in third
+    # an evaluation-only param re-runs evaluate and not train
+    params["evaluate"]["conf"] = 0.01
+    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    fourth = _run([*dvc, "repro"], dest, env).stdout
+    assert "Running stage 'evaluate'" in fourth and "Running stage 'train'" not in fourth

@@ -36,7 +36,7 @@ install: $(VENV)/.installed
 demo: install
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/dvc repro
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/dvc push -q
-	@echo "demo done: data/omnis (quarantine.csv lists what was not converted), reports/validate/index.html, reports/dataset/README.md; dvc metrics show for the figures"
+	@echo "demo done: data/omnis (quarantine.csv lists what was not converted), reports/validate/index.html, reports/dataset/README.md, runs/demo (model), metrics/eval.json + reports/eval/*.png; dvc metrics show for the figures"
 
 test: install
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)

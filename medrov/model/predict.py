@@ -156,9 +156,17 @@ def _volume_frames(item: InputFile, modality: str, ct_window, mri_percentiles) -
     return [Frame(item.name, k, pixels[k], item.path, chosen) for k in range(pixels.shape[0])]
 
 
+def _read_picture(path: Path) -> np.ndarray:
+    try:
+        return _read_image(path)
+    except ImportError as exc:
+        # once ultralytics is imported, PIL's open tries to import pi_heif for any file it cannot identify
+        raise SourceReadError(f"cannot read image (unidentified format; {type(exc).__name__}: {exc})", path) from exc
+
+
 def _load(item: InputFile, modality: str, ct_window, mri_percentiles) -> list[Frame]:
     if item.kind == "image":
-        return [Frame(item.name, None, to_uint8_image(_read_image(item.path), tuple(mri_percentiles)), item.path)]
+        return [Frame(item.name, None, to_uint8_image(_read_picture(item.path), tuple(mri_percentiles)), item.path)]
     return _volume_frames(item, modality, ct_window, mri_percentiles)
 
 

@@ -55,6 +55,8 @@ class Detector:
             if self.prompter is None:
                 raise ModelError("an open-vocabulary model needs a text encoder for its prompts")
             set_prompts(self.yolo, names, self.prompter(names))
+            # the predictor keeps its own (fused) copy of the model: rebuild it so the new prompts are used
+            self.yolo.predictor = None
             self._class_filter = None
         else:
             index = {n.lower(): i for i, n in self.closed_names.items()}

@@ -98,12 +98,13 @@ def _collect(folder: Path, root: Path, found: list[InputFile]) -> None:
 
 def _unique_names(inputs: list[InputFile]) -> list[InputFile]:
     """``a.png`` and ``a.nii.gz`` share the stem ``a``: later ones get ``-2``, ``-3``... so no output is overwritten."""
-    seen: dict[str, int] = {}
+    used: set[str] = set()
     for item in inputs:
-        count = seen.get(item.name, 0) + 1
-        seen[item.name] = count
-        if count > 1:
-            item.name = f"{item.name}-{count}"
+        base, count = item.name, 1
+        while item.name in used:
+            count += 1
+            item.name = f"{base}-{count}"
+        used.add(item.name)
     return inputs
 
 
@@ -335,7 +336,7 @@ def _predict_input(detector, frames: list[Frame], out: Path, imgsz: int, conf: f
     }
     overlays = []
     # slices of an earlier run that have no detection now must not keep an overlay that contradicts the JSON
-    for stale in out.glob(f"{glob.escape(first.name)}_slice[0-9]*.png") if is_volume else []:
+    for stale in out.glob(f"{glob.escape(first.name)}_slice[0-9][0-9][0-9]*.png") if is_volume else []:
         stale.unlink()
     for frame, det in zip(frames, dets):
         if is_volume and not len(det.names):

@@ -16,6 +16,7 @@ def prepare_ultralytics() -> None:
 
     ultralytics downloads ``Arial.ttf`` from GitHub to draw plots (YOLO_OFFLINE does not stop it): matplotlib's
     DejaVuSans is put in its place. Its own MLflow/Ray Tune/DVC callbacks are switched off: we log ourselves.
+    It also replaces ``PIL.Image.open`` process-wide (see below).
     """
     apply_offline_env()
     config = Path(os.environ["YOLO_CONFIG_DIR"]) / "Ultralytics"
@@ -26,7 +27,11 @@ def prepare_ultralytics() -> None:
     for name in ("Arial.ttf", "Arial.Unicode.ttf"):
         if not (config / name).exists():
             shutil.copyfile(font, config / name)
-    from ultralytics.utils import SETTINGS
+    from ultralytics.utils import SETTINGS, patches
+
+    # ultralytics patches PIL.Image.open to pip-install a HEIF plugin on the first unreadable image; keep PIL's
+    # own behaviour so a corrupt file stays an UnidentifiedImageError (quarantined with its reason), offline
+    patches._pil_plugins_registered = True
 
     changes = {k: False for k in _OFF if SETTINGS.get(k) is not False}
     if changes:

@@ -143,10 +143,11 @@ def test_folder_of_mixed_inputs_gives_all_of_them(tmp_path):
     save_nifti(folder / "ct.nii.gz", ct_volume(1)[0])
     Image.fromarray(np.full((30, 30), 128, dtype=np.uint8)).save(folder / "xray.png")
     write_dicom_series(folder / "patient1" / "series", np.full((16, 16, 3), 40, dtype=np.int16))
+    Image.fromarray(np.full((30, 30), 64, dtype=np.uint8)).save(folder / "ct.png")  # same stem as ct.nii.gz
     (folder / "notes.txt").write_text("ignored")
     frames = load_inputs(folder)
     counts = {n: sum(f.name == n for f in frames) for n in {f.name for f in frames}}
-    assert counts == {"ct": 6, "xray": 1, "patient1__series": 3}
+    assert counts == {"ct": 6, "ct-2": 1, "xray": 1, "patient1__series": 3}
 
 
 def test_corrupt_inputs_raise_naming_the_file(tmp_path):

@@ -155,6 +155,36 @@ class EvaluateParams(Section):
     plots: str | None = "reports/eval"
 
 
+class PseudoParams(Section):
+    """The ``pseudo`` section: MedROV's training mechanisms for sources that do not annotate every class.
+
+    For each confident prediction (``conf >= conf_c``) whose IoU with every ground-truth box of its image is below
+    ``iou_t``, the presence matrix M of the image's source decides: M=0 (may be present, not annotated) makes it a
+    pseudo ground-truth box; M=1 or -1 (it would have been annotated, or cannot exist) makes it a false positive
+    whose image crop replaces a negative prompt.
+    """
+
+    labels: bool = True  # M=0 -> pseudo ground truth
+    negatives: bool = True  # M=1/-1 -> image-feature negatives (needs an encoder with an image tower)
+    iou_t: float = Field(0.3, ge=0, le=1)  # T: "new" when IoU with every GT box is below this
+    conf_c: float = Field(0.9, ge=0, le=1)  # C: minimum confidence
+    nms_iou: float = Field(0.3, gt=0, le=1)  # class-agnostic NMS on the teacher's predictions
+    crop_min: int = Field(50, ge=1)  # negative crops: box side bounds in pixels of the training image
+    crop_max: int = Field(320, ge=1)
+    crops_per_image: int = Field(5, ge=0)
+    enlarge: float = Field(0.3, ge=0)  # crop = box enlarged by this fraction
+    negative_class: Literal["slot", "predicted"] = "slot"  # the class id a negative box is appended with
+    teacher: Literal["ema", "student"] = "ema"  # ema: an extra no-grad pass of the EMA model; student: reuse the training forward
+    start_epoch: int = Field(0, ge=0)  # epochs of plain training before the mechanisms switch on
+    gallery: int = Field(16, ge=0)  # pseudo-labelled crops kept per class for the audit gallery
+
+    @model_validator(mode="after")
+    def _crop_bounds(self) -> "PseudoParams":
+        if self.crop_min > self.crop_max:
+            raise ValueError(f"crop_min ({self.crop_min}) must not exceed crop_max ({self.crop_max})")
+        return self
+
+
 class Params(Section):
     """All of params.yaml."""
 
@@ -164,6 +194,7 @@ class Params(Section):
     text: TextParams = TextParams()
     train: TrainParams = TrainParams()
     evaluate: EvaluateParams = EvaluateParams()
+    pseudo: PseudoParams = PseudoParams()
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
 

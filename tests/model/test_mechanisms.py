@@ -62,7 +62,8 @@ def _rows(path: Path) -> list[dict]:
         return list(csv.DictReader(fh))
 
 
-def test_real_teacher_negatives_overwrite_prompt_slots(train_overrides, tmp_path, monkeypatch):
+@pytest.mark.parametrize("teacher", ["ema", "model"])
+def test_real_teacher_negatives_overwrite_prompt_slots(train_overrides, tmp_path, monkeypatch, teacher):
     """The real EMA teacher of an untrained model, with C=0 and T=1: its confident false positives become
     image-feature negatives through a tiny CLIP's image tower, written into the batch's prompt embeddings."""
     from medrov.model import mechanisms
@@ -72,7 +73,7 @@ def test_real_teacher_negatives_overwrite_prompt_slots(train_overrides, tmp_path
     clip = build_tiny_clip(tmp_path / "tiny-clip")
     params = load_params(ROOT / "params.yaml", [
         *train_overrides, f"text.encoder=local-dir:{clip}", "pseudo.conf_c=0.0", "pseudo.iou_t=1.0",
-        "pseudo.crop_min=1", "train.profiles.demo.extra={mosaic: 0.0}",
+        "pseudo.crop_min=1", "train.profiles.demo.extra={mosaic: 0.0}", f"pseudo.teacher={teacher}",
     ])
     overwritten = []
     inject = mechanisms.Mechanisms._inject_negatives
@@ -96,7 +97,7 @@ def test_real_teacher_negatives_overwrite_prompt_slots(train_overrides, tmp_path
         m = presence.loc[r["source"], r["class"].split("/")[0]]
         assert (m == 0) if r["kind"] == "label" else (m in (1, -1)), r
     assert seen[0]["pseudo/negatives"] == sum(int(r["count"]) for r in negatives) == len(overwritten)
-    assert info["pseudo"]["negatives"] and json.loads((Path(info["save_dir"]) / "medrov.json").read_text())["pseudo"]["teacher"] == "ema"
+    assert info["pseudo"]["negatives"] and json.loads((Path(info["save_dir"]) / "medrov.json").read_text())["pseudo"]["teacher"] == teacher
 
 
 def test_pseudo_labels_reach_the_loss_with_counters_and_gallery(train_overrides, monkeypatch):

@@ -284,3 +284,45 @@ def test_local_ray_stays_local_when_a_team_cluster_is_configured(monkeypatch):
         assert ray.cluster_resources()["CPU"] == 1
     finally:
         ray.shutdown()
+
+
+def test_convert_runs_on_the_cluster_ray_address_names(tmp_path):
+    """`data.ray_address: auto` + RAY_ADDRESS: the conversion's tasks run on that cluster (a `ray start` head here)."""
+    import tempfile
+
+    from medrov.env import OFFLINE_ENV
+
+    short = Path(tempfile.mkdtemp(prefix="mr-"))  # Ray's socket paths must stay short
+    (short / "ray_bootstrap_config.yaml").write_text("{}\n")  # HOME holding it stops cloud metadata probes
+    port = free_port()
+    head_env = {**base_env(short), **OFFLINE_ENV, "HOME": str(short)}
+    head = Server("ray-head", [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
+                               f"--port={port}", "--num-cpus=2", '--resources={"medrov_team_cluster": 1}',
+                               "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={short / 't'}"],
+                  head_env, "http://127.0.0.1:1/", tmp_path)
+    try:
+        raw, omnis = tmp_path / "raw", tmp_path / "omnis"
+        env = {**base_env(tmp_path / "home"), "RAY_ADDRESS": f"127.0.0.1:{port}"}
+        medrov = [sys.executable, "-m", "medrov"]
+        demo = subprocess.run([*medrov, "demo-sources", "--out", str(raw), "-S", "demo.ct_volumes=1", "-S",
+                               "demo.mri_volumes=1", "-S", "demo.xray_images=2", "-S", "demo.microscopy_images=2",
+                               "-S", "demo.endoscopy_images=2"], cwd=ROOT, env=env, capture_output=True, text=True,
+                              timeout=300)
+        assert demo.returncode == 0, demo.stderr
+        sources = (ROOT / "data" / "sources.yaml").read_text().replace("raw/synthetic/", f"{raw}/")
+        (tmp_path / "sources.yaml").write_text(sources.split("  # ---- real public data")[0])
+        deadline = time.monotonic() + 120
+        while "Ray runtime started" not in head.log.read_text():
+            assert head.proc.poll() is None and time.monotonic() < deadline, head.log.read_text()[-3000:]
+            time.sleep(0.5)
+        done = subprocess.run([*medrov, "convert", "--sources", str(tmp_path / "sources.yaml"), "--out", str(omnis),
+                               "--no-progress", "-S", "data.ray_address=auto"], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-4000:]
+        assert "converted 9, quarantined 0, total 9" in done.stdout
+        (line,) = [x for x in done.stderr.splitlines() if "converting on Ray (auto)" in x]
+        assert "medrov_team_cluster" in line, line  # the resources of the head started above, not a new local Ray
+        assert "node:127.0.0.1" in line, line
+    finally:
+        head.stop()
+        shutil.rmtree(short, ignore_errors=True)

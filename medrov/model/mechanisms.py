@@ -40,6 +40,28 @@ def presence_for(data: dict[str, Any], sources: list[str]) -> np.ndarray:
     return table.loc[sources].to_numpy(dtype=int)
 
 
+class _PendingTargets:
+    """The model's loss criterion, plus the boxes the head hook decided in this forward (teacher "student"); the
+    batch is copied, not changed, because DDP hands the model its own copy of the batch dict anyway."""
+
+    def __init__(self, criterion, mechanisms: "Mechanisms"):
+        self.criterion, self.mechanisms = criterion, mechanisms
+
+    def __call__(self, preds, batch):
+        new, self.mechanisms._append = getattr(self.mechanisms, "_append", None), None
+        if new:
+            batch = dict(batch)
+            h, w = batch["img"].shape[2:]
+            batch["batch_idx"], batch["cls"], batch["bboxes"] = append_targets(
+                batch["batch_idx"], batch["cls"], batch["bboxes"], new, (h, w))
+        return self.criterion(preds, batch)
+
+    def __getattr__(self, name):
+        if name in ("criterion", "mechanisms"):  # not set yet (copying): no recursion
+            raise AttributeError(name)
+        return getattr(self.criterion, name)
+
+
 def _xywh2xyxy(b: torch.Tensor) -> torch.Tensor:
     return torch.cat((b[..., :2] - b[..., 2:] / 2, b[..., :2] + b[..., 2:] / 2), -1)
 
@@ -95,7 +117,12 @@ class Mechanisms:
 
     # --- the per-batch hook -------------------------------------------------------------------------------------
     def __call__(self, trainer, batch: dict[str, Any]) -> Decisions | None:
+        self._pending = None
         if trainer.epoch < self.start_epoch or not (self.rule.labels or self.rule.negatives):
+            return None
+        if self.teacher == "student":  # decided inside the training forward itself (see _on_head)
+            self._attach(trainer)
+            self._pending = batch
             return None
         start = time.perf_counter()
         images = self._inputs(batch, self._teacher_predictions(trainer, batch))
@@ -158,14 +185,60 @@ class Mechanisms:
         x1, y1, x2, y2 = (int(round(v)) for v in box)
         return (img[:, y1:y2, x1:x2].clamp(0, 1) * 255).byte().permute(1, 2, 0).cpu().numpy()
 
-    def _inject_negatives(self, batch, decisions: Decisions) -> None:
+    def _negative_embeddings(self, batch, decisions: Decisions) -> torch.Tensor:
         from medrov.model.build import fit_text_dim
 
         crops = [self._crop(batch["img"][n.image], n.crop) for n in decisions.negatives]
         emb = fit_text_dim(self.encoder.encode_image(crops).float(), batch["txt_feats"].shape[-1])
-        emb = emb.to(batch["txt_feats"].device, batch["txt_feats"].dtype)
+        return emb.to(batch["txt_feats"].device, batch["txt_feats"].dtype)
+
+    def _inject_negatives(self, batch, decisions: Decisions) -> None:
+        emb = self._negative_embeddings(batch, decisions)
         for j, n in enumerate(decisions.negatives):
             batch["txt_feats"][n.image, n.slot] = emb[j]
+
+    # --- teacher "student": the training forward decides, no extra pass ----------------------------------------
+    def _attach(self, trainer) -> None:
+        """Hook the training model's head and wrap its loss criterion (once per model)."""
+        from ultralytics.utils.torch_utils import unwrap_model
+
+        model = unwrap_model(trainer.model)
+        head = model.model[-1]
+        if getattr(self, "_hooked", None) is not head:
+            head.register_forward_hook(self._on_head)
+            self._hooked = head
+        if not isinstance(getattr(model, "criterion", None), _PendingTargets):
+            model.criterion = _PendingTargets(getattr(model, "criterion", None) or model.init_criterion(), self)
+
+    def _on_head(self, module, inputs, output):
+        """Forward hook of the head in training: decide from this very forward's (detached) predictions. Boxes to
+        append wait for the criterion (:class:`_PendingTargets`); negatives re-score the head with the crop
+        embeddings in their slots (the neck's text attention keeps the original prompts: an approximation)."""
+        batch, self._pending = getattr(self, "_pending", None), None
+        if batch is None or not module.training or not isinstance(output, dict) or "scores" not in output:
+            return None
+        start = time.perf_counter()
+        with torch.no_grad():
+            detached = {"boxes": output["boxes"].detach(), "scores": output["scores"].detach(),
+                        "feats": [f.detach() for f in output["feats"]]}
+            y = module._inference(detached).float()
+        decisions = decide(self._inputs(batch, y), self.presence, self.rule, self.rng)
+        result = None
+        if decisions.negatives:
+            emb = self._negative_embeddings(batch, decisions)
+            text = inputs[1].clone()
+            for j, n in enumerate(decisions.negatives):
+                text[n.image, n.slot] = emb[j].to(text.dtype)
+            feats, bs = output["feats"], output["feats"][0].shape[0]
+            scores = torch.cat([module.cv4[i](module.cv3[i](feats[i]), text).view(bs, module.nc, -1)
+                                for i in range(module.nl)], -1)
+            result = {**output, "scores": scores}
+        self._append = decisions.appended() or None
+        self._count(batch, decisions)
+        self.last_decisions = decisions
+        self.seconds += time.perf_counter() - start
+        self.batches += 1
+        return result
 
     def _count(self, batch, decisions: Decisions) -> None:
         from PIL import Image

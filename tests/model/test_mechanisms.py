@@ -143,6 +143,39 @@ def test_pseudo_labels_reach_the_loss_with_counters_and_gallery(train_overrides,
     assert not info["pseudo"]["negatives"]  # MiniLM has no image tower
 
 
+def test_student_teacher_decides_inside_the_training_forward(train_overrides, tmp_path, monkeypatch):
+    """teacher=student: no extra pass; the head hook decides from the training forward, negatives re-score the
+    head, and the decided boxes reach the loss through the criterion wrapper, re-sorted by image."""
+    from medrov.model import mechanisms
+    from medrov.model.train import train
+    from tests.tiny_models import build_tiny_clip
+
+    clip = build_tiny_clip(tmp_path / "tiny-clip")
+    params = load_params(ROOT / "params.yaml", [
+        *train_overrides, f"text.encoder=local-dir:{clip}", "pseudo.conf_c=0.0", "pseudo.iou_t=1.0",
+        "pseudo.crop_min=1", "train.profiles.demo.extra={mosaic: 0.0}", "pseudo.teacher=student",
+    ])
+    extra_passes = []
+    monkeypatch.setattr(mechanisms.Mechanisms, "_teacher_predictions", lambda *a: extra_passes.append(1))
+    seen_by_loss = []
+    call = mechanisms._PendingTargets.__call__
+
+    def spy(self, preds, batch):
+        pending = len(self.mechanisms._append or [])
+        n = len(batch["batch_idx"])
+        out = call(self, preds, batch)
+        seen_by_loss.append((n, pending))
+        return out
+
+    monkeypatch.setattr(mechanisms._PendingTargets, "__call__", spy)
+    info = train(params)
+    rows = _rows(Path(info["save_dir"]) / "pseudo_counts.csv")
+    decided = sum(int(r["count"]) for r in rows)
+    assert not extra_passes and decided > 0 and any(r["kind"] == "negative" for r in rows)
+    assert sum(p for _, p in seen_by_loss) == decided  # every decided box was handed to the loss
+    assert info["pseudo"]["teacher"] == "student"
+
+
 def test_text_only_encoder_switches_negatives_off_and_says_so(train_overrides, caplog):
     trainer, _ = _trainer(train_overrides, ["pseudo.conf_c=0.0"])
     with caplog.at_level("WARNING"):

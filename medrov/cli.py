@@ -267,8 +267,9 @@ def promote(
     _write_metrics(metrics, result)
     ch, cp = result["challenger"], result["champion"]
     typer.echo(f"{result['model']} v{result['version']} (run {result['run_id']}): {result['decision'].upper()}")
-    typer.echo(f"  challenger {ch['split']} {ch['metric']} base+novel {ch['all']:.4f}"
-               + (f"  champion v{result['previous_champion_version']} {cp['all']:.4f}" if cp else ""))
+    if ch:
+        typer.echo(f"  challenger {ch['split']} {ch['metric']} base+novel {ch['all']:.4f}"
+                   + (f"  champion v{result['previous_champion_version']} {cp['all']:.4f}" if cp else ""))
     typer.echo(f"  reason: {result['reason']}")
     if result.get("note"):
         typer.echo(f"  note: {result['note']}")

@@ -121,17 +121,19 @@ def _guard(call, uri: str):
 
 # ----------------------------------------------------------------------------------------------- provenance tags
 def git_commit(root: Path | None = None) -> tuple[str, bool | None]:
-    """(commit, dirty) of the checkout; ``("none", None)`` outside git."""
-    root = root or paths.project_root()
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
-        if commit.returncode != 0:
-            return "none", None
-        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                                capture_output=True, text=True, timeout=30)
-        return commit.stdout.strip(), bool(status.stdout.strip())
-    except (OSError, subprocess.SubprocessError):
-        return "none", None
+    """(commit, dirty) of the project checkout, else of the checkout the medrov code runs from;
+    ``("none", None)`` when neither is a git repository with a commit."""
+    for where in dict.fromkeys([root or paths.project_root(), paths.PACKAGE_DIR.parent]):
+        try:
+            commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=10)
+            if commit.returncode != 0:
+                continue
+            status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=where,
+                                    capture_output=True, text=True, timeout=30)
+            return commit.stdout.strip(), bool(status.stdout.strip())
+        except (OSError, subprocess.SubprocessError):
+            continue
+    return "none", None
 
 
 def md5_file(path: Path) -> str:
@@ -296,9 +298,11 @@ class EpochLogger:
             from mlflow import MlflowClient
 
             self._client = self._client or MlflowClient(tracking_uri=self.uri)
-            metrics = {**trainer.label_loss_items(trainer.tloss, prefix="train"), **(trainer.metrics or {}),
-                       **(getattr(trainer, "lr", None) or {})}
-            metrics = {(f"best/{k}" if final else k): float(v) for k, v in metrics.items()}
+            if final:  # the validation of best.pt
+                metrics = {f"best/{k}": float(v) for k, v in (trainer.metrics or {}).items()}
+            else:
+                metrics = {k: float(v) for k, v in {**trainer.label_loss_items(trainer.tloss, prefix="train"),
+                                                   **(trainer.metrics or {}), **(getattr(trainer, "lr", None) or {})}.items()}
             if self.epoch_eval and not final:
                 metrics.update(self._evaluate(trainer))
             log_metrics(self._client, self.run_id, metrics, step=int(trainer.epoch))
@@ -393,12 +397,10 @@ def log_train_artifacts(client: "MlflowClient", run_id: str, params: Params, inf
     _guard(lambda: client.log_artifact(run_id, str(weights), "weights"), client.tracking_uri)
     counts = {"weights": 1,
               "train": _log_dir(client, run_id, Path(info["save_dir"]), "train", ("*.png", "*.jpg", "*.csv", "*.yaml", "*.json"))}
-    card = params.tracking.dataset_card
-    if card and paths.resolve(card).is_dir():
-        counts["dataset_card"] = _log_dir(client, run_id, paths.resolve(card), "dataset_card", ("*.md", "*.png", "*.csv"))
-    report = params.validate_.report
-    if report and paths.resolve(report).is_dir():
-        counts["validate_report"] = _log_dir(client, run_id, paths.resolve(report), "validate_report", ("*.html", "*.json"))
+    # whole folders: the Data Docs pages link into their sub-folders
+    for key, folder in (("dataset_card", params.tracking.dataset_card), ("validate_report", params.validate_.report)):
+        if folder and paths.resolve(folder).is_dir():
+            counts[key] = _log_dir(client, run_id, paths.resolve(folder), key, ("**/*",))
     return counts
 
 
@@ -437,7 +439,6 @@ def train(params: Params, profile: str | None = None, closed_set: bool = False, 
         client.set_tag(run_id, f"{TAG}weights", info["weights"])
         for key, value in encoder_tags(info.get("encoder"), params).items():
             client.set_tag(run_id, key, value)
-        log_metrics(client, run_id, {f"final/{k}": v for k, v in info["val"].items()}, step=info["epochs_done"])
         counts = log_train_artifacts(client, run_id, params, info)
         prompter = logger.prompter
         if prompter is None and info.get("encoder"):
@@ -482,9 +483,11 @@ def _existing_run(client: "MlflowClient", run_id: str | None):
 
 
 def evaluate(weights: str | Path, params: Params, split: str | None = None, out_metrics: str | Path | None = None,
-             plots_dir: str | Path | None = None, train_run_id: str | None = None, quiet: bool = False) -> dict[str, Any]:
+             plots_dir: str | Path | None = None, train_run_id: str | None = None, quiet: bool = False,
+             weights_label: str | None = None) -> dict[str, Any]:
     """:func:`medrov.model.evaluate.evaluate` as an ``evaluate`` run, nested under (and tagged with) the train run
-    of the weights when it is in this store. ``quiet`` writes no metrics file or plots outside MLflow."""
+    of the weights when it is in this store. ``quiet`` writes no metrics file or plots outside MLflow;
+    ``weights_label`` names the weights in the run's tags (default: their path)."""
     from medrov.model import evaluate as step
 
     split = split or params.evaluate.split
@@ -493,7 +496,7 @@ def evaluate(weights: str | Path, params: Params, split: str | None = None, out_
         return step.evaluate(weights, run_params, split=split, out_metrics=out_metrics, plots_dir=plots_dir)
     client = connect(params.tracking)
     train_run = _existing_run(client, train_run_id or train_run_of(Path(weights)))
-    tags = {f"{TAG}split": split, f"{TAG}weights": str(weights),
+    tags = {f"{TAG}split": split, f"{TAG}weights": weights_label or str(weights),
             f"{TAG}train_run_id": train_run.info.run_id if train_run else "none (weights not trained in this store)"}
     with step_run(params, "evaluate", parent_run_id=train_run.info.run_id if train_run else None,
                   tags=tags, run_name=f"evaluate-{split}") as run:
@@ -594,10 +597,14 @@ def decide(challenger: dict[str, Any], champion: dict[str, Any] | None, section:
                       f"{section.min_gain:g}); largest modality drop {worst:+.4f} <= {section.max_modality_drop:g}"}
 
 
-def gating_metrics(client: "MlflowClient", run, split: str, metric: str) -> dict[str, Any] | None:
-    """The latest finished evaluation of ``run`` on ``split`` (None when there is none)."""
+def gating_metrics(client: "MlflowClient", run, split: str, metric: str, params: Params | None = None) -> dict[str, Any] | None:
+    """The latest finished evaluation of ``run`` on ``split`` (with the evaluation settings of ``params``, when
+    given); None when there is none."""
     query = (f"tags.`{TAG}step` = 'evaluate' and tags.`{TAG}train_run_id` = '{run.info.run_id}' "
              f"and tags.`{TAG}split` = '{split}' and attributes.status = 'FINISHED'")
+    if params is not None:  # an evaluation with other thresholds measures something else
+        for key in ("conf", "iou", "max_det"):
+            query += f" and params.`evaluate.{key}` = '{_param_value(getattr(params.evaluate, key))}'"
     found = _guard(lambda: client.search_runs([run.info.experiment_id], query, order_by=["attributes.start_time DESC"],
                                               max_results=1), client.tracking_uri)
     if not found:
@@ -611,7 +618,7 @@ def gating_metrics(client: "MlflowClient", run, split: str, metric: str) -> dict
 def _gate_of(params: Params, client: "MlflowClient", run, split: str) -> dict[str, Any]:
     """Gating metrics of a train run: its latest evaluation on ``split``, else evaluate its weights now."""
     metric = params.promote.metric
-    gate = gating_metrics(client, run, split, metric)
+    gate = gating_metrics(client, run, split, metric, params)
     if gate is not None:
         return gate
     artifact = run.data.tags.get(f"{TAG}weights_artifact", "weights/best.pt")
@@ -622,8 +629,9 @@ def _gate_of(params: Params, client: "MlflowClient", run, split: str) -> dict[st
         local = _guard(lambda: mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path=artifact,
                                                                    dst_path=tmp, tracking_uri=client.tracking_uri),
                        client.tracking_uri)
-        evaluate(local, params, split=split, train_run_id=run.info.run_id, quiet=True)
-    gate = gating_metrics(client, run, split, metric)
+        evaluate(local, params, split=split, train_run_id=run.info.run_id, quiet=True,
+                 weights_label=f"runs:/{run.info.run_id}/{artifact}")
+    gate = gating_metrics(client, run, split, metric, params)
     if gate is None:
         raise TrackingError(f"run {run.info.run_id}: evaluation on {split} produced no base+novel {metric} "
                             f"(does the {split} split have boxes?)")
@@ -678,13 +686,13 @@ def promote(params: Params, run_id: str | None = None, split: str | None = None)
     model_uri = run.data.tags.get(f"{TAG}model_uri")
     if not model_uri:
         raise TrackingError(f"run {run_id} has no logged model (only train runs can be promoted)")
-    challenger = _gate_of(params, client, run, split)
     champion_version = _alias(client, name, "champion")
-    existing = _guard(lambda: client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'"), uri)
     if champion_version is not None and champion_version.run_id == run_id:
-        return _summary(name, champion_version.version, {"promote": False, "decision": "already champion", "gain": 0.0,
+        return _summary(name, champion_version.version, {"promote": False, "decision": "already champion", "gain": None,
                                                          "failures": [], "reason": "this run's model is the champion already"},
-                        challenger, challenger, champion_version.version, run_id)
+                        None, None, champion_version.version, run_id)
+    challenger = _gate_of(params, client, run, split)
+    existing = _guard(lambda: client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'"), uri)
     champion = None
     if champion_version is not None:
         champion_run = _existing_run(client, champion_version.run_id)

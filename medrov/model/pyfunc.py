@@ -88,6 +88,8 @@ class TablePrompter:
         self.texts: list[str] = list(table["texts"])
         self.embeddings = table["embeddings"]
         self.index = {t: i for i, t in enumerate(self.texts)}
+        # whole prompt lists as the embedding cache held them: the exact values training and evaluation used
+        self.lists = {tuple(texts): emb for texts, emb in table.get("lists", [])}
         self.encoder_info: dict[str, Any] = dict(table.get("encoder") or {})
         self._encoder = None
 
@@ -111,6 +113,8 @@ class TablePrompter:
         import torch
 
         texts = list(texts)
+        if tuple(texts) in self.lists:
+            return fit_text_dim(self.lists[tuple(texts)].float())
         missing = [t for t in texts if t not in self.index]
         extra = {}
         if missing:
@@ -124,16 +128,18 @@ class TablePrompter:
 
 
 def build_embedding_table(prompter, texts: Sequence[str]) -> dict[str, Any]:
-    """Embeddings of ``texts`` (and of every cached list of the same encoder) by the prompter's encoder.
+    """The prompter's encoder's embeddings of ``texts`` and of every list in its on-disk cache.
 
-    Cached lists are reused as stored, so prompts embedded during training or evaluation keep the exact values
-    the model saw; the remaining texts are encoded in one batch.
+    Cached lists are kept whole and reused as stored, so a prompt list embedded during training or evaluation gets
+    the exact values the model saw (an encoder's output for a text varies in the last bits with its batch); every
+    text also gets one row for lists never seen; the remaining ``texts`` are encoded in one batch.
     """
     import torch
 
     encoder = prompter.encoder
     identity = encoder.identity
     table: dict[str, Any] = {}
+    lists: list[tuple[list[str], Any]] = []
     cache_dir = getattr(prompter, "cache_dir", None)
     if cache_dir and Path(cache_dir).is_dir():
         for file in sorted(Path(cache_dir).glob("text-*.pt")):
@@ -142,13 +148,14 @@ def build_embedding_table(prompter, texts: Sequence[str]) -> dict[str, Any]:
             except Exception:  # a torn cache file is simply not used
                 continue
             if stored.get("identity") == identity:
+                lists.append((list(stored["texts"]), stored["embeddings"].float()))
                 for text, emb in zip(stored["texts"], stored["embeddings"]):
                     table.setdefault(text, emb)
     missing = [t for t in dict.fromkeys(texts) if t not in table]
     if missing:
         table.update(zip(missing, encoder.encode_text(missing)))
     names = list(table)
-    return {"encoder": encoder.describe(), "texts": names,
+    return {"encoder": encoder.describe(), "texts": names, "lists": lists,
             "embeddings": torch.stack([table[t] for t in names]).float() if names else torch.zeros(0, encoder.dim)}
 
 

@@ -374,7 +374,7 @@ def log_model(params: Params, weights: Path, prompter=None, imgsz: int | None = 
             artifacts["text_embeddings"] = str(Path(tmp) / "text_embeddings.pt")
             config["encoder"] = table["encoder"]
         Path(artifacts["config"]).write_text(json.dumps(config, indent=2))
-        base = [t for t in texts][:2] or ["object"]
+        base = texts[:2] or ["object"]
         return mlflow.pyfunc.log_model(
             name=MODEL_NAME, python_model=pyfunc.DetectorModel(), artifacts=artifacts, signature=pyfunc.signature(),
             input_example=pyfunc.example_input(base), pip_requirements=_pip_requirements(),

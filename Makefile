@@ -11,6 +11,7 @@ PYTEST_ARGS ?=
 export YOLO_OFFLINE=1
 export YOLO_CONFIG_DIR=$(CURDIR)/.ultralytics
 export MLFLOW_DISABLE_TELEMETRY=true
+export MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false
 export PREFECT_SERVER_ANALYTICS_ENABLED=false
 export DVC_NO_ANALYTICS=1
 export RAY_USAGE_STATS_ENABLED=0
@@ -36,7 +37,7 @@ install: $(VENV)/.installed
 demo: install
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/dvc repro
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/dvc push -q
-	@echo "demo done: data/omnis (quarantine.csv lists what was not converted), reports/validate/index.html, reports/dataset/README.md, runs/demo (model), metrics/eval.json + reports/eval/*.png; dvc metrics show for the figures"
+	@echo "demo done: data/omnis (quarantine.csv lists what was not converted), reports/validate/index.html, reports/dataset/README.md, runs/demo (model), metrics/eval.json + reports/eval/*.png, metrics/promote.json; dvc metrics show for the figures; medrov models for the registry (mlflow.db)"
 
 test: install
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)

@@ -160,14 +160,16 @@ def train(
     set_: list[str] = SetOpt,
 ) -> None:
     """Fine-tune YOLO-World on Omnis with the configured text encoder (or the closed-set baseline)."""
+    from medrov import tracking
     from medrov.config import load_params
-    from medrov.model import train as step
 
     cfg = load_params(params, set_)
-    info = step.train(cfg, profile=profile, closed_set=closed_set, resume=resume)
+    info = tracking.train(cfg, profile=profile, closed_set=closed_set, resume=resume)
     _write_metrics(metrics, {"kind": info["kind"], "epochs": info["epochs_done"], "seconds": info["seconds"],
                              "encoder": info.get("encoder", {}).get("identity"), **info["val"]})
     typer.echo(f"trained {info['kind']} model: {info['weights']} ({info['epochs_done']} epochs, {info['seconds']} s)")
+    if "mlflow" in info:
+        typer.echo(f"mlflow run {info['mlflow']['run_id']} in {info['mlflow']['tracking_uri']} (model {info['mlflow']['model_uri']})")
 
 
 @app.command()
@@ -181,26 +183,28 @@ def evaluate(
     set_: list[str] = SetOpt,
 ) -> None:
     """mAP50 and mAP50-95 for base, novel and base+novel classes, per modality and per source."""
+    from medrov import tracking
     from medrov.config import load_params
-    from medrov.model import evaluate as step
 
     cfg = load_params(params, set_)
     w = _weights_or_default(weights, cfg, closed_set)
-    result = step.evaluate(w, cfg, split=split, out_metrics=paths.resolve(metrics) if metrics else None,
-                           plots_dir=paths.resolve(plots) if plots else None)
+    result = tracking.evaluate(w, cfg, split=split, out_metrics=paths.resolve(metrics) if metrics else None,
+                               plots_dir=paths.resolve(plots) if plots else None)
     for group in ("all", "base", "novel"):
         if group in result:
             typer.echo(f"{group:>6}: mAP50 {result[group]['map50']:.4f}  mAP50-95 {result[group]['map50_95']:.4f}  ({result[group]['classes']} classes)")
     for mod, r in result["modality"].items():
         if "all" in r:
             typer.echo(f"  {mod:<15} mAP50 {r['all']['map50']:.4f} ({r['images']} images)")
+    if result.get("mlflow_run_id"):
+        typer.echo(f"mlflow evaluate run {result['mlflow_run_id']}")
 
 
 @app.command()
 def predict(
     path: Path = typer.Argument(..., help="image (PNG/JPG), NIfTI volume, DICOM series folder, or a folder of those"),
     prompt: list[str] = typer.Option(..., "--prompt", "-p", help="what to find, e.g. 'liver tumor' (repeatable)"),
-    weights: Optional[Path] = typer.Option(None, help="model (default: the latest model of the active profile)"),
+    weights: Optional[str] = typer.Option(None, help="weights file or MLflow model URI, e.g. models:/medrov@champion (default: the latest model of the active profile)"),
     out: Path = typer.Option(Path("predictions"), help="folder for one JSON and overlay PNG(s) per input"),
     conf: float = typer.Option(0.25, min=0, max=1, help="score threshold"),
     imgsz: int = typer.Option(640, min=32, help="inference size"),
@@ -214,10 +218,14 @@ def predict(
     from medrov.model.predict import predict_path
 
     cfg = load_params(params, set_)
-    w = _weights_or_default(weights, cfg)
-    detector = Detector(w)
-    if detector.open_vocabulary:
-        detector.prompter = _prompter(cfg)
+    if weights and weights.startswith(("models:/", "runs:/")):
+        from medrov import tracking
+
+        detector = tracking.load_detector(cfg, weights)  # its prompts come from the model's embedding table
+    else:
+        detector = Detector(_weights_or_default(Path(weights) if weights else None, cfg))
+        if detector.open_vocabulary:
+            detector.prompter = _prompter(cfg)
     summary = predict_path(detector, paths.resolve(path, Path.cwd()), list(prompt), paths.resolve(out, Path.cwd()),
                            imgsz=imgsz, conf=conf, modality=modality)
     typer.echo(json.dumps(summary, indent=2, default=str))
@@ -240,6 +248,63 @@ def export(
     w = _weights_or_default(weights, cfg)
     written = export_onnx(w, list(prompt), _prompter(cfg) if prompt else None, paths.resolve(out, Path.cwd()), imgsz=imgsz)
     typer.echo(f"exported: {written}")
+
+
+@app.command()
+def promote(
+    run_id: Optional[str] = typer.Option(None, "--run-id", help="train run whose model to promote (default: the active profile's latest)"),
+    split: Optional[str] = typer.Option(None, help="split of the gating metrics (default: promote.split)"),
+    metrics: Optional[Path] = typer.Option(None, help="write the decision as JSON here (for DVC)"),
+    params: Optional[Path] = ParamsOpt,
+    set_: list[str] = SetOpt,
+) -> None:
+    """Register a run's model as `challenger`; move `champion` to it only if it beats the champion on the gate."""
+    from medrov import tracking
+    from medrov.config import load_params
+
+    cfg = load_params(params, set_)
+    result = tracking.promote(cfg, run_id=run_id, split=split)
+    _write_metrics(metrics, result)
+    ch, cp = result["challenger"], result["champion"]
+    typer.echo(f"{result['model']} v{result['version']} (run {result['run_id']}): {result['decision'].upper()}")
+    if ch:
+        typer.echo(f"  challenger {ch['split']} {ch['metric']} base+novel {ch['all']:.4f}"
+                   + (f"  champion v{result['previous_champion_version']} {cp['all']:.4f}" if cp else ""))
+    typer.echo(f"  reason: {result['reason']}")
+    if result.get("note"):
+        typer.echo(f"  note: {result['note']}")
+
+
+@app.command()
+def rollback(params: Optional[Path] = ParamsOpt, set_: list[str] = SetOpt) -> None:
+    """Point `champion` back at the version the current champion replaced."""
+    from medrov import tracking
+    from medrov.config import load_params
+
+    result = tracking.rollback(load_params(params, set_))
+    typer.echo(f"{result['model']}: champion v{result['from_version']} -> v{result['to_version']} (run {result['run_id']})")
+
+
+@app.command()
+def models(params: Optional[Path] = ParamsOpt, set_: list[str] = SetOpt) -> None:
+    """List the registered versions with their aliases, gating metrics and source runs."""
+    from medrov import tracking
+    from medrov.config import load_params
+
+    cfg = load_params(params, set_)
+    rows = tracking.list_models(cfg)
+    uri = tracking.tracking_uri(cfg.tracking)
+    if not rows:
+        typer.echo(f"no versions of {cfg.promote.model_name!r} in {uri}")
+        return
+    typer.echo(f"{cfg.promote.model_name} in {uri}")
+    typer.echo(f"{'version':>7}  {'aliases':<22} {'gate':<13} {'base+novel':>10} {'base':>7} {'novel':>7}  {'decision':<9} run / modalities")
+    fmt = lambda v: f"{float(v):.4f}" if v not in (None, "") else "-"  # noqa: E731
+    for r in rows:
+        gate = f"{r['split']} {r['metric']}" if r["split"] else "-"
+        mods = " ".join(f"{m}={fmt(v)}" for m, v in r["modality"].items())
+        typer.echo(f"{r['version']:>7}  {','.join(r['aliases']) or '-':<22} {gate:<13} {fmt(r['all']):>10} {fmt(r['base']):>7} "
+                   f"{fmt(r['novel']):>7}  {r['decision'] or '-':<9} {r['run_id']}  {mods}")
 
 
 def main() -> None:

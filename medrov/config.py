@@ -185,6 +185,32 @@ class PseudoParams(Section):
         return self
 
 
+class TrackingParams(Section):
+    """The ``tracking`` section: where MLflow runs, models and the registry live.
+
+    ``MLFLOW_TRACKING_URI`` in the environment wins over ``uri``; ``uri: null`` is the embedded SQLite store
+    ``sqlite:///<project>/mlflow.db`` with artifacts under ``<project>/<artifacts>``, no server needed.
+    """
+
+    enabled: bool = True
+    uri: str | None = None  # null: sqlite:///<project>/mlflow.db; http://host:port for an `mlflow server`
+    artifacts: str = "mlartifacts"  # artifact root of experiments this project creates in a local store
+    experiment: str = "medrov"
+    epoch_eval: bool = True  # per-epoch open-vocabulary mAP50 (base/novel/per modality) on promote.split
+    dataset_card: str | None = "reports/dataset"  # logged with each train run when present (`medrov report --out`)
+    server_timeout: float = Field(5.0, gt=0)  # seconds to wait for an `mlflow server` before giving up
+
+
+class PromoteParams(Section):
+    """The ``promote`` section: the gate a challenger must pass to become the registry's ``champion``."""
+
+    model_name: str = "medrov"  # registered model name
+    split: Literal["train", "val", "test"] = "val"
+    metric: Literal["map50", "map50_95"] = "map50"  # compared on base+novel classes and per modality
+    min_gain: float = Field(0.01, ge=0)  # base+novel metric must improve by at least this
+    max_modality_drop: float = Field(0.05, ge=0)  # and no modality may drop by more than this
+
+
 class Params(Section):
     """All of params.yaml."""
 
@@ -195,6 +221,8 @@ class Params(Section):
     train: TrainParams = TrainParams()
     evaluate: EvaluateParams = EvaluateParams()
     pseudo: PseudoParams = PseudoParams()
+    tracking: TrackingParams = TrackingParams()
+    promote: PromoteParams = PromoteParams()
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
 

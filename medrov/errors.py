@@ -24,3 +24,7 @@ class SourceReadError(MedrovError):
 
 class ValidationFailed(MedrovError):
     """The converted dataset failed hard data-quality expectations."""
+
+
+class TrackingError(MedrovError):
+    """MLflow tracking or the model registry cannot do what was asked (server down, run or model missing)."""

@@ -83,8 +83,12 @@ def _strip(summary: dict[str, Any]) -> dict[str, Any]:
 
 
 def evaluate(weights: str | Path, params: Params, split: str | None = None, out_metrics: str | Path | None = None,
-             plots_dir: str | Path | None = None, imgsz: int | None = None) -> dict[str, Any]:
-    """Evaluate ``weights`` on a split of the Omnis dataset named by ``params.train.data``."""
+             plots_dir: str | Path | None = None, imgsz: int | None = None, prompter=None) -> dict[str, Any]:
+    """Evaluate ``weights`` on a split of the Omnis dataset named by ``params.train.data``.
+
+    ``prompter`` reuses an already loaded text encoder (the trainer's, for per-epoch evaluation); by default the
+    encoder of ``params.text`` is loaded.
+    """
     from medrov.model.build import Prompter, prompt_name
     from medrov.text import load_encoder
 
@@ -110,7 +114,7 @@ def evaluate(weights: str | Path, params: Params, split: str | None = None, out_
     cache = None if params.text.cache_dir is None else (root / params.text.cache_dir)
     detector = Detector(weights)
     if detector.open_vocabulary:
-        detector.prompter = Prompter(load_encoder(params.text.encoder, params.text.fallback), cache)
+        detector.prompter = prompter or Prompter(load_encoder(params.text.encoder, params.text.fallback), cache)
     size = imgsz or _train_imgsz(weights) or 640
     gt = {img: g for img, g in boxes.groupby("image")}
     stats: dict[str, dict[str, np.ndarray]] = {}

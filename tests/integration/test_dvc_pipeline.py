@@ -1,5 +1,6 @@
-"""A real DVC repo: `dvc repro` runs demo_sources -> convert -> validate/report -> train -> evaluate, a second repro
-is a no-op, one param re-runs one stage and what depends on it."""
+"""A real DVC repo: `dvc repro` runs demo_sources -> convert -> validate/report -> train -> evaluate -> promote (the
+model ends up `champion` in the embedded MLflow store), a second repro is a no-op, one param re-runs one stage and
+what depends on it."""
 
 from __future__ import annotations
 
@@ -50,6 +51,7 @@ def project(tmp_path: Path) -> tuple[Path, dict[str, str]]:
         "DVC_NO_ANALYTICS": "1",
     }
     env.pop("MEDROV_ROOT", None)
+    env.pop("MLFLOW_TRACKING_URI", None)  # the project's own default: sqlite:///<project>/mlflow.db
     _run(["git", "init", "-q"], dest, env)
     return dest, env
 
@@ -73,6 +75,14 @@ def test_repro_runs_then_is_a_noop_then_reruns_only_convert(project):
     assert evaluation["modality"] and set(evaluation["modality"]) <= {"ct", "mri", "xray", "microscopy", "endoscopy"}
     assert (dest / "reports" / "eval" / "pr_curve.png").is_file()
     assert (dest / "reports" / "eval" / "map50_per_modality.png").is_file()
+    # promote: the first model of the registry becomes champion, in the embedded store inside the project
+    assert "Running stage 'promote'" in first.stdout
+    promoted = json.loads((dest / "metrics" / "promote.json").read_text())
+    assert promoted["decision"] == "first" and promoted["promoted"] and promoted["challenger"]["split"] == "val"
+    assert (dest / "mlflow.db").is_file() and any((dest / "mlartifacts").rglob("best.pt"))
+    listing = _run([sys.executable, "-m", "medrov", "models"], dest, env).stdout
+    assert f"sqlite:///{dest / 'mlflow.db'}" in listing.splitlines()[0]
+    assert any(line.split()[:2] == ["1", "challenger,champion"] for line in listing.splitlines()[2:]), listing
 
     second = _run([*dvc, "repro"], dest, env)
     assert "Data and pipelines are up to date" in second.stdout

@@ -1,4 +1,5 @@
-"""Test session set-up: offline switches, a shrunken copy of the real params, shared data location."""
+"""Test session set-up: offline switches, a shrunken copy of the real params, shared data location, and a tiny
+converted Omnis with params pointing training at it (model, tune and flow tests)."""
 
 from __future__ import annotations
 
@@ -31,3 +32,38 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"shared data folder {SHARED_DATA} is absent")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_omnis(tmp_path_factory) -> Path:
+    """demo sources (2 CT, 2 MRI volumes of 64x64x8, a few 2D images) converted into ``<tmp>/data/omnis``."""
+    from medrov.config import load_params
+    from medrov.data import convert, demo
+
+    root = tmp_path_factory.mktemp("tiny-omnis")
+    params = load_params(ROOT / "params.yaml", [
+        "demo.ct_volumes=2", "demo.mri_volumes=2", "demo.volume_shape=[64,64,8]", "demo.xray_images=4",
+        "demo.microscopy_images=6", "demo.endoscopy_images=4", "demo.image_size=64", "data.workers=1",
+    ])
+    demo.generate(params.demo, root / "data" / "raw" / "synthetic")
+    text = (ROOT / "data" / "sources.yaml").read_text()
+    (root / "data" / "sources.yaml").write_text(text.replace("{shared}", str(root / "no-shared-data")))
+    convert.run(params.data, sources_file=root / "data" / "sources.yaml", out_dir=root / "data" / "omnis", progress=False)
+    return root / "data" / "omnis"
+
+
+@pytest.fixture
+def train_overrides(tiny_omnis: Path, tmp_path: Path) -> list[str]:
+    """The real params, shrunk: 1 epoch at 64 px, MiniLM, everything written under tmp_path."""
+    return [
+        f"train.data={tiny_omnis / 'omnis.yaml'}",
+        f"train.project={tmp_path / 'runs'}",
+        "train.profiles.demo.epochs=1",
+        "train.profiles.demo.imgsz=64",
+        "train.profiles.demo.batch=8",
+        "train.profiles.demo.workers=0",
+        "text.encoder=minilm",
+        f"text.cache_dir={tmp_path / 'text-cache'}",
+        "evaluate.metrics=null",
+        "evaluate.plots=null",
+    ]

@@ -24,3 +24,7 @@ class SourceReadError(MedrovError):
 
 class ValidationFailed(MedrovError):
     """The converted dataset failed hard data-quality expectations."""
+
+
+class StepFailed(MedrovError):
+    """A pipeline step run as a command (``dvc repro``, a ``medrov`` subcommand) exited with an error."""

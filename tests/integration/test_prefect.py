@@ -80,8 +80,14 @@ def settings(server):
     """This test process talks to the test server too (in-process flow runs, the client)."""
     from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
 
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
     with temporary_settings({PREFECT_API_URL: server["url"], PREFECT_HOME: str(server["home"])}):
         yield server
+        # send this process's queued run logs and events while the server is still up
+        APILogWorker.drain_all(timeout=10)
+        EventsWorker.drain_all(timeout=10)
 
 
 def _client_call(func):

@@ -176,19 +176,20 @@ def run(params: Params, address: str | None = None, num_samples: int | None = No
         ConfigError: a search-space key or range is not valid for params, or the profile is unknown.
         TuneFailed: no trial reported the metric (every trial failed).
     """
-    import mlflow
-    import ray
-    from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
-    from ray.tune.search import BasicVariantGenerator
-
     cfg = params.tune
     profile = cfg.profile or params.train.profile
     if profile not in params.train.profiles:
         raise ConfigError(f"tune.profile {profile!r} is not one of {sorted(params.train.profiles)}")
     if not cfg.space:
         raise ConfigError("tune.space is empty: nothing to sweep")
-    check_space(params, cfg.space)
+    check_space(params, cfg.space)  # before Ray and MLflow are even imported: a bad space fails in a second
+
+    import mlflow
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search import BasicVariantGenerator
+
     root = paths.project_root()
     storage = paths.resolve(cfg.storage)
     best_path = paths.resolve(best_file or cfg.best)

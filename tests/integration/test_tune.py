@@ -75,3 +75,16 @@ def test_space_key_that_is_not_a_param_fails_before_ray_starts(train_overrides, 
     assert not ray.is_initialized()
     with pytest.raises(ConfigError, match="space.pseudo.iou_t: loguniform needs low < high"):
         load_params(ROOT / "params.yaml", ["tune.space={pseudo.iou_t: {loguniform: [0.4, 0.2]}}"])
+
+
+def test_cli_names_a_bad_search_space_in_one_line(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "MEDROV_ROOT": str(ROOT), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    result = subprocess.run([sys.executable, "-m", "medrov", "tune", "-S", "tune.space={train.profiles.demo.lr: {loguniform: [0.0001, 0.01]}}"],
+                            env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "error: ConfigError: tune.space.train.profiles.demo.lr: loguniform [0.0001, 0.01] is not valid for params" in result.stderr
+    assert "Traceback" not in result.stderr

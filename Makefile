@@ -48,3 +48,11 @@ bench: install
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ultralytics
+
+# team servers (infra/README.md): Docker Engine with Compose v2, and infra/.env made from infra/.env.example
+.PHONY: infra-up infra-down
+infra-up:
+	docker compose -f infra/compose.yaml up -d --build --wait
+
+infra-down:
+	docker compose -f infra/compose.yaml down

@@ -174,7 +174,7 @@ class PseudoParams(Section):
     crops_per_image: int = Field(5, ge=0)
     enlarge: float = Field(0.3, ge=0)  # crop = box enlarged by this fraction
     negative_class: Literal["slot", "predicted"] = "slot"  # the class id a negative box is appended with
-    teacher: Literal["ema", "student"] = "ema"  # ema: an extra no-grad pass of the EMA model; student: reuse the training forward
+    teacher: Literal["ema", "model"] = "ema"  # the extra no-grad pass: EMA weights, or the current weights (reference code)
     start_epoch: int = Field(0, ge=0)  # epochs of plain training before the mechanisms switch on
     gallery: int = Field(16, ge=0)  # pseudo-labelled crops kept per class for the audit gallery
 

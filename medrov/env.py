@@ -48,7 +48,8 @@ def init_local_ray(num_cpus: int, **kwargs) -> None:
 
     Ray probes cloud metadata addresses unless ``$HOME/ray_bootstrap_config.yaml`` exists (measured, see
     FACTS.md): while Ray starts, HOME points at a private folder holding an empty one, so the user's home is
-    never written. Ray also gets its own temp dir instead of the machine-wide default.
+    never written. Ray also gets its own temp dir instead of the machine-wide default. A ``RAY_ADDRESS`` in the
+    environment (the team's cluster) is not used: this is the one-machine instance.
     """
     import tempfile
 
@@ -61,6 +62,8 @@ def init_local_ray(num_cpus: int, **kwargs) -> None:
     os.environ["HOME"] = private
     try:
         ray.init(
+            # "local" starts a new instance even when RAY_ADDRESS names a team cluster (infra/README.md)
+            address="local",
             num_cpus=num_cpus,
             include_dashboard=False,
             _node_ip_address="127.0.0.1",

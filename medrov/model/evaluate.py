@@ -85,7 +85,7 @@ def _strip(summary: dict[str, Any]) -> dict[str, Any]:
 def evaluate(weights: str | Path, params: Params, split: str | None = None, out_metrics: str | Path | None = None,
              plots_dir: str | Path | None = None, imgsz: int | None = None) -> dict[str, Any]:
     """Evaluate ``weights`` on a split of the Omnis dataset named by ``params.train.data``."""
-    from medrov.model.build import Prompter
+    from medrov.model.build import Prompter, prompt_name
     from medrov.text import load_encoder
 
     ep: EvaluateParams = params.evaluate
@@ -140,6 +140,9 @@ def evaluate(weights: str | Path, params: Params, split: str | None = None, out_
         result["encoder"] = detector.prompter.describe()
     overall = summarise(list(stats.values()), novel)
     result.update({k: overall.get(k) for k in ("all", "base", "novel") if k in overall})
+    curves = overall.get("_curves")
+    if curves is not None:
+        result["class"] = {prompt_name(names[int(c)]): float(ap) for c, ap in zip(curves["classes"], curves["ap50"])}
     result["modality"] = {m: _strip(summarise([stats[i] for i in g.index if i in stats], novel)) for m, g in info.groupby("modality")}
     result["source"] = {s: _strip(summarise([stats[i] for i in g.index if i in stats], novel)) for s, g in info.groupby("source")}
     if out_metrics or ep.metrics:

@@ -68,8 +68,67 @@ class _HoldOut:
         return labels
 
 
+class SourceTiles:
+    """Takes the source-tile boxes (class ids from ``nc`` on) out of the labels into ``labels["tiles"]``
+    (x1, y1, x2, y2, source; pixels of the final training image) and drops their marker prompts. Runs after
+    mosaic, affine and flips, right before the prompt sampler."""
+
+    def __init__(self, nc: int):
+        self.nc = nc
+
+    def __call__(self, labels: dict[str, Any]) -> dict[str, Any]:
+        cls = np.asarray(labels["cls"]).reshape(-1)
+        tile = cls >= self.nc
+        inst = labels["instances"]
+        tiles = np.zeros((0, 5), dtype=np.float32)
+        if tile.any():
+            inst.convert_bbox("xyxy")
+            if inst.normalized:
+                h, w = labels["img"].shape[:2]
+                inst.denormalize(w, h)
+            tiles = np.concatenate([inst.bboxes[tile], (cls[tile] - self.nc)[:, None]], 1).astype(np.float32)
+            labels["instances"], labels["cls"] = inst[~tile], labels["cls"][~tile]
+        labels["texts"] = labels["texts"][: self.nc]
+        labels["tiles"] = tiles
+        return labels
+
+
+def image_sources(data: dict[str, Any]) -> tuple[dict[str, int], list[str]]:
+    """Image path -> source index (row of presence.csv), read from the Omnis manifest, and the source names."""
+    import pandas as pd
+
+    root = Path(data["path"])
+    order = pd.read_csv(root / "presence.csv", usecols=[0]).iloc[:, 0].astype(str).tolist()
+    index = {name: i for i, name in enumerate(order)}
+    manifest = pd.read_parquet(root / "manifest.parquet", columns=["image", "source"])
+    mapping = {str((root / img).resolve()): index.get(str(src), -1) for img, src in zip(manifest["image"], manifest["source"])}
+    return mapping, order
+
+
 class OmnisTrainDataset(_HoldOut, YOLOMultiModalDataset):
-    """Training images with per-image prompts (synonyms picked at random by ultralytics) and our sampler."""
+    """Training images with per-image prompts (synonyms picked at random by ultralytics) and our sampler.
+
+    With ``data["track_sources"]`` every image also carries one box covering it, of class ``nc + source`` (with a
+    marker prompt per source appended to the class texts, the same list for every image, so ultralytics' mosaic
+    keeps the ids), and mosaic, affine and flips move the source regions exactly as they move objects;
+    :class:`SourceTiles` takes them out again before the prompts are sampled.
+    """
+
+    def update_labels_info(self, label):
+        if not self.data.get("track_sources"):
+            return super().update_labels_info(label)
+        if not hasattr(self, "_sources"):
+            self._sources, self._source_names = image_sources(self.data)
+        nc = int(self.data["nc"])
+        source = self._sources.get(str(Path(label["im_file"]).resolve()), -1)
+        if source >= 0:
+            label["bboxes"] = np.concatenate([label["bboxes"].reshape(-1, 4), _whole_image(label)], 0).astype(np.float32)
+            label["cls"] = np.concatenate([label["cls"].reshape(-1, 1), [[nc + source]]], 0).astype(np.float32)
+            if len(label.get("segments") or []):
+                label["segments"] = list(label["segments"]) + [np.array([[0, 0], [1, 0], [1, 1], [0, 1]], np.float32)]
+        label = super().update_labels_info(label)
+        label["texts"] = list(label["texts"]) + [[f"<source:{name}>"] for name in self._source_names]
+        return label
 
     def build_text_transforms(self, transforms, max_samples):
         transforms = super().build_text_transforms(transforms, max_samples)
@@ -83,16 +142,28 @@ class OmnisTrainDataset(_HoldOut, YOLOMultiModalDataset):
                     padding_value=t.padding_value,
                     prompt_format=t.prompt_format,
                 )
+                if self.data.get("track_sources"):
+                    transforms.transforms.insert(i, SourceTiles(int(self.data["nc"])))
+                break
         return transforms
+
+
+def _whole_image(label) -> np.ndarray:
+    """The box covering the whole image in the label's own format (ultralytics stores normalised xywh)."""
+    if label.get("normalized", True):
+        return np.array([[0.5, 0.5, 1.0, 1.0]], np.float32)
+    h, w = label["ori_shape"]
+    return np.array([[w / 2, h / 2, w, h]], np.float32)
 
 
 class OmnisEvalDataset(_HoldOut, YOLODataset):
     """Validation images during training: held-out classes are not scored (they would leak into model selection)."""
 
 
-def _omnis_data(data: dict[str, Any], held_out: Sequence[int]) -> dict[str, Any]:
+def _omnis_data(data: dict[str, Any], held_out: Sequence[int], track_sources: bool = False) -> dict[str, Any]:
     held = sorted(set(int(c) for c in held_out))
-    return {**data, "held_out": held, "negatives": [c for c in range(int(data["nc"])) if c not in set(held)]}
+    return {**data, "held_out": held, "negatives": [c for c in range(int(data["nc"])) if c not in set(held)],
+            "track_sources": track_sources}
 
 
 def _dataset(trainer, img_path, mode, batch, multi_modal: bool):
@@ -101,8 +172,9 @@ def _dataset(trainer, img_path, mode, batch, multi_modal: bool):
     from ultralytics.utils import colorstr
 
     cfg = trainer.args
-    gs = max(int(unwrap_model(trainer.model).stride.max() if trainer.model else 0), 32)
-    data = _omnis_data(trainer.data, trainer.held_out)
+    model = trainer.model if hasattr(trainer.model, "parameters") else None  # a name before set-up
+    gs = max(int(unwrap_model(model).stride.max() if model is not None else 0), 32)
+    data = _omnis_data(trainer.data, trainer.held_out, bool(getattr(trainer, "pseudo", None)) and mode == "train")
     cls = OmnisTrainDataset if (multi_modal and mode == "train") else OmnisEvalDataset
     return cls(
         img_path=img_path,
@@ -129,6 +201,12 @@ def _medrov_pretrain_end(trainer) -> None:
     set_prompts(trainer.ema.ema, names, trainer.prompter(names))
 
 
+def _pseudo_epoch_end(trainer) -> None:
+    """Counters and gallery of the epoch; ``trainer.pseudo_metrics`` is what trackers log (rank zero writes)."""
+    if trainer._mechanisms is not None and RANK in {-1, 0}:
+        trainer.pseudo_metrics = trainer._mechanisms.end_epoch(trainer.save_dir, trainer.epoch + 1)
+
+
 class MedrovWorldTrainer(WorldTrainer):
     """WorldTrainer with our text encoder. Use :func:`make_world_trainer`, which fills the class attributes."""
 
@@ -136,7 +214,32 @@ class MedrovWorldTrainer(WorldTrainer):
     text_fallback: str | None = None
     text_cache_dir: str | None = None
     held_out: tuple[int, ...] = ()
+    pseudo: dict[str, Any] | None = None  # the ``pseudo`` params section; None = plain YOLO-World training
     _prompter: Prompter | None = None
+    _mechanisms = None
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.pseudo_metrics: dict[str, float] = {}
+        if self.pseudo:
+            self.add_callback("on_fit_epoch_end", _pseudo_epoch_end)
+
+    @property
+    def mechanisms(self):
+        """Pseudo-labels and negatives (built on first use: needs the data and the encoder)."""
+        if self._mechanisms is None and self.pseudo:
+            from medrov.model.mechanisms import Mechanisms
+
+            self._mechanisms = Mechanisms(self.pseudo, self.data, self.prompter.encoder)
+            if RANK in {-1, 0}:
+                log.info("pseudo: %s", self._mechanisms.describe())
+        return self._mechanisms
+
+    def preprocess_batch(self, batch):
+        batch = super().preprocess_batch(batch)
+        if self.pseudo and self.model is not None and self.model.training:
+            self.mechanisms(self, batch)
+        return batch
 
     @property
     def prompter(self) -> Prompter:
@@ -177,13 +280,20 @@ class MedrovDetectionTrainer(DetectionTrainer):
         return _dataset(self, img_path, mode, batch, multi_modal=False)
 
 
-def make_world_trainer(text_spec: str, text_fallback: str | None, text_cache_dir: str | Path | None, held_out: Sequence[int]):
-    """A per-run trainer class carrying our settings (see the module docstring for why a class)."""
+def make_world_trainer(text_spec: str, text_fallback: str | None, text_cache_dir: str | Path | None, held_out: Sequence[int],
+                       pseudo: dict[str, Any] | None = None):
+    """A per-run trainer class carrying our settings (see the module docstring for why a class).
+
+    ``pseudo`` (the ``pseudo`` params section plus ``seed``) switches the training mechanisms on; None or both
+    mechanisms off gives plain YOLO-World training (no teacher pass, no source tracking).
+    """
+    active = pseudo if pseudo and (pseudo.get("labels") or pseudo.get("negatives")) else None
     attrs = {
         "text_spec": text_spec,
         "text_fallback": text_fallback,
         "text_cache_dir": None if text_cache_dir is None else str(text_cache_dir),
         "held_out": tuple(int(c) for c in held_out),
+        "pseudo": None if active is None else dict(active),
     }
     return type("MedrovWorldRunTrainer", (MedrovWorldTrainer,), attrs)
 

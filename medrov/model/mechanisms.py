@@ -1,0 +1,233 @@
+"""The trainer side of MedROV's training mechanisms: teacher pass, the pure rule (:mod:`medrov.model.pseudo`),
+image-feature negatives, per-epoch counters and the audit gallery.
+
+Called from ``MedrovWorldTrainer.preprocess_batch``, i.e. after the batch is on the device with its per-image
+prompt embeddings and right before ``loss = model(batch)``: negatives overwrite prompt slots of ``txt_feats`` and
+every decided box is appended to the batch targets, so the training forward sees both.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from medrov.errors import ConfigError
+from medrov.model.pseudo import Decisions, ImageInput, Rule, append_targets, decide
+
+log = logging.getLogger(__name__)
+THUMB = 64
+
+
+def presence_for(data: dict[str, Any], sources: list[str]) -> np.ndarray:
+    """presence.csv as an int matrix (sources x classes) in the dataset's class order; refuses a mismatch."""
+    import pandas as pd
+
+    path = Path(data["path"]) / "presence.csv"
+    table = pd.read_csv(path).set_index("source")
+    names = [str(n) for n in data["names"].values()]
+    if table.shape[1] != len(names):
+        raise ConfigError(f"presence matrix has {table.shape[1]} classes, the dataset {len(names)}", path)
+    for i, (col, name) in enumerate(zip(table.columns, names)):
+        if col.strip() != name.split("/", 1)[0].strip():
+            raise ConfigError(f"presence column {i} is {col!r} but class {i} is {name!r}", path)
+    return table.loc[sources].to_numpy(dtype=int)
+
+
+def _xywh2xyxy(b: torch.Tensor) -> torch.Tensor:
+    return torch.cat((b[..., :2] - b[..., 2:] / 2, b[..., :2] + b[..., 2:] / 2), -1)
+
+
+class Mechanisms:
+    """Pseudo-labels and image-feature negatives for one training run (one per rank).
+
+    Args:
+        settings: the ``pseudo`` params section as a dict.
+        data: the ultralytics data dict (``path``, ``names``).
+        encoder: the run's encoder; negatives need ``encoder.has_image``.
+    """
+
+    def __init__(self, settings: dict[str, Any], data: dict[str, Any], encoder):
+        from medrov.model.trainer import image_sources
+
+        self.settings = settings
+        self.encoder = encoder
+        self.negatives_available = bool(getattr(encoder, "has_image", False))
+        fields = {k: settings[k] for k in ("iou_t", "conf_c", "nms_iou", "crop_min", "crop_max", "crops_per_image",
+                                           "enlarge", "negative_class", "labels", "negatives")}
+        fields["negatives"] = fields["negatives"] and self.negatives_available
+        self.rule = Rule(**fields)
+        _, self.sources = image_sources(data)
+        self.presence = presence_for(data, self.sources)
+        self.names = [str(n) for n in data["names"].values()]
+        self.text_class = {}
+        for c, name in enumerate(self.names):
+            for syn in name.split("/"):
+                self.text_class.setdefault(syn, c)
+                self.text_class.setdefault(syn.strip(), c)
+        self.rng = np.random.default_rng(int(settings.get("seed", 0)))
+        self.start_epoch = int(settings.get("start_epoch", 0))
+        self.teacher = settings.get("teacher", "ema")
+        self.gallery_size = int(settings.get("gallery", 0))
+        self.reset()
+        if settings.get("negatives") and not self.negatives_available:
+            log.warning("pseudo: image-feature negatives are OFF: encoder %s has no image tower (text-only)",
+                        getattr(encoder, "spec", encoder))
+
+    def describe(self) -> dict[str, Any]:
+        """What is in force, for the run record and MLflow params."""
+        return {"labels": self.rule.labels, "negatives": self.rule.negatives,
+                "negatives_off_reason": None if self.rule.negatives or not self.settings.get("negatives")
+                else "encoder has no image tower", "teacher": self.teacher, "sources": self.sources}
+
+    def reset(self) -> None:
+        self.labels = Counter()
+        self.negatives = Counter()
+        self.gallery: dict[int, list[np.ndarray]] = defaultdict(list)
+        self.seconds = 0.0
+        self.batches = 0
+
+    # --- the per-batch hook -------------------------------------------------------------------------------------
+    def __call__(self, trainer, batch: dict[str, Any]) -> Decisions | None:
+        if trainer.epoch < self.start_epoch or not (self.rule.labels or self.rule.negatives):
+            return None
+        start = time.perf_counter()
+        images = self._inputs(batch, self._teacher_predictions(trainer, batch))
+        decisions = decide(images, self.presence, self.rule, self.rng)
+        if decisions.negatives:
+            self._inject_negatives(batch, decisions)
+        if decisions.targets or decisions.negatives:
+            h, w = batch["img"].shape[2:]
+            batch["batch_idx"], batch["cls"], batch["bboxes"] = append_targets(
+                batch["batch_idx"], batch["cls"], batch["bboxes"], decisions.appended(), (h, w))
+        self._count(batch, decisions)
+        self.seconds += time.perf_counter() - start
+        self.batches += 1
+        return decisions
+
+    def _teacher_predictions(self, trainer, batch) -> torch.Tensor:
+        """(B, 4 + K, anchors) decoded predictions (xywh pixels, sigmoid scores) of the teacher on this batch."""
+        from ultralytics.utils.torch_utils import unwrap_model
+
+        model = trainer.ema.ema if (self.teacher == "ema" and trainer.ema) else unwrap_model(trainer.model)
+        head = model.model[-1]
+        k = batch["txt_feats"].shape[1]
+        nc, training = head.nc, model.training
+        head.nc = k  # the head's class count follows the prompts of this batch
+        model.eval()
+        try:
+            with torch.no_grad():
+                out = model.predict(batch["img"], txt_feats=batch["txt_feats"])
+        finally:
+            head.nc = nc
+            model.train(training)
+        return (out[0] if isinstance(out, (tuple, list)) else out).float()
+
+    def _inputs(self, batch, y: torch.Tensor) -> list[ImageInput]:
+        h, w = batch["img"].shape[2:]
+        k = batch["txt_feats"].shape[1]
+        scores = y[:, 4 : 4 + k]
+        conf, slot = scores.max(1)
+        boxes = _xywh2xyxy(y[:, :4].transpose(1, 2))
+        boxes = torch.stack((boxes[..., 0].clamp(0, w), boxes[..., 1].clamp(0, h), boxes[..., 2].clamp(0, w),
+                             boxes[..., 3].clamp(0, h)), -1)  # the part of a box inside the image is what can be judged
+        scale = torch.tensor([w, h, w, h], device=batch["bboxes"].device, dtype=batch["bboxes"].dtype)
+        gt_all = _xywh2xyxy(batch["bboxes"]) * scale
+        bidx = batch["batch_idx"].long()
+        tiles = batch.get("tiles") or [np.zeros((0, 5), np.float32)] * len(batch["texts"])
+        out = []
+        for b, texts in enumerate(batch["texts"]):
+            keep = conf[b] >= self.rule.conf_c
+            mine = bidx == b
+            t = np.asarray(tiles[b], dtype=np.float64).reshape(-1, 5)
+            out.append(ImageInput(
+                boxes=boxes[b][keep].cpu().numpy(), scores=conf[b][keep].cpu().numpy(), slots=slot[b][keep].cpu().numpy(),
+                gt_boxes=gt_all[mine].cpu().numpy(), gt_slots=batch["cls"][mine].reshape(-1).long().cpu().numpy(),
+                slot_classes=np.array([self.text_class.get(x, self.text_class.get(x.strip(), -1)) for x in texts]),
+                tiles=t[:, :4], tile_sources=t[:, 4].astype(int), size=(int(h), int(w)),
+            ))
+        return out
+
+    def _crop(self, img: torch.Tensor, box) -> np.ndarray:
+        x1, y1, x2, y2 = (int(round(v)) for v in box)
+        return (img[:, y1:y2, x1:x2].clamp(0, 1) * 255).byte().permute(1, 2, 0).cpu().numpy()
+
+    def _inject_negatives(self, batch, decisions: Decisions) -> None:
+        from medrov.model.build import fit_text_dim
+
+        crops = [self._crop(batch["img"][n.image], n.crop) for n in decisions.negatives]
+        emb = fit_text_dim(self.encoder.encode_image(crops).float(), batch["txt_feats"].shape[-1])
+        emb = emb.to(batch["txt_feats"].device, batch["txt_feats"].dtype)
+        for j, n in enumerate(decisions.negatives):
+            batch["txt_feats"][n.image, n.slot] = emb[j]
+
+    def _count(self, batch, decisions: Decisions) -> None:
+        from PIL import Image
+
+        for t in decisions.targets:
+            self.labels[(self.sources[t.source], self.names[t.cls])] += 1
+            if len(self.gallery[t.cls]) < self.gallery_size:
+                crop = self._crop(batch["img"][t.image], t.box)
+                if crop.size:
+                    self.gallery[t.cls].append(np.asarray(Image.fromarray(crop).resize((THUMB, THUMB))))
+        for n in decisions.negatives:
+            self.negatives[(self.sources[n.source], self.names[n.cls])] += 1
+
+    # --- per epoch --------------------------------------------------------------------------------------------
+    def end_epoch(self, save_dir: Path, epoch: int) -> dict[str, float]:
+        """Flat metrics of the epoch (``pseudo/...``), appended to ``pseudo_counts.csv`` with a gallery PNG; resets."""
+        metrics = {
+            "pseudo/labels": float(sum(self.labels.values())),
+            "pseudo/negatives": float(sum(self.negatives.values())),
+            "pseudo/ms_per_batch": 1000 * self.seconds / max(self.batches, 1),
+        }
+        for (source, name), n in self.labels.items():
+            metrics[f"pseudo/labels/{source}/{name.split('/', 1)[0]}"] = float(n)
+        for (source, name), n in self.negatives.items():
+            metrics[f"pseudo/negatives/{source}/{name.split('/', 1)[0]}"] = float(n)
+        save_dir = Path(save_dir)
+        save_dir.mkdir(parents=True, exist_ok=True)
+        path = save_dir / "pseudo_counts.csv"
+        new = not path.exists()
+        with path.open("a", newline="") as fh:
+            writer = csv.writer(fh)
+            if new:
+                writer.writerow(["epoch", "kind", "source", "class", "count"])
+            for kind, counter in (("label", self.labels), ("negative", self.negatives)):
+                for (source, name), n in sorted(counter.items()):
+                    writer.writerow([epoch, kind, source, name, n])
+        if self.gallery:
+            self.write_gallery(save_dir / f"pseudo_gallery_epoch{epoch}.png", epoch)
+        log.info("pseudo: epoch %d: %d pseudo-labels, %d negatives, %.1f ms/batch", epoch,
+                 metrics["pseudo/labels"], metrics["pseudo/negatives"], metrics["pseudo/ms_per_batch"])
+        self.reset()
+        return metrics
+
+    def write_gallery(self, path: Path, epoch: int) -> Path:
+        """One row per class: the first pseudo-labelled crops of the epoch, so a person can judge them."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        classes = sorted(self.gallery)
+        cols = max(len(v) for v in self.gallery.values())
+        fig, axes = plt.subplots(len(classes), cols, figsize=(1.2 * cols + 2, 1.3 * len(classes)), squeeze=False)
+        for r, c in enumerate(classes):
+            for j in range(cols):
+                ax = axes[r][j]
+                ax.axis("off")
+                if j < len(self.gallery[c]):
+                    ax.imshow(self.gallery[c][j])
+            axes[r][0].set_title(self.names[c].split("/", 1)[0], fontsize=8, loc="left")
+        fig.suptitle(f"pseudo-labels, epoch {epoch}", fontsize=10)
+        fig.tight_layout()
+        fig.savefig(path, dpi=80)
+        plt.close(fig)
+        return path

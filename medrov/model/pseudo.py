@@ -1,0 +1,246 @@
+"""MedROV's training rule as a pure function: teacher predictions + ground truth + presence matrix -> pseudo
+targets and negative crops.
+
+For every confident prediction (``score >= C``, after class-agnostic NMS) whose IoU with every ground-truth box of
+its image is below ``T``, the source ``d`` of the image region it lies in and its predicted class ``c`` decide:
+
+- ``M[d, c] == 0`` (the class may be present but the source does not annotate it): the box becomes a pseudo
+  ground-truth box of ``c``, so an unannotated object is not punished as background;
+- ``M[d, c] in {1, -1}`` (it would have been annotated, or cannot exist there): a false positive. If its sides are
+  within the crop bounds, the box (enlarged) is cropped, its image embedding overwrites a random non-positive prompt
+  slot of the image and the box is appended as a target of that slot (``negative_class="slot"``) or of the
+  predicted slot (``"predicted"``, what the reference code does).
+
+Inputs are per image and in the pixel frame of the training image; prompt slots index the per-image prompt list
+(``batch["texts"]``), global class ids index the vocabulary and the presence matrix. Nothing here touches a model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Sequence
+
+import numpy as np
+import torch
+from torchvision.ops import box_iou, nms
+
+UNKNOWN_SOURCE = -1
+
+
+@dataclass(frozen=True)
+class Rule:
+    """The constants of the rule (``pseudo`` section of params.yaml)."""
+
+    iou_t: float = 0.3
+    conf_c: float = 0.9
+    nms_iou: float = 0.3
+    crop_min: int = 50
+    crop_max: int = 320
+    crops_per_image: int = 5
+    enlarge: float = 0.3
+    negative_class: Literal["slot", "predicted"] = "slot"
+    labels: bool = True
+    negatives: bool = True
+
+    @classmethod
+    def from_params(cls, p, negatives_available: bool = True) -> "Rule":
+        """From a ``PseudoParams`` section; ``negatives_available`` is False for a text-only encoder."""
+        return cls(p.iou_t, p.conf_c, p.nms_iou, p.crop_min, p.crop_max, p.crops_per_image, p.enlarge,
+                   p.negative_class, p.labels, p.negatives and negatives_available)
+
+
+@dataclass
+class ImageInput:
+    """One training image as the rule sees it.
+
+    Attributes:
+        boxes: (n, 4) predicted boxes, xyxy pixels.
+        scores: (n,) confidences.
+        slots: (n,) predicted prompt slot of each box.
+        gt_boxes: (m, 4) ground-truth boxes, xyxy pixels.
+        gt_slots: (m,) prompt slot of each ground-truth box (the positive slots).
+        slot_classes: (K,) global class id of each prompt slot, -1 for padding.
+        tiles: (t, 4) xyxy pixel regions that come from one source image (one per mosaic tile; the whole image
+            when there was no mosaic).
+        tile_sources: (t,) source index of each tile (row of the presence matrix).
+        size: (height, width) of the training image.
+    """
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    slots: np.ndarray
+    gt_boxes: np.ndarray
+    gt_slots: np.ndarray
+    slot_classes: np.ndarray
+    tiles: np.ndarray
+    tile_sources: np.ndarray
+    size: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class PseudoTarget:
+    image: int
+    slot: int
+    cls: int
+    source: int
+    box: tuple[float, float, float, float]
+    score: float
+
+
+@dataclass(frozen=True)
+class NegativeCrop:
+    """A confident false positive: ``crop`` is encoded and overwrites prompt ``slot``; the box is appended as a
+    target of ``label_slot``."""
+
+    image: int
+    slot: int
+    label_slot: int
+    cls: int
+    source: int
+    box: tuple[float, float, float, float]
+    crop: tuple[int, int, int, int]
+    score: float
+
+
+@dataclass
+class Decisions:
+    targets: list[PseudoTarget] = field(default_factory=list)
+    negatives: list[NegativeCrop] = field(default_factory=list)
+
+    def appended(self) -> list[tuple[int, int, tuple[float, float, float, float]]]:
+        """(image, slot, box) of every box to append to the ground truth, pseudo targets first."""
+        return [(t.image, t.slot, t.box) for t in self.targets] + [(n.image, n.label_slot, n.box) for n in self.negatives]
+
+
+def _as2d(a, cols: int) -> np.ndarray:
+    return np.asarray(a, dtype=np.float64).reshape(-1, cols)
+
+
+def candidates(boxes, scores, slots, rule: Rule) -> np.ndarray:
+    """Indices of predictions with ``score >= C`` that survive class-agnostic NMS, best first."""
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    keep = np.flatnonzero(scores >= rule.conf_c)
+    if keep.size == 0:
+        return keep
+    b = torch.as_tensor(_as2d(boxes, 4)[keep], dtype=torch.float32)
+    s = torch.as_tensor(scores[keep], dtype=torch.float32)
+    kept = nms(b, s, rule.nms_iou).numpy()
+    return keep[kept]
+
+
+def source_of(box: np.ndarray, tiles: np.ndarray, tile_sources: np.ndarray) -> int:
+    """The source of the tile holding more than half of ``box``; otherwise unknown (it straddles a seam)."""
+    tiles = _as2d(tiles, 4)
+    if tiles.shape[0] == 0:
+        return UNKNOWN_SOURCE
+    ix = np.clip(np.minimum(box[2], tiles[:, 2]) - np.maximum(box[0], tiles[:, 0]), 0, None)
+    iy = np.clip(np.minimum(box[3], tiles[:, 3]) - np.maximum(box[1], tiles[:, 1]), 0, None)
+    inter = ix * iy
+    area = max((box[2] - box[0]) * (box[3] - box[1]), 1e-9)
+    best = int(np.argmax(inter))
+    return int(np.asarray(tile_sources).reshape(-1)[best]) if inter[best] > 0.5 * area else UNKNOWN_SOURCE
+
+
+def enlarge_box(box: np.ndarray, factor: float, size: tuple[int, int]) -> tuple[int, int, int, int]:
+    """``box`` grown by ``factor`` of its width/height around its centre, clipped to the image, integer pixels."""
+    h, w = size
+    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    bw, bh = (box[2] - box[0]) * (1 + factor), (box[3] - box[1]) * (1 + factor)
+    x1, y1 = int(np.floor(max(cx - bw / 2, 0))), int(np.floor(max(cy - bh / 2, 0)))
+    x2, y2 = int(np.ceil(min(cx + bw / 2, w))), int(np.ceil(min(cy + bh / 2, h)))
+    return x1, y1, x2, y2
+
+
+def decide_image(index: int, im: ImageInput, presence: np.ndarray, rule: Rule, rng: np.random.Generator) -> Decisions:
+    """Apply the rule to one image (see the module docstring)."""
+    out = Decisions()
+    if not (rule.labels or rule.negatives):
+        return out
+    boxes = _as2d(im.boxes, 4)
+    scores = np.asarray(im.scores, dtype=np.float64).reshape(-1)
+    slots = np.asarray(im.slots, dtype=int).reshape(-1)
+    slot_classes = np.asarray(im.slot_classes, dtype=int).reshape(-1)
+    gt = _as2d(im.gt_boxes, 4)
+    order = candidates(boxes, scores, slots, rule)
+    if order.size and gt.shape[0]:
+        ious = box_iou(torch.as_tensor(boxes[order]), torch.as_tensor(gt)).numpy().max(axis=1)
+        order = order[ious < rule.iou_t]
+    negative_pool = []
+    for i in order:
+        slot = int(slots[i])
+        cls = int(slot_classes[slot]) if 0 <= slot < slot_classes.size else -1
+        if cls < 0:
+            continue  # a padding prompt names no class
+        source = source_of(boxes[i], im.tiles, im.tile_sources)
+        if source == UNKNOWN_SOURCE:
+            continue
+        m = int(presence[source, cls])
+        box = tuple(float(v) for v in boxes[i])
+        if m == 0:
+            if rule.labels:
+                out.targets.append(PseudoTarget(index, slot, cls, source, box, float(scores[i])))
+        elif rule.negatives:
+            negative_pool.append((i, slot, cls, source, box))
+    if not negative_pool or rule.crops_per_image == 0:
+        return out
+    positive = set(np.asarray(im.gt_slots, dtype=int).reshape(-1).tolist())
+    # padding prompts repeat class names: a slot naming a positive class is positive too
+    positive_classes = {int(slot_classes[k]) for k in positive if 0 <= k < slot_classes.size} - {-1}
+    taken = positive | {t.slot for t in out.targets} | {k for k in range(slot_classes.size) if slot_classes[k] in positive_classes}
+    for i, slot, cls, source, box in negative_pool:
+        if len(out.negatives) >= rule.crops_per_image:
+            break
+        w, h = box[2] - box[0], box[3] - box[1]
+        if not (rule.crop_min <= w <= rule.crop_max and rule.crop_min <= h <= rule.crop_max):
+            continue
+        free = [k for k in range(slot_classes.size) if k not in taken]
+        if not free:
+            break
+        target_slot = int(rng.choice(free))
+        taken.add(target_slot)
+        label_slot = target_slot if rule.negative_class == "slot" else slot
+        crop = enlarge_box(boxes[i], rule.enlarge, im.size)
+        out.negatives.append(NegativeCrop(index, target_slot, label_slot, cls, source, box, crop, float(scores[i])))
+    return out
+
+
+def decide(images: Sequence[ImageInput], presence: np.ndarray, rule: Rule, rng: np.random.Generator | None = None) -> Decisions:
+    """Apply the rule to a batch of images.
+
+    Args:
+        images: one :class:`ImageInput` per training image, in batch order.
+        presence: (sources, classes) matrix with values 1, 0, -1.
+        rule: thresholds and switches.
+        rng: draws the overwritten prompt slot of each negative (seeded for reproducible runs).
+
+    Returns:
+        The pseudo targets and negative crops of the whole batch.
+    """
+    rng = rng or np.random.default_rng(0)
+    presence = np.asarray(presence, dtype=int)
+    out = Decisions()
+    for index, im in enumerate(images):
+        d = decide_image(index, im, presence, rule, rng)
+        out.targets += d.targets
+        out.negatives += d.negatives
+    return out
+
+
+def append_targets(batch_idx: torch.Tensor, cls: torch.Tensor, bboxes: torch.Tensor,
+                   new: Sequence[tuple[int, int, tuple[float, float, float, float]]], size: tuple[int, int]):
+    """Ground truth plus ``new`` (image, slot, xyxy pixel box), re-sorted by image.
+
+    ultralytics' targets are ``batch_idx`` (N,), ``cls`` (N, 1) and normalised xywh ``bboxes`` (N, 4); its v8 loss
+    assumes rows grouped by image, so appended rows are merged back in with a stable sort.
+    """
+    if not new:
+        return batch_idx, cls, bboxes
+    h, w = size
+    rows = torch.tensor([[x1, y1, x2, y2] for _, _, (x1, y1, x2, y2) in new], dtype=bboxes.dtype, device=bboxes.device)
+    xywh = torch.stack(((rows[:, 0] + rows[:, 2]) / 2 / w, (rows[:, 1] + rows[:, 3]) / 2 / h,
+                        (rows[:, 2] - rows[:, 0]) / w, (rows[:, 3] - rows[:, 1]) / h), 1)
+    idx = torch.tensor([i for i, _, _ in new], dtype=batch_idx.dtype, device=batch_idx.device)
+    slots = torch.tensor([[s] for _, s, _ in new], dtype=cls.dtype, device=cls.device)
+    batch_idx, cls, bboxes = torch.cat((batch_idx, idx)), torch.cat((cls, slots)), torch.cat((bboxes, xywh))
+    order = torch.sort(batch_idx, stable=True).indices
+    return batch_idx[order], cls[order], bboxes[order]

@@ -1,0 +1,328 @@
+"""The env contract of infra/README.md against real servers: only environment variables switch the project from
+the embedded defaults to team servers.
+
+Started here on 127.0.0.1 free ports: a real ``mlflow server --workers 1`` (SQLite backend standing in for
+Postgres, artifacts proxied to S3), a real ``prefect server start`` and an S3 endpoint (moto's server standing in
+for MinIO, which cannot be installed here; both speak the S3 API that botocore, DVC and MLflow use). The
+client processes get a minimal environment plus exactly the variables of ``infra/team.env.example`` and must
+land their data on those servers, leaving no embedded store behind.
+
+For now the client is a ``python -c`` script (MLflow client calls inside a tiny Prefect flow, importing
+``medrov.env`` as the CLI does): the lead switches it to ``medrov`` commands (tracking, flows) once
+medrov/tracking.py and flows/ are merged. DVC is driven through ``infra/dvc-remote.sh`` and ``dvc push/pull``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.integration
+
+S3_KEY, S3_SECRET = "medrov-service", "test-only-secret"
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    pairs = {}
+    for line in path.read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            key, _, value = line.strip().partition("=")
+            pairs[key] = value
+    return pairs
+
+
+def http_json(url: str, body: dict | None = None) -> dict:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+class Server:
+    """A server process in its own session, stopped (with its children) by process group at teardown."""
+
+    def __init__(self, name: str, cmd: list[str], env: dict[str, str], health: str, logs: Path):
+        self.name, self.health = name, health
+        self.log = logs / f"{name}.log"
+        with self.log.open("wb") as out:
+            self.proc = subprocess.Popen(cmd, env=env, cwd=logs, stdout=out, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
+
+    def wait_healthy(self, timeout: float = 120) -> float:
+        start = time.monotonic()
+        while time.monotonic() - start < timeout:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(self.health, timeout=2):
+                    return time.monotonic() - start
+            except OSError:
+                time.sleep(0.3)
+        raise RuntimeError(f"{self.name} not healthy at {self.health} after {timeout} s:\n{self.log.read_text()[-3000:]}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+
+
+def base_env(home: Path) -> dict[str, str]:
+    """What any process needs to run at all, and nothing that points a tool somewhere."""
+    env = {"PATH": f"{BIN}:/usr/bin:/bin", "HOME": str(home), "LANG": "C.UTF-8", "PYTHONPATH": str(ROOT)}
+    home.mkdir(parents=True, exist_ok=True)
+    return env
+
+
+@pytest.fixture(scope="module")
+def team(tmp_path_factory):
+    """S3, MLflow and Prefect servers on loopback; yields their URLs and the client-side contract values."""
+    from medrov.env import OFFLINE_ENV
+
+    root = tmp_path_factory.mktemp("team")
+    logs = root / "logs"
+    logs.mkdir()
+    s3_port, mlflow_port, prefect_port = free_port(), free_port(), free_port()
+    s3_url = f"http://127.0.0.1:{s3_port}"
+    server_env = {**base_env(root / "server-home"), **OFFLINE_ENV}
+    s3_creds = {"AWS_ACCESS_KEY_ID": S3_KEY, "AWS_SECRET_ACCESS_KEY": S3_SECRET, "AWS_EC2_METADATA_DISABLED": "true"}
+
+    servers = [Server("s3", [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(s3_port)], server_env,
+                      f"{s3_url}/moto-api/", logs)]
+    try:
+        servers[0].wait_healthy(60)
+        import boto3
+
+        # what infra/compose.yaml's minio-init does: the two buckets
+        s3 = boto3.client("s3", endpoint_url=s3_url, region_name="us-east-1", aws_access_key_id=S3_KEY,
+                          aws_secret_access_key=S3_SECRET)
+        for bucket in ("mlflow", "dvc"):
+            s3.create_bucket(Bucket=bucket)
+        # the same settings as the mlflow service of infra/compose.yaml, SQLite in place of Postgres
+        mlflow_env = {**server_env, **s3_creds, "MLFLOW_S3_ENDPOINT_URL": s3_url,
+                      "MLFLOW_BACKEND_STORE_URI": f"sqlite:///{root / 'mlflow-server.db'}",
+                      "MLFLOW_ARTIFACTS_DESTINATION": "s3://mlflow/"}
+        servers.append(Server("mlflow", [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port",
+                                         str(mlflow_port), "--workers", "1"], mlflow_env,
+                              f"http://127.0.0.1:{mlflow_port}/health", logs))
+        prefect_env = {**server_env, "PREFECT_HOME": str(root / "prefect-server-home"),
+                       "PREFECT_SERVER_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{root / 'prefect-server.db'}"}
+        servers.append(Server("prefect", [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port",
+                                          str(prefect_port), "--no-ui", "--analytics-off"], prefect_env,
+                              f"http://127.0.0.1:{prefect_port}/api/health", logs))
+        startup = {s.name: round(s.wait_healthy(), 1) for s in servers[1:]}
+        print(f"servers healthy after {startup} s")
+        yield {
+            "s3": s3,
+            "mlflow": f"http://127.0.0.1:{mlflow_port}",
+            "prefect": f"http://127.0.0.1:{prefect_port}/api",
+            "contract": {  # infra/team.env.example's variables, with this test's servers as values
+                "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{mlflow_port}",
+                "PREFECT_API_URL": f"http://127.0.0.1:{prefect_port}/api",
+                "AWS_ENDPOINT_URL_S3": s3_url,
+                **s3_creds,
+            },
+            "root": root,
+        }
+    finally:
+        for server in reversed(servers):
+            server.stop()
+
+
+def test_contract_is_exactly_team_env_example(team):
+    assert set(team["contract"]) == set(read_env_file(ROOT / "infra" / "team.env.example"))
+
+
+CLIENT = r"""
+import json, sys
+from medrov.env import apply_offline_env
+
+apply_offline_env()
+import mlflow
+from prefect import flow, task
+from prefect.runtime import flow_run
+
+
+@task
+def track(tag):
+    mlflow.set_experiment("medrov-team-env")
+    with mlflow.start_run(run_name=tag) as run:
+        mlflow.log_param("profile", "demo")
+        mlflow.log_metric("map50", 0.42)
+        mlflow.log_text("logged through the team server", "notes/where.txt")
+    return {"run_id": run.info.run_id, "artifact_uri": run.info.artifact_uri}
+
+
+@flow(name="medrov-team-env")
+def team_env(tag):
+    return {**track(tag), "flow_run_id": str(flow_run.id), "tracking_uri": mlflow.get_tracking_uri()}
+
+
+print("RESULT " + json.dumps(team_env(sys.argv[1])))
+"""
+
+
+def test_mlflow_and_prefect_data_land_on_the_team_servers(team, tmp_path):
+    project = tmp_path / "project"  # a copy of the project, as a clone on a colleague's machine
+    project.mkdir()
+    for name in ("params.yaml", "dvc.yaml"):
+        shutil.copy(ROOT / name, project / name)
+    home = tmp_path / "home"
+    env = {**base_env(home), **team["contract"]}
+
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-c", CLIENT, "team-env-check"], cwd=project, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    print(f"client flow {time.monotonic() - started:.1f} s")
+    (line,) = [x for x in result.stdout.splitlines() if x.startswith("RESULT ")]
+    out = json.loads(line.removeprefix("RESULT "))
+    assert out["tracking_uri"] == team["mlflow"]
+
+    # MLflow: the run is on the server (its REST API), its artifact went through the server's proxy into S3
+    run = http_json(f"{team['mlflow']}/api/2.0/mlflow/runs/get?run_id={out['run_id']}")["run"]
+    assert run["info"]["run_name"] == "team-env-check" and run["info"]["status"] == "FINISHED"
+    assert {m["key"]: m["value"] for m in run["data"]["metrics"]} == {"map50": 0.42}
+    assert {p["key"]: p["value"] for p in run["data"]["params"]} == {"profile": "demo"}
+    assert out["artifact_uri"].startswith("mlflow-artifacts:/"), "artifacts must go through the server's proxy"
+    keys = [o["Key"] for o in team["s3"].list_objects_v2(Bucket="mlflow").get("Contents", [])]
+    (key,) = [k for k in keys if out["run_id"] in k and k.endswith("notes/where.txt")]
+    body = team["s3"].get_object(Bucket="mlflow", Key=key)["Body"].read()
+    assert body == b"logged through the team server"
+
+    # Prefect: the flow run is recorded, completed, on the server
+    flow_run = http_json(f"{team['prefect']}/flow_runs/{out['flow_run_id']}")
+    assert flow_run["state_type"] == "COMPLETED"
+    assert http_json(f"{team['prefect']}/flows/{flow_run['flow_id']}")["name"] == "medrov-team-env"
+    task_runs = http_json(f"{team['prefect']}/task_runs/filter",
+                          {"flow_runs": {"id": {"any_": [out["flow_run_id"]]}}})
+    assert [t["state_type"] for t in task_runs] == ["COMPLETED"]
+
+    # and no embedded default was used: no local MLflow store, no temporary Prefect server or database
+    leftovers = [p for p in (*project.rglob("*"), *home.rglob("*"))
+                 if p.name in ("mlflow.db", "mlruns", "mlartifacts") or p.suffix == ".db"]
+    assert leftovers == []
+    assert "temporary server" not in result.stderr.lower()
+
+
+def test_dvc_remote_on_s3_from_env_only(team, tmp_path):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    env = {**base_env(tmp_path / "home"), **team["contract"], "DVC_NO_ANALYTICS": "1",
+           "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@localhost", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@localhost"}
+
+    def run(*cmd: str, extra: dict | None = None) -> str:
+        done = subprocess.run(cmd, cwd=repo, env={**env, **(extra or {})}, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, f"{' '.join(cmd)}:\n{done.stdout}\n{done.stderr}"
+        return done.stdout + done.stderr
+
+    run("git", "init", "-q")
+    run("dvc", "init", "-q")
+    (repo / "data").mkdir()
+    (repo / "data" / "labels.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    run("dvc", "add", "-q", "data/labels.txt")
+
+    said = run("sh", str(ROOT / "infra" / "dvc-remote.sh"), extra={"DVC_REMOTE_URL": "s3://dvc/medrov"})
+    assert "default of this checkout" in said
+    local_config = (repo / ".dvc" / "config.local").read_text()
+    assert "s3://dvc/medrov" in local_config and "remote = team" in local_config
+    for config in (local_config, (repo / ".dvc" / "config").read_text()):
+        assert "127.0.0.1" not in config and S3_SECRET not in config and S3_KEY not in config
+
+    pushed = run("dvc", "push")
+    assert "1 file pushed" in pushed
+    keys = [o["Key"] for o in team["s3"].list_objects_v2(Bucket="dvc", Prefix="medrov/").get("Contents", [])]
+    assert len(keys) == 1 and keys[0].startswith("medrov/files/md5/")
+
+    shutil.rmtree(repo / ".dvc" / "cache")
+    (repo / "data" / "labels.txt").unlink()
+    run("dvc", "pull")
+    assert (repo / "data" / "labels.txt").read_text() == "0 0.5 0.5 0.2 0.2\n"
+
+
+def test_dvc_remote_script_names_what_is_missing(tmp_path):
+    env = {**base_env(tmp_path / "home")}
+    done = subprocess.run(["sh", str(ROOT / "infra" / "dvc-remote.sh")], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0 and "DVC_REMOTE_URL" in done.stderr
+
+
+def test_local_ray_stays_local_when_a_team_cluster_is_configured(monkeypatch):
+    """RAY_ADDRESS names the team cluster for `medrov tune`; `data.ray_address: local` still means this machine."""
+    import ray
+
+    from medrov.env import init_local_ray
+
+    assert not ray.is_initialized()
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:9")  # nothing listens there: connecting to it would fail
+    try:
+        init_local_ray(1, log_to_driver=False)
+        assert ray.get_runtime_context().gcs_address.startswith("127.0.0.1:")
+        assert ray.cluster_resources()["CPU"] == 1
+    finally:
+        ray.shutdown()
+
+
+def test_convert_runs_on_the_cluster_ray_address_names(tmp_path):
+    """`data.ray_address: auto` + RAY_ADDRESS: the conversion's tasks run on that cluster (a `ray start` head here)."""
+    import tempfile
+
+    from medrov.env import OFFLINE_ENV
+
+    short = Path(tempfile.mkdtemp(prefix="mr-"))  # Ray's socket paths must stay short
+    (short / "ray_bootstrap_config.yaml").write_text("{}\n")  # HOME holding it stops cloud metadata probes
+    port = free_port()
+    head_env = {**base_env(short), **OFFLINE_ENV, "HOME": str(short)}
+    head = Server("ray-head", [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
+                               f"--port={port}", "--num-cpus=2", '--resources={"medrov_team_cluster": 1}',
+                               "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={short / 't'}"],
+                  head_env, "http://127.0.0.1:1/", tmp_path)
+    try:
+        raw, omnis = tmp_path / "raw", tmp_path / "omnis"
+        env = {**base_env(tmp_path / "home"), "RAY_ADDRESS": f"127.0.0.1:{port}"}
+        medrov = [sys.executable, "-m", "medrov"]
+        demo = subprocess.run([*medrov, "demo-sources", "--out", str(raw), "-S", "demo.ct_volumes=1", "-S",
+                               "demo.mri_volumes=1", "-S", "demo.xray_images=2", "-S", "demo.microscopy_images=2",
+                               "-S", "demo.endoscopy_images=2"], cwd=ROOT, env=env, capture_output=True, text=True,
+                              timeout=300)
+        assert demo.returncode == 0, demo.stderr
+        sources = (ROOT / "data" / "sources.yaml").read_text().replace("raw/synthetic/", f"{raw}/")
+        (tmp_path / "sources.yaml").write_text(sources.split("  # ---- real public data")[0])
+        deadline = time.monotonic() + 120
+        while "Ray runtime started" not in head.log.read_text():
+            assert head.proc.poll() is None and time.monotonic() < deadline, head.log.read_text()[-3000:]
+            time.sleep(0.5)
+        done = subprocess.run([*medrov, "convert", "--sources", str(tmp_path / "sources.yaml"), "--out", str(omnis),
+                               "--no-progress", "-S", "data.ray_address=auto"], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-4000:]
+        assert "converted 9, quarantined 0, total 9" in done.stdout
+        (line,) = [x for x in done.stderr.splitlines() if "converting on Ray (auto)" in x]
+        assert "medrov_team_cluster" in line, line  # the resources of the head started above, not a new local Ray
+        assert "node:127.0.0.1" in line, line
+    finally:
+        head.stop()
+        shutil.rmtree(short, ignore_errors=True)

@@ -1,0 +1,157 @@
+"""The training mechanisms inside the trainer: source tiles carried through mosaic, pseudo-labels and
+image-feature negatives in a real (tiny) training run, counters, gallery, and the text-only switch-off."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from medrov.config import load_params
+from tests.conftest import ROOT
+
+
+def _trainer(overrides, extra=()):
+    from medrov.model.train import _trainer_class, train_args
+    from medrov.model.ultra import prepare_ultralytics
+
+    prepare_ultralytics()
+    params = load_params(ROOT / "params.yaml", [*overrides, *extra])
+    args = train_args(params)
+    return _trainer_class(params, args["data"], False)(overrides=args), params
+
+
+@pytest.mark.parametrize("mosaic", [0.0, 1.0])
+def test_source_tiles_follow_mosaic_and_affine(train_overrides, tiny_omnis, mosaic):
+    """Every ground-truth box after augmentation lies in a tile whose source annotates its class."""
+    from medrov.model.mechanisms import presence_for
+    from medrov.model.pseudo import source_of
+    from medrov.model.trainer import image_sources
+
+    trainer, _ = _trainer(train_overrides, [f"train.profiles.demo.extra={{mosaic: {mosaic}, degrees: 10.0, fliplr: 0.5}}"])
+    dataset = trainer.build_dataset(str(tiny_omnis / "train.txt"), "train", 4)
+    _, sources = image_sources(trainer.data)
+    presence = presence_for(trainer.data, sources)
+    manifest = pd.read_parquet(tiny_omnis / "manifest.parquet")
+    by_image = {str((tiny_omnis / i).resolve()): s for i, s in zip(manifest["image"], manifest["source"])}
+    checked = 0
+    for i in range(min(len(dataset), 12)):
+        item = dataset[i]
+        tiles = np.asarray(item["tiles"]).reshape(-1, 5)
+        assert 1 <= len(tiles) <= (4 if mosaic else 1)
+        if not mosaic:
+            assert sources[int(tiles[0, 4])] == by_image[str(Path(item["im_file"]).resolve())]
+        h, w = item["img"].shape[1:]
+        boxes = item["bboxes"].numpy().reshape(-1, 4) * [w, h, w, h]
+        xyxy = np.concatenate([boxes[:, :2] - boxes[:, 2:] / 2, boxes[:, :2] + boxes[:, 2:] / 2], 1)
+        names = item["texts"]
+        for box, slot in zip(xyxy, item["cls"].numpy().reshape(-1).astype(int)):
+            src = source_of(box, tiles[:, :4], tiles[:, 4].astype(int))
+            cls = next(c for c, n in enumerate(trainer.data["names"].values()) if names[slot] in n.split("/"))
+            assert src >= 0 and presence[src, cls] == 1, (sources[src], names[slot])
+            checked += 1
+    assert checked > 0
+
+
+def _rows(path: Path) -> list[dict]:
+    with path.open() as fh:
+        return list(csv.DictReader(fh))
+
+
+@pytest.mark.parametrize("teacher", ["ema", "model"])
+def test_real_teacher_negatives_overwrite_prompt_slots(train_overrides, tmp_path, monkeypatch, teacher):
+    """The real EMA teacher of an untrained model, with C=0 and T=1: its confident false positives become
+    image-feature negatives through a tiny CLIP's image tower, written into the batch's prompt embeddings."""
+    from medrov.model import mechanisms
+    from medrov.model.train import train
+    from tests.tiny_models import build_tiny_clip
+
+    clip = build_tiny_clip(tmp_path / "tiny-clip")
+    params = load_params(ROOT / "params.yaml", [
+        *train_overrides, f"text.encoder=local-dir:{clip}", "pseudo.conf_c=0.0", "pseudo.iou_t=1.0",
+        "pseudo.crop_min=1", "train.profiles.demo.extra={mosaic: 0.0}", f"pseudo.teacher={teacher}",
+    ])
+    overwritten = []
+    inject = mechanisms.Mechanisms._inject_negatives
+
+    def spy(self, batch, decisions):
+        before = batch["txt_feats"].clone()
+        inject(self, batch, decisions)
+        for n in decisions.negatives:
+            overwritten.append(not torch.equal(before[n.image, n.slot], batch["txt_feats"][n.image, n.slot]))
+
+    import torch
+
+    monkeypatch.setattr(mechanisms.Mechanisms, "_inject_negatives", spy)
+    seen = []
+    info = train(params, callbacks={"on_fit_epoch_end": [lambda t: seen.append(dict(t.pseudo_metrics))]})
+    rows = _rows(Path(info["save_dir"]) / "pseudo_counts.csv")
+    negatives = [r for r in rows if r["kind"] == "negative"]
+    assert negatives and overwritten and all(overwritten)
+    presence = pd.read_csv(Path(params.train.data).parent / "presence.csv").set_index("source")
+    for r in rows:  # every decision follows the presence matrix of its own source
+        m = presence.loc[r["source"], r["class"].split("/")[0]]
+        assert (m == 0) if r["kind"] == "label" else (m in (1, -1)), r
+    assert seen[0]["pseudo/negatives"] == sum(int(r["count"]) for r in negatives) == len(overwritten)
+    assert info["pseudo"]["negatives"] and json.loads((Path(info["save_dir"]) / "medrov.json").read_text())["pseudo"]["teacher"] == teacher
+
+
+def test_pseudo_labels_reach_the_loss_with_counters_and_gallery(train_overrides, monkeypatch):
+    """An oracle teacher (one confident whole-image box of a class the image's source does not annotate) makes
+    the M=0 branch fire: the boxes are appended to the targets the loss sees, counted, and drawn in the gallery."""
+    import torch
+
+    from medrov.model import mechanisms
+    from medrov.model.train import train
+
+    params = load_params(ROOT / "params.yaml", [*train_overrides, "pseudo.gallery=3", "train.profiles.demo.extra={mosaic: 0.0}"])
+
+    def oracle(self, trainer, batch):
+        b, k = batch["txt_feats"].shape[:2]
+        h, w = batch["img"].shape[2:]
+        y = torch.zeros(b, 4 + k, 2)
+        y[:, 0], y[:, 1], y[:, 2], y[:, 3] = w / 2, h / 2, w * 0.9, h * 0.9
+        for i, texts in enumerate(batch["texts"]):
+            src = int(batch["tiles"][i][0, 4])
+            zero = [j for j, t in enumerate(texts) if self.text_class.get(t, -1) >= 0 and self.presence[src, self.text_class[t]] == 0]
+            if zero:
+                y[i, 4 + zero[0], 0] = 0.99
+        return y
+
+    monkeypatch.setattr(mechanisms.Mechanisms, "_teacher_predictions", oracle)
+    appended = []
+    call = mechanisms.Mechanisms.__call__
+
+    def count_targets(self, trainer, batch):
+        n = len(batch["batch_idx"])
+        d = call(self, trainer, batch)
+        appended.append((len(batch["batch_idx"]) - n, len(d.targets), bool((batch["batch_idx"].diff() >= 0).all())))
+        return d
+
+    monkeypatch.setattr(mechanisms.Mechanisms, "__call__", count_targets)
+    info = train(params)
+    run = Path(info["save_dir"])
+    assert sum(a for a, _, _ in appended) == sum(t for _, t, _ in appended) > 0
+    assert all(sorted_ for _, _, sorted_ in appended)
+    labels = [r for r in _rows(run / "pseudo_counts.csv") if r["kind"] == "label"]
+    assert sum(int(r["count"]) for r in labels) == sum(t for _, t, _ in appended)
+    assert (run / "pseudo_gallery_epoch1.png").stat().st_size > 1000
+    assert not info["pseudo"]["negatives"]  # MiniLM has no image tower
+
+
+def test_text_only_encoder_switches_negatives_off_and_says_so(train_overrides, caplog):
+    trainer, _ = _trainer(train_overrides, ["pseudo.conf_c=0.0"])
+    with caplog.at_level("WARNING"):
+        mech = trainer.mechanisms
+    assert mech.rule.labels and not mech.rule.negatives
+    assert mech.describe()["negatives_off_reason"] == "encoder has no image tower"
+    assert "negatives are OFF" in caplog.text
+
+
+def test_mechanisms_off_means_plain_training(train_overrides):
+    trainer, _ = _trainer(train_overrides, ["pseudo.labels=false", "pseudo.negatives=false"])
+    assert trainer.pseudo is None and trainer.mechanisms is None

@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 FILES = ["medrov", "flows", "params.yaml", "dvc.yaml", "prefect.yaml", "data/sources.yaml", ".dvc/config", ".dvcignore", ".gitignore"]
 
 DIRECT = """
-import shlex, sys, yaml
+import os, shlex, sys, yaml
 from medrov.cli import _setup, app
 _setup()
 for name, stage in yaml.safe_load(open("dvc.yaml"))["stages"].items():
@@ -42,6 +42,8 @@ for name, stage in yaml.safe_load(open("dvc.yaml"))["stages"].items():
     assert args[0] == "medrov", stage["cmd"]
     print(f"stage {name}: {stage['cmd']}", flush=True)
     app(args[1:], standalone_mode=False)
+sys.stdout.flush()
+os._exit(0)  # every stage is done; a library thread once held interpreter exit for minutes (seen once, not timed)
 """
 
 PREFECT_FLOW = """
@@ -69,7 +71,7 @@ def copy_project(dest: Path, demo: bool) -> None:
 
 def timed(args: list[str], cwd: Path, env: dict[str, str], label: str) -> float:
     started = time.perf_counter()
-    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=3600)
     seconds = time.perf_counter() - started
     if result.returncode != 0:
         sys.exit(f"{label} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")

@@ -216,7 +216,7 @@ class TuneParams(Section):
         "pseudo.conf_c": {"uniform": [0.7, 0.95]},
     }
     seed: int | None = 0  # seeds the random search; null: a different sweep each time
-    ray_address: str | None = None  # a Ray cluster (ray://host:10001 or host:6379); null starts a local Ray
+    ray_address: str | None = None  # a Ray cluster (ray://host:10001), auto (the one RAY_ADDRESS names); null/local: a Ray here
     num_cpus: int | None = Field(None, ge=1)  # local Ray only; default: every core
     num_gpus: int | None = Field(None, ge=0)  # local Ray only; default: what Ray detects
     storage: str = "runs/tune"  # Ray Tune results, one folder per trial (a shared path or s3:// on a cluster)

@@ -88,7 +88,8 @@ def metric_name(key: str) -> str:
 def _trial(config: dict[str, Any], *, base: dict[str, Any], root: str, profile: str, epochs: int, metric: str,
            device: str, tracking: dict[str, str]) -> None:
     """One Ray Tune trial: train ``profile`` for ``epochs`` with the trial's overrides, report ``metric`` per epoch."""
-    os.environ["MEDROV_ROOT"] = root  # Ray workers start in the trial folder; relative params paths mean the project
+    if Path(root).is_dir():  # Ray starts trials in their own folder: relative params paths mean the driver's project
+        os.environ["MEDROV_ROOT"] = root
     from mlflow import MlflowClient
     from ray import tune
 
@@ -137,7 +138,7 @@ def _init_ray(cfg: TuneParams, address: str | None) -> bool:
 
     if ray.is_initialized():
         return False
-    if address:
+    if address and address != "local":  # "auto": the cluster RAY_ADDRESS names (infra/README.md)
         log.info("tune: connecting to the Ray cluster at %s", address)
         ray.init(address=address, log_to_driver=True)
     else:
@@ -167,7 +168,8 @@ def run(params: Params, address: str | None = None, num_samples: int | None = No
 
     Args:
         params: the params every trial starts from (overrides already applied).
-        address: a Ray cluster address (default ``tune.ray_address``; none: a local Ray on this machine).
+        address: a Ray cluster address, ``auto`` for the one ``RAY_ADDRESS`` names (default ``tune.ray_address``;
+            none or ``local``: a Ray on this machine, kept on 127.0.0.1).
         num_samples: trials to run (default ``tune.num_samples``).
         tracking_uri: MLflow tracking URI (default: ``MLFLOW_TRACKING_URI``, else ``<project>/mlflow.db``).
         best_file: where the best config goes (default ``tune.best``).

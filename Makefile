@@ -45,6 +45,7 @@ test: install
 bench: install
 	$(BIN)/python bench/convert.py
 	$(BIN)/python bench/validate.py
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python bench/orchestration.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ultralytics

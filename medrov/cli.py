@@ -307,6 +307,31 @@ def models(params: Optional[Path] = ParamsOpt, set_: list[str] = SetOpt) -> None
                    f"{fmt(r['novel']):>7}  {r['decision'] or '-':<9} {r['run_id']}  {mods}")
 
 
+@app.command()
+def tune(
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (default: tune.ray_address; none starts a local Ray)"),
+    num_samples: Optional[int] = typer.Option(None, "--num-samples", min=1, help="trials (default: tune.num_samples)"),
+    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else ./mlflow.db)"),
+    best: Optional[Path] = typer.Option(None, help="write the best config here (default: tune.best)"),
+    metrics: Optional[Path] = typer.Option(None, help="write the sweep summary as JSON here"),
+    params: Optional[Path] = ParamsOpt,
+    set_: list[str] = SetOpt,
+) -> None:
+    """Ray Tune sweep over tune.space (default: pseudo-label thresholds T and C), ASHA on validation mAP50."""
+    from medrov import tune as step
+    from medrov.config import load_params
+
+    cfg = load_params(params, set_)
+    summary = step.run(cfg, address=address, num_samples=num_samples, tracking_uri=tracking_uri,
+                       best_file=paths.resolve(best, Path.cwd()) if best else None)
+    _write_metrics(metrics, summary)
+    for trial in summary["trials"]:
+        score = "failed" if trial["objective"] is None else f"{trial['objective']:.5f}"
+        typer.echo(f"  {trial['trial'][:40]:<40} {score:>9} after {trial['epochs']} epoch(s)  {json.dumps(trial['config'])}")
+    typer.echo(f"best {summary['metric']} = {summary['best_score']:.5f}: {json.dumps(summary['best'])}")
+    typer.echo(f"written to {summary['best_file']}; apply with: {summary['dvc_exp_run']}")
+
+
 def main() -> None:
     """Console entry point."""
     verbose = "-v" in sys.argv or "--verbose" in sys.argv

@@ -211,6 +211,62 @@ class PromoteParams(Section):
     max_modality_drop: float = Field(0.05, ge=0)  # and no modality may drop by more than this
 
 
+SEARCH_KINDS = ("uniform", "loguniform", "randint", "choice")
+
+
+class TuneResources(Section):
+    """What one trial holds: CPUs and GPUs, fractions allowed (0.5 GPU = two trials share one card)."""
+
+    cpu: float = Field(1.0, gt=0)
+    gpu: float = Field(0.0, ge=0)
+
+
+class TuneParams(Section):
+    """The ``tune`` section: a Ray Tune sweep whose trials are short trainings of a profile, ASHA on a val metric.
+
+    ``space`` maps any dotted params key to one distribution: ``{uniform: [lo, hi]}``, ``{loguniform: [lo, hi]}``,
+    ``{randint: [lo, hi]}`` (hi exclusive) or ``{choice: [a, b, ...]}``.
+    """
+
+    profile: str | None = None  # training profile of the trials (default: train.profile)
+    epochs: int = Field(3, ge=1)  # per trial; ASHA's max_t
+    grace_period: int = Field(1, ge=1)  # epochs every trial gets before ASHA may stop it
+    reduction_factor: int = Field(2, ge=2)
+    num_samples: int = Field(8, ge=1)
+    max_concurrent: int | None = Field(None, ge=1)  # default: as many as the resources allow
+    metric: str = "metrics/mAP50(B)"  # the ultralytics validation metric reported each epoch
+    mode: Literal["max", "min"] = "max"
+    resources: TuneResources = TuneResources()
+    space: dict[str, dict[str, list[Any]]] = {
+        "pseudo.iou_t": {"uniform": [0.2, 0.4]},
+        "pseudo.conf_c": {"uniform": [0.7, 0.95]},
+    }
+    seed: int | None = 0  # seeds the random search; null: a different sweep each time
+    ray_address: str | None = None  # a Ray cluster (ray://host:10001), auto (the one RAY_ADDRESS names); null/local: a Ray here
+    num_cpus: int | None = Field(None, ge=1)  # local Ray only; default: every core
+    num_gpus: int | None = Field(None, ge=0)  # local Ray only; default: what Ray detects
+    storage: str = "runs/tune"  # Ray Tune results, one folder per trial (a shared path or s3:// on a cluster)
+    best: str = "metrics/tune_best.yaml"  # the best config as a params.yaml fragment
+    experiment: str = "medrov"  # MLflow experiment of the parent run and its trial runs
+
+    @model_validator(mode="after")
+    def _valid_space(self) -> "TuneParams":
+        for key, dist in self.space.items():
+            if len(dist) != 1 or next(iter(dist)) not in SEARCH_KINDS:
+                raise ValueError(f"space.{key}: give exactly one of {', '.join(SEARCH_KINDS)}, got {sorted(dist)}")
+            kind, values = next(iter(dist.items()))
+            if kind == "choice":
+                if not values:
+                    raise ValueError(f"space.{key}: choice needs at least one value")
+                continue
+            if len(values) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+                raise ValueError(f"space.{key}: {kind} needs [low, high] numbers, got {values}")
+            lo, hi = values
+            if not lo < hi or (kind == "loguniform" and lo <= 0):
+                raise ValueError(f"space.{key}: {kind} needs low < high{' and low > 0' if kind == 'loguniform' else ''}, got {values}")
+        return self
+
+
 class Params(Section):
     """All of params.yaml."""
 
@@ -223,6 +279,7 @@ class Params(Section):
     pseudo: PseudoParams = PseudoParams()
     tracking: TrackingParams = TrackingParams()
     promote: PromoteParams = PromoteParams()
+    tune: TuneParams = TuneParams()
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
 
@@ -284,6 +341,20 @@ def load_params(path: str | Path | None = None, overrides: list[str] | tuple[str
             f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
         )
         raise ConfigError(problems, file) from exc
+
+
+def with_overrides(params: Params, overrides: list[str] | tuple[str, ...]) -> Params:
+    """A validated copy of ``params`` with dotted overrides applied (Ray trials, Prefect parameters).
+
+    Raises:
+        ConfigError: a key is unknown or a value is out of range.
+    """
+    raw = apply_overrides(params.model_dump(mode="json", by_alias=True), overrides)
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors())
+        raise ConfigError(f"{problems} (overrides: {' '.join(overrides)})") from exc
 
 
 def flatten(params: BaseModel | dict[str, Any], prefix: str = "") -> dict[str, Any]:

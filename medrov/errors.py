@@ -28,3 +28,7 @@ class ValidationFailed(MedrovError):
 
 class TrackingError(MedrovError):
     """MLflow tracking or the model registry cannot do what was asked (server down, run or model missing)."""
+
+
+class StepFailed(MedrovError):
+    """A pipeline step run as a command (``dvc repro``, a ``medrov`` subcommand) exited with an error."""

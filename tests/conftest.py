@@ -1,4 +1,5 @@
-"""Test session set-up: offline switches, a shrunken copy of the real params, shared data location."""
+"""Test session set-up: offline switches, a shrunken copy of the real params, shared data location, and a tiny
+converted Omnis with params pointing training at it (model, tune and flow tests)."""
 
 from __future__ import annotations
 

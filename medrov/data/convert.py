@@ -248,11 +248,13 @@ def _run_jobs_ray(jobs: list[tuple], address: str, workers: int) -> Iterator[dic
             ray.shutdown()
 
 
-def _clean_partials(out: Path) -> int:
+def _clean_partials(out: Path, only: set[str] | None = None) -> int:
     removed = 0
-    for tmp in out.rglob(f"*{TMP_SUFFIX}"):
-        tmp.unlink(missing_ok=True)
-        removed += 1
+    roots = [out] if only is None else [out / folder / name for folder in ("images", "labels", STATE_DIR) for name in only]
+    for root in roots:
+        for tmp in root.rglob(f"*{TMP_SUFFIX}"):
+            tmp.unlink(missing_ok=True)
+            removed += 1
     return removed
 
 
@@ -283,22 +285,25 @@ def _enumerate(source: ResolvedSource) -> tuple[list[Item], list[Skipped]]:
     return unique, skipped
 
 
-def _remove_orphans(out: Path, keep: set[str], live_states: set[Path]) -> int:
+def _remove_orphans(out: Path, keep: set[str], live_states: set[Path], only: set[str] | None = None) -> int:
     removed = 0
-    for folder in ("images", "labels"):
-        root = out / folder
+
+    def roots(folder: str) -> list[Path]:
+        return [out / folder] if only is None else [out / folder / name for name in sorted(only)]
+
+    for root in (r for folder in ("images", "labels") for r in roots(folder)):
         for file in root.rglob("*") if root.is_dir() else []:
             if file.is_file() and file.relative_to(out).as_posix() not in keep:
                 file.unlink()
                 removed += 1
-    state_root = out / STATE_DIR
-    for file in state_root.rglob("*.json") if state_root.is_dir() else []:
-        if file not in live_states:
-            file.unlink()
+    for state_root in roots(STATE_DIR):
+        for file in state_root.rglob("*.json") if state_root.is_dir() else []:
+            if file not in live_states:
+                file.unlink()
     for folder in ("images", "labels", STATE_DIR):
         root = out / folder
         for sub in sorted(root.glob("*"), reverse=True) if root.is_dir() else []:
-            if sub.is_dir() and not any(sub.iterdir()):
+            if sub.is_dir() and (only is None or sub.name in only) and not any(sub.iterdir()):
                 sub.rmdir()
     return removed
 
@@ -317,27 +322,47 @@ def dataset_yaml(vocab: Vocabulary, sources: list[ResolvedSource]) -> dict[str, 
     }
 
 
+def source_names(params: DataParams, sources_file: str | Path | None = None) -> list[str]:
+    """Names of the sources that ``run`` would convert (optional sources that are absent are left out)."""
+    sources, _ = resolve_sources(sources_file or params.sources, load_vocabulary())
+    return [s.name for s in sources]
+
+
 def run(
     params: DataParams,
     sources_file: str | Path | None = None,
     out_dir: str | Path | None = None,
     workers: int | None = None,
     progress: bool = True,
+    sources: list[str] | None = None,
 ) -> dict[str, Any]:
     """Convert every source of the sources file into ``out_dir``; returns the summary metrics.
 
+    Args:
+        sources: convert only these sources (names from the sources file). Their images, labels and states are
+            brought up to date and the summary covers them alone; the dataset tables (manifest, boxes, quarantine,
+            presence, split lists, omnis.yaml) are written only by a run over every source, so several filtered
+            runs on disjoint sources may share ``out_dir`` at once and a final full run then reuses their work.
+
     Raises:
-        ConfigError: the sources file or params are invalid (per-input problems never raise: they are
-            quarantined).
+        ConfigError: the sources file or params are invalid, or ``sources`` names a source it does not have
+            (per-input problems never raise: they are quarantined).
     """
     started = time.perf_counter()
     vocab = load_vocabulary()
-    sources, skipped_sources = resolve_sources(sources_file or params.sources, vocab)
+    sources_path = sources_file or params.sources
+    every_source, skipped_sources = resolve_sources(sources_path, vocab)
     for message in skipped_sources:
         log.info(message)
+    only = None if sources is None else set(sources)
+    if only is not None:
+        unknown = only - {s.name for s in every_source}
+        if unknown:
+            raise ConfigError(f"no source named {', '.join(sorted(unknown))} (sources: {', '.join(s.name for s in every_source)})", sources_path)
+    sources = [s for s in every_source if only is None or s.name in only]
     out = paths.resolve(out_dir or params.out)
     out.mkdir(parents=True, exist_ok=True)
-    partials = _clean_partials(out)
+    partials = _clean_partials(out, only)
     if partials:
         log.info("removed %d partial file(s) left by an interrupted run", partials)
     workers = workers or params.workers
@@ -396,16 +421,17 @@ def run(
     split_by_image = dict(zip(manifest["image"], manifest["split"]))
     box_table["split"] = box_table["image"].map(split_by_image)
     quarantine_table = pd.DataFrame.from_records(quarantine, columns=["input", "source", "level", "action", "reason"])
-    orphans = _remove_orphans(out, set(manifest["image"]) | set(manifest["label"]), live_states)
+    orphans = _remove_orphans(out, set(manifest["image"]) | set(manifest["label"]), live_states, only)
 
-    _write_table(manifest, out / "manifest.parquet")
-    _write_table(box_table, out / "boxes.parquet")
-    _atomic_write_text(out / "quarantine.csv", quarantine_table.to_csv(index=False))
-    _atomic_write_text(out / "presence.csv", presence_matrix(sources, vocab).to_csv())
-    for split in SPLITS:
-        images = manifest.loc[manifest["split"] == split, "image"]
-        _atomic_write_text(out / f"{split}.txt", "".join(f"./{p}\n" for p in images))
-    _atomic_write_text(out / "omnis.yaml", yaml.safe_dump(dataset_yaml(vocab, sources), sort_keys=False, allow_unicode=True))
+    if only is None:
+        _write_table(manifest, out / "manifest.parquet")
+        _write_table(box_table, out / "boxes.parquet")
+        _atomic_write_text(out / "quarantine.csv", quarantine_table.to_csv(index=False))
+        _atomic_write_text(out / "presence.csv", presence_matrix(sources, vocab).to_csv())
+        for split in SPLITS:
+            images = manifest.loc[manifest["split"] == split, "image"]
+            _atomic_write_text(out / f"{split}.txt", "".join(f"./{p}\n" for p in images))
+        _atomic_write_text(out / "omnis.yaml", yaml.safe_dump(dataset_yaml(vocab, sources), sort_keys=False, allow_unicode=True))
 
     converted = status["converted"] + status["reused"]
     quarantined = int((quarantine_table["level"] == "input").sum())
@@ -436,7 +462,8 @@ def run(
     }
     if converted + quarantined != total:  # every input is accounted for, or this is a bug worth stopping on
         raise RuntimeError(f"accounting error: converted {converted} + quarantined {quarantined} != total {total}")
-    _atomic_write_text(out / "convert_summary.json", json.dumps(summary, indent=2))
+    if only is None:
+        _atomic_write_text(out / "convert_summary.json", json.dumps(summary, indent=2))
     return summary
 
 

@@ -212,7 +212,9 @@ def build_tables(data: Path, vocab: Vocabulary, params: ValidateParams) -> dict[
     )
 
     listed = np.concatenate([_hash(manifest["image"]), _hash(manifest["label"])])
-    disk = [p.relative_to(data).as_posix() for folder in ("images", "labels") if (data / folder).is_dir() for p in (data / folder).rglob("*") if p.is_file()]
+    # ultralytics writes labels/<source>.cache (its label index) next to our labels: not an orphan
+    disk = [p.relative_to(data).as_posix() for folder in ("images", "labels") if (data / folder).is_dir()
+            for p in (data / folder).rglob("*") if p.is_file() and not (folder == "labels" and p.suffix == ".cache")]
     files = pd.DataFrame({"path": pd.Series(disk, dtype=object)})
     files["orphan"] = _problems(pd.Series(~np.isin(_hash(files["path"]), listed), index=files.index), lambda i: files.loc[i, "path"])
 

@@ -305,6 +305,7 @@ def test_orphan_image_file(copy, vparams):
     first = manifest_of(copy)["image"].iloc[0]
     orphan = "images/SynthPolyp/not_in_manifest.png"
     shutil.copy(copy / first, copy / orphan)
+    (copy / "labels" / "SynthPolyp.cache").write_bytes(b"ultralytics label index")  # written by training: not an orphan
     expect_failure(run(copy, vparams), "files", "orphan", 1, orphan)
 
 

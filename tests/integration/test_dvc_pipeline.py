@@ -1,62 +1,30 @@
 """A real DVC repo: `dvc repro` runs demo_sources -> convert -> validate/report -> train -> evaluate -> promote (the
-model ends up `champion` in the embedded MLflow store), a second repro is a no-op, one param re-runs one stage and
-what depends on it."""
+model ends up `champion` in the embedded MLflow store), a second repro is a no-op, `dvc metrics show/diff` and
+`dvc plots show` read what the stages declare, `dvc exp run -S` on a train param re-runs train, evaluate and promote
+only, and a param re-runs only the stages that read it."""
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.conftest import ROOT
+from tests.integration.conftest import copy_project, run_ok as _run
 
 pytestmark = pytest.mark.integration
-
-PROJECT_FILES = ["medrov", "params.yaml", "dvc.yaml", "data/sources.yaml", ".dvc/config", ".dvcignore", "pyproject.toml"]
-
-
-def _run(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
-    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
-    return result
 
 
 @pytest.fixture
 def project(tmp_path: Path) -> tuple[Path, dict[str, str]]:
     """A copy of the project as a fresh git + DVC repo, with the demo shrunk and no shared data."""
     dest = tmp_path / "proj"
-    for rel in PROJECT_FILES:
-        src = ROOT / rel
-        target = dest / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if src.is_dir():
-            shutil.copytree(src, target, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(src, target)
-    params = yaml.safe_load((dest / "params.yaml").read_text())
-    params["demo"].update(ct_volumes=2, mri_volumes=2, xray_images=4, microscopy_images=4, endoscopy_images=4)
-    params["text"]["encoder"] = "minilm"
-    params["train"]["profiles"]["demo"].update(epochs=1, imgsz=64, batch=8, workers=0)
-    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = {
-        **os.environ,
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-        "MEDROV_SHARED_DATA": str(tmp_path / "no-shared-data"),
-        "DVC_NO_ANALYTICS": "1",
-    }
-    env.pop("MEDROV_ROOT", None)
-    env.pop("MLFLOW_TRACKING_URI", None)  # the project's own default: sqlite:///<project>/mlflow.db
-    _run(["git", "init", "-q"], dest, env)
-    return dest, env
+    return dest, copy_project(dest, tmp_path / "no-shared-data")
 
 
-def test_repro_runs_then_is_a_noop_then_reruns_only_convert(project):
+def test_repro_noop_metrics_plots_experiment_and_param_reruns(project):
     dest, env = project
     dvc = [sys.executable, "-m", "dvc"]
     first = _run([*dvc, "repro"], dest, env)
@@ -91,17 +59,43 @@ def test_repro_runs_then_is_a_noop_then_reruns_only_convert(project):
     _run([*dvc, "push", "-q"], dest, env)
     assert any((dest / ".dvc-storage").rglob("*")), "the local DVC remote received nothing"
 
-    # a param that only convert reads re-runs convert alone; a param no stage lists re-runs nothing
+    # the declared metrics and plots: every metrics file, the training curves and the evaluation PNGs
+    shown = json.loads(_run([*dvc, "metrics", "show", "--json"], dest, env).stdout)
+    files = next(iter(shown.values()))["data"]
+    assert {"metrics/convert.json", "metrics/validate.json", "metrics/train.json", "metrics/eval.json"} <= set(files)
+    assert files["metrics/train.json"]["data"]["epochs"] == 1
+    _run([*dvc, "plots", "show", "-o", str(dest / "plots-html")], dest, env)
+    html = (dest / "plots-html" / "index.html").read_text()
+    assert "metrics/mAP50(B)" in html and "pr_curve.png" in html and "map50_per_modality.png" in html
+
+    # a param no stage lists re-runs nothing
     params = yaml.safe_load((dest / "params.yaml").read_text())
     params["data"]["workers"] = 1
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     assert "Running stage" not in _run([*dvc, "repro"], dest, env).stdout
-    params["data"]["boxes"] = "slice"
-    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    third = _run([*dvc, "repro"], dest, env).stdout
-    assert "Running stage 'convert'" in third and "Running stage 'demo_sources'" not in third
+
+    # an experiment on a train param re-runs train and evaluate, nothing upstream; metrics diff sees it
+    _run(["git", "add", "-A"], dest, env)
+    _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "baseline"], dest, env)
+    exp = _run([*dvc, "exp", "run", "-S", "train.profiles.demo.epochs=2"], dest, env).stdout
+    assert "Running stage 'train'" in exp and "Running stage 'evaluate'" in exp
+    assert not any(f"Running stage '{s}'" in exp for s in ("demo_sources", "convert", "validate", "report"))
+    assert json.loads((dest / "metrics" / "train.json").read_text())["epochs"] == 2
+    diff = json.loads(_run([*dvc, "metrics", "diff", "--json"], dest, env).stdout)
+    assert diff["metrics/train.json"]["epochs"] == {"old": 1, "new": 2, "diff": 1}
+    # the pseudo-label thresholds are train params too
+    assert "pseudo" in yaml.safe_load((dest / "dvc.lock").read_text())["stages"]["train"]["params"]["params.yaml"]
+
     # an evaluation-only param re-runs evaluate and not train
+    params = yaml.safe_load((dest / "params.yaml").read_text())
     params["evaluate"]["conf"] = 0.01
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     fourth = _run([*dvc, "repro"], dest, env).stdout
     assert "Running stage 'evaluate'" in fourth and "Running stage 'train'" not in fourth
+    # a param only convert reads re-runs convert, not its upstream (reproducing up to convert keeps this cheap)
+    params["data"]["boxes"] = "slice"
+    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    third = _run([*dvc, "repro", "convert"], dest, env).stdout
+    assert "Running stage 'convert'" in third and "Running stage 'demo_sources'" not in third
+    status = _run([*dvc, "status", "--json"], dest, env).stdout
+    assert set(json.loads(status)) == {"validate", "report", "train"}, status

@@ -1,0 +1,147 @@
+"""Orchestration overhead: the pipeline through DVC and through Prefect against calling the steps directly.
+
+Same run, same data: three fresh copies of the project (shrunk demo by default, ``--demo`` for the real demo
+params) run the same stages of dvc.yaml to the same outputs:
+
+- direct: one Python process calls each stage's ``medrov`` command in order (the CLI functions, in-process);
+- dvc: ``dvc repro`` (one process per stage, dependency hashing, cache, lock file);
+- prefect: the ``pipeline`` flow (``dvc repro`` as a task, no pull/push/promote) against a Prefect server started
+  beforehand on 127.0.0.1 (a deployment's server is always up, so its start is not counted).
+
+Prints wall seconds, the overhead of each against direct (target < 10 % on the demo pipeline), the Prefect cost on
+top of DVC, and the time of a no-op ``dvc repro`` (and of a no-op run through Prefect).
+
+    python bench/orchestration.py [--demo] [--repeats 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+FILES = ["medrov", "flows", "params.yaml", "dvc.yaml", "prefect.yaml", "data/sources.yaml", ".dvc/config", ".dvcignore", ".gitignore"]
+
+DIRECT = """
+import os, shlex, sys, yaml
+from medrov.cli import _setup, app
+_setup()
+for name, stage in yaml.safe_load(open("dvc.yaml"))["stages"].items():
+    args = shlex.split(stage["cmd"])
+    assert args[0] == "medrov", stage["cmd"]
+    print(f"stage {name}: {stage['cmd']}", flush=True)
+    app(args[1:], standalone_mode=False)
+sys.stdout.flush()
+os._exit(0)  # every stage is done; a library thread once held interpreter exit for minutes (seen once, not timed)
+"""
+
+PREFECT_FLOW = """
+import sys
+from flows.pipeline import pipeline
+state = pipeline(pull=False, push=False, promote_model=False, return_state=True)
+print(state.result()["steps"] if state.is_completed() else state.message)
+sys.exit(0 if state.is_completed() else 1)
+"""
+
+
+def copy_project(dest: Path, demo: bool) -> None:
+    for rel in FILES:
+        src, target = ROOT / rel, dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        (shutil.copytree(src, target, ignore=shutil.ignore_patterns("__pycache__")) if src.is_dir() else shutil.copy2(src, target))
+    if not demo:  # the shrunk demo of the tests: minutes become seconds, the stages stay the same
+        params = yaml.safe_load((dest / "params.yaml").read_text())
+        params["demo"].update(ct_volumes=2, mri_volumes=2, xray_images=4, microscopy_images=4, endoscopy_images=4)
+        params["text"]["encoder"] = "minilm"
+        params["train"]["profiles"]["demo"].update(epochs=1, imgsz=64, batch=8, workers=0)
+        (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
+
+
+def timed(args: list[str], cwd: Path, env: dict[str, str], label: str) -> float:
+    started = time.perf_counter()
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=3600)
+    seconds = time.perf_counter() - started
+    if result.returncode != 0:
+        sys.exit(f"{label} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return seconds
+
+
+def start_prefect(home: Path, env: dict[str, str]) -> tuple[subprocess.Popen, dict[str, str]]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/api"
+    env = {**env, "PREFECT_HOME": str(home), "PREFECT_API_URL": url, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port),
+                             "--no-ui", "--analytics-off"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2):
+                return proc, env
+        except OSError:
+            time.sleep(0.5)
+    proc.terminate()
+    sys.exit("prefect server did not start in 120 s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--demo", action="store_true", help="the real demo params (minutes per run) instead of the shrunk demo")
+    parser.add_argument("--repeats", type=int, default=1, help="rounds of (direct, dvc, prefect), interleaved; medians reported")
+    args = parser.parse_args()
+
+    sys.path.insert(0, str(ROOT))
+    from medrov.env import apply_offline_env
+
+    apply_offline_env()
+    work = Path(tempfile.mkdtemp(prefix="medrov-bench-orch-"))
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+           "PYTHONPATH": str(ROOT), "MEDROV_SHARED_DATA": str(work / "no-shared-data"), "DVC_NO_ANALYTICS": "1"}
+    env.pop("MEDROV_ROOT", None)
+    server, prefect_env = start_prefect(work / "prefect-home", env)
+    times: dict[str, list[float]] = {"direct": [], "dvc": [], "prefect": [], "dvc no-op": [], "prefect no-op": []}
+    try:
+        for round_ in range(args.repeats):
+            for mode in ("direct", "dvc", "prefect"):
+                dest = work / f"{mode}-{round_}"
+                copy_project(dest, args.demo)
+                if mode == "direct":
+                    times[mode].append(timed([sys.executable, "-c", DIRECT], dest, env, mode))
+                elif mode == "dvc":
+                    times[mode].append(timed([sys.executable, "-m", "dvc", "repro"], dest, env, mode))
+                    times["dvc no-op"].append(timed([sys.executable, "-m", "dvc", "repro"], dest, env, "dvc no-op"))
+                else:
+                    times[mode].append(timed([sys.executable, "-c", PREFECT_FLOW], dest, prefect_env, mode))
+                    times["prefect no-op"].append(timed([sys.executable, "-c", PREFECT_FLOW], dest, prefect_env, "prefect no-op"))
+                print(f"round {round_ + 1}: {mode} {times[mode][-1]:.1f} s", flush=True)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    print(f"\npipeline: {'demo' if args.demo else 'shrunk demo'} (demo_sources, convert, validate, report, train, evaluate), "
+          f"{args.repeats} round(s), medians; copies in {work}")
+    print(f"{'direct (steps in one process)':<34} {med['direct']:8.1f} s   1.000")
+    for mode in ("dvc", "prefect"):
+        label = "dvc repro" if mode == "dvc" else "prefect flow (dvc repro as a task)"
+        print(f"{label:<34} {med[mode]:8.1f} s   {med[mode] / med['direct']:.3f}  overhead {100 * (med[mode] / med['direct'] - 1):+.1f} % (target < 10 %)")
+    print(f"{'prefect on top of dvc':<34} {med['prefect'] - med['dvc']:+8.1f} s   {med['prefect'] / med['dvc']:.3f}")
+    print(f"{'no-op dvc repro':<34} {med['dvc no-op']:8.2f} s")
+    print(f"{'no-op through prefect':<34} {med['prefect no-op']:8.2f} s")
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

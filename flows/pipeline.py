@@ -1,0 +1,102 @@
+"""The full pipeline as a Prefect flow: ``dvc pull`` (when a remote is set), ``dvc repro``, ``dvc push``,
+``medrov promote``, and a Markdown artifact with the run summary and the metrics of ``metrics/*.json``.
+
+The steps themselves are the DVC stages (the ``medrov`` CLI); this flow only sequences and reports them.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.logging import get_run_logger
+
+
+@task(task_run_name="dvc-pull")
+def dvc_pull() -> dict[str, Any]:
+    from medrov import pipeline
+
+    remote = pipeline.default_remote()
+    if not remote:
+        get_run_logger().info("dvc pull: skipped, no default DVC remote is configured")
+        return {"step": "dvc pull", "result": "skipped: no remote"}
+    started = time.perf_counter()
+    # a fresh remote has nothing to pull yet; missing objects are rebuilt by repro, so partial pulls are fine
+    output = pipeline.dvc(["pull", "--allow-missing"])
+    get_run_logger().info("dvc pull from %s: %s", remote, output.strip().splitlines()[-1] if output.strip() else "done")
+    return {"step": "dvc pull", "result": f"from {remote}", "seconds": round(time.perf_counter() - started, 1)}
+
+
+@task(task_run_name="dvc-repro")
+def dvc_repro(targets: list[str] | None, force: bool) -> dict[str, Any]:
+    from medrov import pipeline
+
+    outcome = pipeline.repro(targets=targets, force=force)
+    ran = ", ".join(outcome["stages_run"]) or "nothing (up to date)"
+    get_run_logger().info("dvc repro %s: ran %s in %.1f s", " ".join(targets or []), ran, outcome["seconds"])
+    return {"step": "dvc repro", "result": f"ran {ran}", "seconds": outcome["seconds"], "stages_run": outcome["stages_run"]}
+
+
+@task(task_run_name="dvc-push")
+def dvc_push() -> dict[str, Any]:
+    from medrov import pipeline
+
+    remote = pipeline.default_remote()
+    if not remote:
+        get_run_logger().info("dvc push: skipped, no default DVC remote is configured")
+        return {"step": "dvc push", "result": "skipped: no remote"}
+    started = time.perf_counter()
+    pipeline.dvc(["push"])
+    return {"step": "dvc push", "result": f"to {remote}", "seconds": round(time.perf_counter() - started, 1)}
+
+
+@task(task_run_name="promote")
+def promote() -> dict[str, Any]:
+    from medrov import pipeline
+
+    started = time.perf_counter()
+    output = pipeline.promote()
+    if output is None:
+        get_run_logger().info("promote: skipped, this medrov has no `promote` command yet")
+        return {"step": "promote", "result": "skipped: no promote command"}
+    last = output.strip().splitlines()[-1] if output.strip() else "done"
+    return {"step": "promote", "result": last, "seconds": round(time.perf_counter() - started, 1)}
+
+
+@flow(name="pipeline", log_prints=True)
+def pipeline(targets: list[str] | None = None, pull: bool = True, push: bool = True, promote_model: bool = True,
+             force: bool = False) -> dict[str, Any]:
+    """Pull, reproduce, push, promote; the run summary and metrics become the ``pipeline-summary`` artifact.
+
+    Args:
+        targets: DVC stages to reproduce (with what they depend on); default the whole pipeline.
+        pull: ``dvc pull`` first when a default remote is configured.
+        push: ``dvc push`` the results when a default remote is configured.
+        promote_model: run ``medrov promote`` (MLflow registry) after a successful repro.
+        force: re-run the stages even when they are up to date.
+    """
+    from medrov import paths
+    from medrov import pipeline as steps
+    from medrov.env import apply_offline_env
+
+    apply_offline_env()
+    root = paths.project_root()
+    get_run_logger().info("pipeline in %s: targets %s", root, targets or "all stages")
+    done = []
+    if pull:
+        done.append(dvc_pull())
+    done.append(dvc_repro(targets, force))
+    if push:
+        done.append(dvc_push())
+    if promote_model:
+        done.append(promote())
+    metrics = steps.read_metrics(root)
+    create_markdown_artifact(key="pipeline-summary", markdown=steps.summary_markdown(done, metrics, f"medrov pipeline run in {root}"),
+                             description="steps run and the headline metrics of metrics/*.json")
+    return {"steps": done, "metrics": metrics}
+
+
+if __name__ == "__main__":
+    pipeline()

@@ -311,7 +311,7 @@ def models(params: Optional[Path] = ParamsOpt, set_: list[str] = SetOpt) -> None
 def tune(
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (default: tune.ray_address; none starts a local Ray)"),
     num_samples: Optional[int] = typer.Option(None, "--num-samples", min=1, help="trials (default: tune.num_samples)"),
-    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else ./mlflow.db)"),
+    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else tracking.uri, else the embedded store)"),
     best: Optional[Path] = typer.Option(None, help="write the best config here (default: tune.best)"),
     metrics: Optional[Path] = typer.Option(None, help="write the sweep summary as JSON here"),
     params: Optional[Path] = ParamsOpt,

@@ -247,7 +247,6 @@ class TuneParams(Section):
     num_gpus: int | None = Field(None, ge=0)  # local Ray only; default: what Ray detects
     storage: str = "runs/tune"  # Ray Tune results, one folder per trial (a shared path or s3:// on a cluster)
     best: str = "metrics/tune_best.yaml"  # the best config as a params.yaml fragment
-    experiment: str = "medrov"  # MLflow experiment of the parent run and its trial runs
 
     @model_validator(mode="after")
     def _valid_space(self) -> "TuneParams":

@@ -64,10 +64,6 @@ def override(key: str, value: Any) -> str:
     return f"{key}={json.dumps(value)}"
 
 
-def _tracking_uri(tracking_uri: str | None) -> str:
-    return tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{paths.project_root() / 'mlflow.db'}"
-
-
 def start_trial_run(tracking_uri: str, experiment_id: str, parent_run_id: str, name: str, config: dict[str, Any]) -> str:
     """The MLflow child run of one trial (plain MlflowClient: explicit run ids, no process-wide active run)."""
     from mlflow import MlflowClient
@@ -164,6 +160,22 @@ def best_fragment(config: dict[str, Any]) -> dict[str, Any]:
 
 def run(params: Params, address: str | None = None, num_samples: int | None = None, tracking_uri: str | None = None,
         best_file: str | Path | None = None) -> dict[str, Any]:
+    """Run the sweep (see :func:`_run`); an explicit ``tracking_uri`` wins over ``MLFLOW_TRACKING_URI`` for this
+    call only (local Ray trials inherit it)."""
+    previous = os.environ.get("MLFLOW_TRACKING_URI")
+    if tracking_uri:
+        os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
+    try:
+        return _run(params, address, num_samples, tracking_uri, best_file)
+    finally:
+        if previous is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = previous
+
+
+def _run(params: Params, address: str | None = None, num_samples: int | None = None, tracking_uri: str | None = None,
+        best_file: str | Path | None = None) -> dict[str, Any]:
     """Run the sweep of ``params.tune``; returns the best config, its score and one row per trial.
 
     Args:
@@ -171,7 +183,7 @@ def run(params: Params, address: str | None = None, num_samples: int | None = No
         address: a Ray cluster address, ``auto`` for the one ``RAY_ADDRESS`` names (default ``tune.ray_address``;
             none or ``local``: a Ray on this machine, kept on 127.0.0.1).
         num_samples: trials to run (default ``tune.num_samples``).
-        tracking_uri: MLflow tracking URI (default: ``MLFLOW_TRACKING_URI``, else ``<project>/mlflow.db``).
+        tracking_uri: MLflow tracking URI (default: the project's, see :func:`medrov.tracking.tracking_uri`).
         best_file: where the best config goes (default ``tune.best``).
 
     Raises:
@@ -186,7 +198,6 @@ def run(params: Params, address: str | None = None, num_samples: int | None = No
         raise ConfigError("tune.space is empty: nothing to sweep")
     check_space(params, cfg.space)  # before Ray and MLflow are even imported: a bad space fails in a second
 
-    import mlflow
     import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
@@ -197,10 +208,11 @@ def run(params: Params, address: str | None = None, num_samples: int | None = No
     best_path = paths.resolve(best_file or cfg.best)
     samples = num_samples or cfg.num_samples
 
-    uri = _tracking_uri(tracking_uri)
-    mlflow.set_tracking_uri(uri)
-    experiment_id = mlflow.set_experiment(cfg.experiment).experiment_id
-    client = mlflow.MlflowClient(uri)
+    from medrov import tracking as trk
+
+    client = trk.connect(params.tracking)  # the project's store and experiment, as train/evaluate/promote use
+    uri = trk.tracking_uri(params.tracking)
+    experiment_id = trk.experiment_id(client, params.tracking)
     parent = client.create_run(experiment_id, run_name="tune", tags={"medrov.step": "tune", "medrov.profile": profile})
     parent_id = parent.info.run_id
     for key, value in {"tune.profile": profile, "tune.epochs": cfg.epochs, "tune.num_samples": samples,

@@ -22,7 +22,7 @@ def test_sweep_logs_child_runs_and_writes_the_best_config(train_overrides, tmp_p
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     params = load_params(ROOT / "params.yaml", [
         *train_overrides, "tune.epochs=2", "tune.num_samples=4", "tune.num_cpus=2", "tune.resources.cpu=1",
-        f"tune.storage={tmp_path / 'ray'}", "tune.experiment=tune-test", "train.profiles.demo.extra={plots: false}",
+        f"tune.storage={tmp_path / 'ray'}", "tracking.experiment=tune-test", "train.profiles.demo.extra={plots: false}",
     ])
     best_file = tmp_path / "tune_best.yaml"
     summary = tune.run(params, tracking_uri=uri, best_file=best_file)

@@ -7,9 +7,9 @@ for MinIO, which cannot be installed here; both speak the S3 API that botocore, 
 client processes get a minimal environment plus exactly the variables of ``infra/team.env.example`` and must
 land their data on those servers, leaving no embedded store behind.
 
-For now the client is a ``python -c`` script (MLflow client calls inside a tiny Prefect flow, importing
-``medrov.env`` as the CLI does): the lead switches it to ``medrov`` commands (tracking, flows) once
-medrov/tracking.py and flows/ are merged. DVC is driven through ``infra/dvc-remote.sh`` and ``dvc push/pull``.
+The client is a Prefect flow whose task logs a step run through ``medrov.tracking`` (the code ``medrov train``
+uses) with the project's params.yaml, then ``medrov models`` in the same checkout; DVC is driven through
+``infra/dvc-remote.sh`` and ``dvc push/pull``.
 """
 
 from __future__ import annotations
@@ -164,20 +164,25 @@ import mlflow
 from prefect import flow, task
 from prefect.runtime import flow_run
 
+from medrov import tracking
+from medrov.config import load_params
+
 
 @task
 def track(tag):
-    mlflow.set_experiment("medrov-team-env")
-    with mlflow.start_run(run_name=tag) as run:
-        mlflow.log_param("profile", "demo")
-        mlflow.log_metric("map50", 0.42)
-        mlflow.log_text("logged through the team server", "notes/where.txt")
-    return {"run_id": run.info.run_id, "artifact_uri": run.info.artifact_uri}
+    # the project's own tracking code, with the project's params.yaml: only the environment names the server
+    params = load_params(overrides=["tracking.experiment=medrov-team-env"])
+    with tracking.step_run(params, "team-env", run_name=tag) as run:
+        client = tracking.connect(params.tracking)
+        client.log_metric(run.info.run_id, "map50", 0.42)
+        client.log_text(run.info.run_id, "logged through the team server", "notes/where.txt")
+    return {"run_id": run.info.run_id, "artifact_uri": run.info.artifact_uri,
+            "tracking_uri": tracking.tracking_uri(params.tracking)}
 
 
 @flow(name="medrov-team-env")
 def team_env(tag):
-    return {**track(tag), "flow_run_id": str(flow_run.id), "tracking_uri": mlflow.get_tracking_uri()}
+    return {**track(tag), "flow_run_id": str(flow_run.id)}
 
 
 print("RESULT " + json.dumps(team_env(sys.argv[1])))
@@ -205,7 +210,8 @@ def test_mlflow_and_prefect_data_land_on_the_team_servers(team, tmp_path):
     run = http_json(f"{team['mlflow']}/api/2.0/mlflow/runs/get?run_id={out['run_id']}")["run"]
     assert run["info"]["run_name"] == "team-env-check" and run["info"]["status"] == "FINISHED"
     assert {m["key"]: m["value"] for m in run["data"]["metrics"]} == {"map50": 0.42}
-    assert {p["key"]: p["value"] for p in run["data"]["params"]} == {"profile": "demo"}
+    logged = {p["key"]: p["value"] for p in run["data"]["params"]}
+    assert logged["train.profile"] == "demo" and logged["tracking.experiment"] == "medrov-team-env"
     assert out["artifact_uri"].startswith("mlflow-artifacts:/"), "artifacts must go through the server's proxy"
     keys = [o["Key"] for o in team["s3"].list_objects_v2(Bucket="mlflow").get("Contents", [])]
     (key,) = [k for k in keys if out["run_id"] in k and k.endswith("notes/where.txt")]
@@ -219,6 +225,12 @@ def test_mlflow_and_prefect_data_land_on_the_team_servers(team, tmp_path):
     task_runs = http_json(f"{team['prefect']}/task_runs/filter",
                           {"flow_runs": {"id": {"any_": [out["flow_run_id"]]}}})
     assert [t["state_type"] for t in task_runs] == ["COMPLETED"]
+
+    # `medrov models` in that checkout reads the same server from the environment alone
+    models = subprocess.run([sys.executable, "-m", "medrov", "models"], cwd=project, env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert models.returncode == 0, models.stderr[-4000:]
+    assert team["mlflow"] in models.stdout.splitlines()[0]
 
     # and no embedded default was used: no local MLflow store, no temporary Prefect server or database
     leftovers = [p for p in (*project.rglob("*"), *home.rglob("*"))

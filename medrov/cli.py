@@ -209,6 +209,7 @@ def predict(
     conf: float = typer.Option(0.25, min=0, max=1, help="score threshold"),
     imgsz: int = typer.Option(640, min=32, help="inference size"),
     modality: str = typer.Option("auto", help="auto, ct or mri: intensity normalisation of volumes"),
+    threads: Optional[int] = typer.Option(None, min=1, help="CPU threads for inference (default: every core)"),
     params: Optional[Path] = ParamsOpt,
     set_: list[str] = SetOpt,
 ) -> None:
@@ -223,9 +224,15 @@ def predict(
 
         detector = tracking.load_detector(cfg, weights)  # its prompts come from the model's embedding table
     else:
-        detector = Detector(_weights_or_default(Path(weights) if weights else None, cfg))
+        detector = Detector(_weights_or_default(Path(weights) if weights else None, cfg), threads=threads)
         if detector.open_vocabulary:
             detector.prompter = _prompter(cfg)
+    if threads:
+        import torch
+        from ultralytics.utils import torch_utils
+
+        torch_utils.NUM_THREADS = threads  # also for a registry model, whose Detector was built without it
+        torch.set_num_threads(threads)
     summary = predict_path(detector, paths.resolve(path, Path.cwd()), list(prompt), paths.resolve(out, Path.cwd()),
                            imgsz=imgsz, conf=conf, modality=modality)
     typer.echo(json.dumps(summary, indent=2, default=str))

@@ -29,10 +29,22 @@ class Detections:
 class Detector:
     """Load weights once, set a vocabulary, predict on image files or arrays (RGB or grey uint8)."""
 
-    def __init__(self, weights: str | Path, prompter: Prompter | None = None, device: str = "cpu"):
+    def __init__(self, weights: str | Path, prompter: Prompter | None = None, device: str = "cpu",
+                 threads: int | None = None):
+        """``threads``: CPU threads for inference (default: every core; ultralytics alone would leave one idle)."""
+        import os
+
+        import torch
+
         from medrov.model.ultra import prepare_ultralytics
 
         prepare_ultralytics()
+        from ultralytics.utils import torch_utils
+
+        # ultralytics' select_device() resets torch to min(8, cores - 1) threads when a predictor is set up
+        self.threads = int(threads or os.cpu_count() or 1)
+        torch_utils.NUM_THREADS = self.threads
+        torch.set_num_threads(self.threads)
         from ultralytics import YOLO, YOLOWorld
         from ultralytics.nn.tasks import load_checkpoint
 

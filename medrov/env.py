@@ -60,6 +60,8 @@ def init_local_ray(num_cpus: int, **kwargs) -> None:
     (Path(private) / "ray_bootstrap_config.yaml").write_text("{}\n")
     saved_home = os.environ.get("HOME")
     os.environ["HOME"] = private
+    # Ray gives its GCS ~20 s to write its port file: a busy 2-core machine (a training next door) can miss that
+    os.environ.setdefault("RAY_gcs_server_port_wait_time_s", "120")
     try:
         ray.init(
             # "local" starts a new instance even when RAY_ADDRESS names a team cluster (infra/README.md)

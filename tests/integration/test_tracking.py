@@ -343,6 +343,7 @@ def test_mlflow_models_serve_answers_with_boxes(trained, mlflow_server, tmp_path
     assert tracking.promote(served, run_id=info["mlflow"]["run_id"])["decision"] == "first"
     port = free_port()
     env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server.uri, "MLFLOW_DISABLE_TELEMETRY": "true",
+           "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),  # uvicorn
            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     log = tmp_path / "serve.log"
     proc = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/medrov-serve@champion",

@@ -43,6 +43,21 @@ def apply_offline_env() -> dict[str, str]:
     return {key: os.environ[key] for key in (*OFFLINE_ENV, "YOLO_CONFIG_DIR")}
 
 
+_RAY_HOME: list[str] = []
+
+
+def _ray_home() -> str:
+    """One private HOME per process: Ray keeps its auth token in ``$HOME/.ray/auth_token`` and caches it in the
+    process, so a second instance started from the same process must find the token where the first left it."""
+    import tempfile
+
+    if not _RAY_HOME or not Path(_RAY_HOME[0]).is_dir():
+        private = tempfile.mkdtemp(prefix="medrov-ray-")
+        (Path(private) / "ray_bootstrap_config.yaml").write_text("{}\n")
+        _RAY_HOME[:] = [private]
+    return _RAY_HOME[0]
+
+
 def init_local_ray(num_cpus: int, **kwargs) -> None:
     """Start a Ray instance on this machine that stays on 127.0.0.1 and asks no cloud metadata service.
 
@@ -56,8 +71,7 @@ def init_local_ray(num_cpus: int, **kwargs) -> None:
     import ray
 
     apply_offline_env()
-    private = tempfile.mkdtemp(prefix="medrov-ray-")
-    (Path(private) / "ray_bootstrap_config.yaml").write_text("{}\n")
+    private = _ray_home()
     saved_home = os.environ.get("HOME")
     os.environ["HOME"] = private
     # Ray gives its GCS ~20 s to write its port file: a busy 2-core machine (a training next door) can miss that
@@ -69,7 +83,7 @@ def init_local_ray(num_cpus: int, **kwargs) -> None:
             num_cpus=num_cpus,
             include_dashboard=False,
             _node_ip_address="127.0.0.1",
-            _temp_dir=str(Path(private) / "t"),
+            _temp_dir=tempfile.mkdtemp(prefix="t", dir=private),
             **kwargs,
         )
     finally:

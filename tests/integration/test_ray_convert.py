@@ -39,3 +39,18 @@ def test_ray_local_matches_process_pool(tmp_path):
         assert len(a) > 0
         pd.testing.assert_frame_equal(a.sort_values(list(a.columns[:3])).reset_index(drop=True),
                                       b.sort_values(list(b.columns[:3])).reset_index(drop=True))
+
+
+def test_a_second_local_ray_from_the_same_process_starts():
+    """Ray turns token auth on at the first start of a process and caches the token: a second local instance from
+    the same process must find it (it crashed in its GCS with 'Check failed: has_token' when HOME moved)."""
+    import ray
+
+    from medrov.env import init_local_ray
+
+    for _ in range(2):
+        try:
+            init_local_ray(1)
+            assert ray.get(ray.put(41)) + 1 == 42
+        finally:
+            ray.shutdown()

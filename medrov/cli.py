@@ -204,7 +204,7 @@ def evaluate(
 def predict(
     path: Path = typer.Argument(..., help="image (PNG/JPG), NIfTI volume, DICOM series folder, or a folder of those"),
     prompt: list[str] = typer.Option(..., "--prompt", "-p", help="what to find, e.g. 'liver tumor' (repeatable)"),
-    weights: Optional[str] = typer.Option(None, help="weights file or MLflow model URI, e.g. models:/medrov@champion (default: the latest model of the active profile)"),
+    weights: Optional[str] = typer.Option(None, help="weights file or MLflow model URI, e.g. models:/medrov@champion (default: the registry's champion, else the latest model of the active profile)"),
     out: Path = typer.Option(Path("predictions"), help="folder for one JSON and overlay PNG(s) per input"),
     conf: float = typer.Option(0.25, min=0, max=1, help="score threshold"),
     imgsz: int = typer.Option(640, min=32, help="inference size"),
@@ -219,12 +219,17 @@ def predict(
     from medrov.model.predict import predict_path
 
     cfg = load_params(params, set_)
+    if not weights:  # the registry's champion when there is one, else the latest model of the active profile
+        from medrov import tracking
+
+        weights = tracking.champion_uri(cfg)
     if weights and weights.startswith(("models:/", "runs:/")):
         from medrov import tracking
 
         detector = tracking.load_detector(cfg, weights)  # its prompts come from the model's embedding table
     else:
         detector = Detector(_weights_or_default(Path(weights) if weights else None, cfg), threads=threads)
+        weights = str(detector.weights)
         if detector.open_vocabulary:
             detector.prompter = _prompter(cfg)
     if threads:
@@ -235,7 +240,7 @@ def predict(
         torch.set_num_threads(threads)
     summary = predict_path(detector, paths.resolve(path, Path.cwd()), list(prompt), paths.resolve(out, Path.cwd()),
                            imgsz=imgsz, conf=conf, modality=modality)
-    typer.echo(json.dumps(summary, indent=2, default=str))
+    typer.echo(json.dumps({"model": weights, **summary}, indent=2, default=str))
 
 
 @app.command()

@@ -817,6 +817,26 @@ def load_pyfunc(params: Params, model_uri: str):
     return _guard(lambda: mlflow.pyfunc.load_model(model_uri), client.tracking_uri)
 
 
+def champion_uri(params: Params) -> str | None:
+    """``models:/<name>@champion`` when the configured registry has a champion, else None; never creates a store
+    (an embedded SQLite file that does not exist has no champion) and a server that does not answer is a warning."""
+    from mlflow import MlflowClient
+
+    uri = tracking_uri(params.tracking)
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+        return None
+    try:
+        check_server(uri, params.tracking.server_timeout)
+        client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+        client.get_model_version_by_alias(params.promote.model_name, "champion")
+    except TrackingError as exc:
+        log.warning("registry not reachable, using the latest local model (%s)", exc)
+        return None
+    except Exception:  # no such model or alias
+        return None
+    return f"models:/{params.promote.model_name}@champion"
+
+
 def load_detector(params: Params, model_uri: str):
     """The :class:`medrov.model.detector.Detector` inside a logged model, with its embedding table as prompter."""
     return load_pyfunc(params, model_uri).unwrap_python_model().detector

@@ -319,6 +319,13 @@ def test_promote_gate_rollback_and_the_champion_model(store, trained, tmp_path):
         assert result.exit_code == 0, result.output[-3000:]
         payload = json.loads(next(out.glob("*.json")).read_text())
         assert len(payload["frames"][0]["boxes"]) == len(raw.predict([image], imgsz=64, conf=1e-6)[0].names) > 0
+        # without --weights, predict uses the registry's champion (this project has no local model at all)
+        default = CliRunner().invoke(app, ["predict", str(image), "-p", "liver", "--conf", "0.000001", "--imgsz", "64",
+                                           "--out", str(tmp_path / "pred-default"), *sets])
+        assert default.exit_code == 0, default.output[-3000:]
+        lines = default.output.splitlines()
+        printed = json.loads("\n".join(lines[len(lines) - 1 - lines[::-1].index("{"):]))  # the summary is printed last
+        assert printed["model"] == "models:/medrov@champion"
         listing = CliRunner().invoke(app, ["models", *sets])
         assert listing.exit_code == 0, listing.output[-3000:]
         lines = listing.output.splitlines()

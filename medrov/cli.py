@@ -232,12 +232,10 @@ def predict(
         weights = str(detector.weights)
         if detector.open_vocabulary:
             detector.prompter = _prompter(cfg)
-    if threads:
-        import torch
-        from ultralytics.utils import torch_utils
+    if threads:  # also for a registry model, whose Detector was built without it
+        from medrov.model.detector import set_inference_threads
 
-        torch_utils.NUM_THREADS = threads  # also for a registry model, whose Detector was built without it
-        torch.set_num_threads(threads)
+        set_inference_threads(threads)
     summary = predict_path(detector, paths.resolve(path, Path.cwd()), list(prompt), paths.resolve(out, Path.cwd()),
                            imgsz=imgsz, conf=conf, modality=modality)
     typer.echo(json.dumps({"model": weights, **summary}, indent=2, default=str))

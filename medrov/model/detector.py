@@ -26,25 +26,30 @@ class Detections:
         ]
 
 
+def set_inference_threads(threads: int | None = None) -> int:
+    """CPU threads for inference (default: every core). ultralytics' select_device() resets torch to
+    min(8, cores - 1) threads whenever a predictor is set up, so its own default is changed too."""
+    import os
+
+    import torch
+    from ultralytics.utils import torch_utils
+
+    n = int(threads or os.cpu_count() or 1)
+    torch_utils.NUM_THREADS = n
+    torch.set_num_threads(n)
+    return n
+
+
 class Detector:
     """Load weights once, set a vocabulary, predict on image files or arrays (RGB or grey uint8)."""
 
     def __init__(self, weights: str | Path, prompter: Prompter | None = None, device: str = "cpu",
                  threads: int | None = None):
         """``threads``: CPU threads for inference (default: every core; ultralytics alone would leave one idle)."""
-        import os
-
-        import torch
-
         from medrov.model.ultra import prepare_ultralytics
 
         prepare_ultralytics()
-        from ultralytics.utils import torch_utils
-
-        # ultralytics' select_device() resets torch to min(8, cores - 1) threads when a predictor is set up
-        self.threads = int(threads or os.cpu_count() or 1)
-        torch_utils.NUM_THREADS = self.threads
-        torch.set_num_threads(self.threads)
+        self.threads = set_inference_threads(threads)
         from ultralytics import YOLO, YOLOWorld
         from ultralytics.nn.tasks import load_checkpoint
 

@@ -1,15 +1,18 @@
 """Orchestration overhead: the pipeline through DVC and through Prefect against calling the steps directly.
 
-Same run, same data: three fresh copies of the project (shrunk demo by default, ``--demo`` for the real demo
-params) run the same stages of dvc.yaml to the same outputs:
+Same run, same data: fresh copies of the project (shrunk demo by default, ``--demo`` for the real demo params) run
+the same stages of dvc.yaml to the same outputs:
 
-- direct: one Python process calls each stage's ``medrov`` command in order (the CLI functions, in-process);
+- commands: each stage's ``medrov`` command run in order as its own process, as a user types them without an
+  orchestrator (the baseline of the < 10 % target: what DVC and Prefect add to the same steps);
+- in-process: one Python process calls every stage's CLI function in turn; the gap to ``commands`` is the price of
+  one process per step (imports, warm-up), which every stage of dvc.yaml pays with or without an orchestrator;
 - dvc: ``dvc repro`` (one process per stage, dependency hashing, cache, lock file);
 - prefect: the ``pipeline`` flow (``dvc repro`` as a task, no pull/push/promote) against a Prefect server started
   beforehand on 127.0.0.1 (a deployment's server is always up, so its start is not counted).
 
-Prints wall seconds, the overhead of each against direct (target < 10 % on the demo pipeline), the Prefect cost on
-top of DVC, and the time of a no-op ``dvc repro`` (and of a no-op run through Prefect).
+Prints wall seconds per mode and per stage, the overheads against both baselines, the Prefect cost on top of DVC,
+and the time of a no-op ``dvc repro`` (and of a no-op run through Prefect).
 
     python bench/orchestration.py [--demo] [--repeats 1]
 """
@@ -17,6 +20,7 @@ top of DVC, and the time of a no-op ``dvc repro`` (and of a no-op run through Pr
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import socket
@@ -33,17 +37,30 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 FILES = ["medrov", "flows", "params.yaml", "dvc.yaml", "prefect.yaml", "data/sources.yaml", ".dvc/config", ".dvcignore", ".gitignore"]
 
-DIRECT = """
-import os, shlex, sys, yaml
+IN_PROCESS = """
+import json, os, shlex, sys, time, yaml
 from medrov.cli import _setup, app
 _setup()
+seconds = {}
 for name, stage in yaml.safe_load(open("dvc.yaml"))["stages"].items():
     args = shlex.split(stage["cmd"])
     assert args[0] == "medrov", stage["cmd"]
     print(f"stage {name}: {stage['cmd']}", flush=True)
+    started = time.perf_counter()
     app(args[1:], standalone_mode=False)
-sys.stdout.flush()
+    seconds[name] = time.perf_counter() - started
+print("STAGES " + json.dumps(seconds), flush=True)
 os._exit(0)  # every stage is done; a library thread once held interpreter exit for minutes (seen once, not timed)
+"""
+
+COMMANDS = """
+import json, shlex, subprocess, sys, time, yaml
+seconds = {}
+for name, stage in yaml.safe_load(open("dvc.yaml"))["stages"].items():
+    started = time.perf_counter()
+    subprocess.run(shlex.split(stage["cmd"]), check=True)
+    seconds[name] = time.perf_counter() - started
+print("STAGES " + json.dumps(seconds), flush=True)
 """
 
 PREFECT_FLOW = """
@@ -69,12 +86,16 @@ def copy_project(dest: Path, demo: bool) -> None:
     subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
 
 
-def timed(args: list[str], cwd: Path, env: dict[str, str], label: str) -> float:
+def timed(args: list[str], cwd: Path, env: dict[str, str], label: str, stages: dict[str, list[float]] | None = None) -> float:
     started = time.perf_counter()
     result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=3600)
     seconds = time.perf_counter() - started
     if result.returncode != 0:
         sys.exit(f"{label} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    if stages is not None:
+        line = next(line for line in result.stdout.splitlines() if line.startswith("STAGES "))
+        for name, value in json.loads(line[len("STAGES "):]).items():
+            stages.setdefault(name, []).append(value)
     return seconds
 
 
@@ -100,7 +121,7 @@ def start_prefect(home: Path, env: dict[str, str]) -> tuple[subprocess.Popen, di
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--demo", action="store_true", help="the real demo params (minutes per run) instead of the shrunk demo")
-    parser.add_argument("--repeats", type=int, default=1, help="rounds of (direct, dvc, prefect), interleaved; medians reported")
+    parser.add_argument("--repeats", type=int, default=1, help="rounds of (commands, in-process, dvc, prefect), interleaved; medians reported")
     args = parser.parse_args()
 
     sys.path.insert(0, str(ROOT))
@@ -112,14 +133,17 @@ def main() -> None:
            "PYTHONPATH": str(ROOT), "MEDROV_SHARED_DATA": str(work / "no-shared-data"), "DVC_NO_ANALYTICS": "1"}
     env.pop("MEDROV_ROOT", None)
     server, prefect_env = start_prefect(work / "prefect-home", env)
-    times: dict[str, list[float]] = {"direct": [], "dvc": [], "prefect": [], "dvc no-op": [], "prefect no-op": []}
+    modes = ("commands", "in-process", "dvc", "prefect")
+    times: dict[str, list[float]] = {m: [] for m in (*modes, "dvc no-op", "prefect no-op")}
+    stages: dict[str, dict[str, list[float]]] = {"commands": {}, "in-process": {}}
     try:
         for round_ in range(args.repeats):
-            for mode in ("direct", "dvc", "prefect"):
+            for mode in modes:
                 dest = work / f"{mode}-{round_}"
                 copy_project(dest, args.demo)
-                if mode == "direct":
-                    times[mode].append(timed([sys.executable, "-c", DIRECT], dest, env, mode))
+                if mode in stages:
+                    script = COMMANDS if mode == "commands" else IN_PROCESS
+                    times[mode].append(timed([sys.executable, "-c", script], dest, env, mode, stages[mode]))
                 elif mode == "dvc":
                     times[mode].append(timed([sys.executable, "-m", "dvc", "repro"], dest, env, mode))
                     times["dvc no-op"].append(timed([sys.executable, "-m", "dvc", "repro"], dest, env, "dvc no-op"))
@@ -131,15 +155,23 @@ def main() -> None:
         server.terminate()
         server.wait(timeout=30)
     med = {k: statistics.median(v) for k, v in times.items()}
-    print(f"\npipeline: {'demo' if args.demo else 'shrunk demo'} (demo_sources, convert, validate, report, train, evaluate), "
+    print(f"\npipeline: {'demo' if args.demo else 'shrunk demo'} (every stage of dvc.yaml), "
           f"{args.repeats} round(s), medians; copies in {work}")
-    print(f"{'direct (steps in one process)':<34} {med['direct']:8.1f} s   1.000")
+    print(f"{'stage':<14} {'own process':>12} {'in-process':>11}")
+    for name in stages["commands"]:
+        own, inner = statistics.median(stages["commands"][name]), statistics.median(stages["in-process"].get(name, [float("nan")]))
+        print(f"{name:<14} {own:10.2f} s {inner:9.2f} s")
+    base, inner = med["commands"], med["in-process"]
+    print(f"\n{'mode':<36} {'seconds':>8}   vs commands (target < 10 %)   vs in-process")
+    print(f"{'commands (a process per step)':<36} {base:8.1f}   1.000 {'':>20}  {base / inner:.3f}")
+    print(f"{'in-process (steps in one process)':<36} {inner:8.1f}   {inner / base:.3f} {'':>20}  1.000")
     for mode in ("dvc", "prefect"):
         label = "dvc repro" if mode == "dvc" else "prefect flow (dvc repro as a task)"
-        print(f"{label:<34} {med[mode]:8.1f} s   {med[mode] / med['direct']:.3f}  overhead {100 * (med[mode] / med['direct'] - 1):+.1f} % (target < 10 %)")
-    print(f"{'prefect on top of dvc':<34} {med['prefect'] - med['dvc']:+8.1f} s   {med['prefect'] / med['dvc']:.3f}")
-    print(f"{'no-op dvc repro':<34} {med['dvc no-op']:8.2f} s")
-    print(f"{'no-op through prefect':<34} {med['prefect no-op']:8.2f} s")
+        print(f"{label:<36} {med[mode]:8.1f}   {med[mode] / base:.3f}  overhead {100 * (med[mode] / base - 1):+6.1f} %      "
+              f"{med[mode] / inner:.3f}  ({100 * (med[mode] / inner - 1):+.1f} %)")
+    print(f"{'prefect on top of dvc':<36} {med['prefect'] - med['dvc']:+8.1f} s  {med['prefect'] / med['dvc']:.3f}")
+    print(f"{'no-op dvc repro':<36} {med['dvc no-op']:8.2f} s")
+    print(f"{'no-op through prefect':<36} {med['prefect no-op']:8.2f} s")
     shutil.rmtree(work, ignore_errors=True)
 
 

@@ -467,7 +467,23 @@ def train(params: Params, profile: str | None = None, closed_set: bool = False, 
     info["mlflow"] = {"tracking_uri": uri, "run_id": run_id, "model_uri": model.model_uri, "artifacts": counts}
     record.write_text(json.dumps({**json.loads(record.read_text()), "model_uri": model.model_uri}, indent=2))
     log.info("mlflow: train run %s logged (%s artifacts, model %s)", run_id, sum(counts.values()), model.model_uri)
+    info["mlflow"]["gate_eval_run_id"] = _gate_evaluation(params, run_id, Path(info["weights"]), prompter)
     return info
+
+
+def _gate_evaluation(params: Params, run_id: str, weights: Path, prompter) -> str | None:
+    """Evaluate new weights on ``promote.split`` now, while the model, the encoder and torch are warm in this
+    process, so ``medrov promote`` finds its gating metrics instead of loading everything again to measure them.
+    A failure only logs: promote then evaluates by itself."""
+    try:
+        result = evaluate(weights, params, split=params.promote.split, train_run_id=run_id, quiet=True,
+                          weights_label=f"runs:/{run_id}/weights/{weights.name}", prompter=prompter)
+    except MedrovError as exc:
+        log.warning("promote gate: %s evaluation after training skipped (%s); promote will evaluate", params.promote.split, exc)
+        return None
+    log.info("promote gate: %s mAP50 %.4f recorded as evaluate run %s", params.promote.split,
+             result.get("all", {}).get("map50", float("nan")), result["mlflow_run_id"])
+    return result["mlflow_run_id"]
 
 
 def _prompter_for(params: Params, spec: str):
@@ -501,16 +517,17 @@ def _existing_run(client: "MlflowClient", run_id: str | None):
 
 def evaluate(weights: str | Path, params: Params, split: str | None = None, out_metrics: str | Path | None = None,
              plots_dir: str | Path | None = None, train_run_id: str | None = None, quiet: bool = False,
-             weights_label: str | None = None) -> dict[str, Any]:
+             weights_label: str | None = None, prompter=None) -> dict[str, Any]:
     """:func:`medrov.model.evaluate.evaluate` as an ``evaluate`` run, nested under (and tagged with) the train run
     of the weights when it is in this store. ``quiet`` writes no metrics file or plots outside MLflow;
-    ``weights_label`` names the weights in the run's tags (default: their path)."""
+    ``weights_label`` names the weights in the run's tags (default: their path); ``prompter`` reuses a loaded
+    text encoder."""
     from medrov.model import evaluate as step
 
     split = split or params.evaluate.split
     run_params = quiet_params(params) if quiet else params
     if not params.tracking.enabled:
-        return step.evaluate(weights, run_params, split=split, out_metrics=out_metrics, plots_dir=plots_dir)
+        return step.evaluate(weights, run_params, split=split, out_metrics=out_metrics, plots_dir=plots_dir, prompter=prompter)
     client = connect(params.tracking)
     train_run = _existing_run(client, train_run_id or train_run_of(Path(weights)))
     tags = {f"{TAG}split": split, f"{TAG}weights": weights_label or str(weights),
@@ -520,7 +537,7 @@ def evaluate(weights: str | Path, params: Params, split: str | None = None, out_
         with tempfile.TemporaryDirectory(prefix="medrov-eval-") as tmp:
             plots = Path(plots_dir) if plots_dir else (None if quiet or not params.evaluate.plots else paths.resolve(params.evaluate.plots))
             plots = plots or Path(tmp) / "plots"
-            result = step.evaluate(weights, run_params, split=split, out_metrics=out_metrics, plots_dir=plots)
+            result = step.evaluate(weights, run_params, split=split, out_metrics=out_metrics, plots_dir=plots, prompter=prompter)
             _log_evaluation(client, run.info.run_id, result, split, params)
             _log_dir(client, run.info.run_id, plots, "plots", ("*.png",))
     result["mlflow_run_id"] = run.info.run_id

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -67,6 +68,11 @@ class Encoder:
     def encode_image(self, images: Sequence[Any]):
         raise EncoderError(f"encoder {self.spec!r} has no image tower; use an open_clip model (BioMedCLIP) for image features")
 
+    def available(self) -> bool:
+        """Cheap check, without loading the model: raises :class:`EncoderError` when the model certainly cannot
+        be loaded; True when its files are known to be there, False when only a real load can tell."""
+        return False
+
     def describe(self) -> dict[str, Any]:
         """What to log about the encoder (MLflow params, run summaries)."""
         return {"spec": self.spec, "identity": self.identity, "dim": self.dim, "has_image": self.has_image}
@@ -101,6 +107,22 @@ class OpenClipEncoder(Encoder):
         files = [self.local_dir / "open_clip_config.json", *weights]
         return f"{self.spec}@{_file_signature(files)}"
 
+    def _where(self) -> str:
+        if self.local_dir:
+            return f"from {self.local_dir}"
+        return "from the hub (offline here?): save it with open_clip and pass text.encoder=local-dir:PATH"
+
+    def available(self) -> bool:
+        if self.local_dir is not None:  # the constructor checked open_clip_config.json
+            return True
+        if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() not in ("1", "true", "yes", "on"):
+            return False  # online: only a download attempt can tell
+        from huggingface_hub import try_to_load_from_cache
+
+        if isinstance(try_to_load_from_cache(self.spec[len("hf-hub:"):], "open_clip_config.json"), str):
+            return True
+        raise EncoderError(f"cannot load open_clip model {self.spec!r} {self._where()}: not in the local Hugging Face cache and HF_HUB_OFFLINE is set")
+
     def _load(self) -> None:
         if self._model is not None:
             return
@@ -112,12 +134,7 @@ class OpenClipEncoder(Encoder):
             model, _, preprocess = open_clip.create_model_and_transforms(self.spec, device=self.device)
             tokenizer = open_clip.get_tokenizer(self.spec)
         except Exception as exc:
-            where = (
-                f"from {self.local_dir}"
-                if self.local_dir
-                else "from the hub (offline here?): save it with open_clip and pass text.encoder=local-dir:PATH"
-            )
-            raise EncoderError(f"cannot load open_clip model {self.spec!r} {where}: {type(exc).__name__}: {exc}") from exc
+            raise EncoderError(f"cannot load open_clip model {self.spec!r} {self._where()}: {type(exc).__name__}: {exc}") from exc
         model.eval().requires_grad_(False)
         self._model, self._tokenizer, self._preprocess = model, tokenizer, preprocess
         log.info("text encoder loaded: %s", self.identity)
@@ -187,6 +204,12 @@ class MiniLMEncoder(Encoder):
     def dim(self) -> int:
         return 384
 
+    def available(self) -> bool:
+        path = self._model_dir()
+        if not (path / "config.json").is_file():
+            raise EncoderError(f"the packaged encoder's files are missing under {path}")
+        return True
+
     def _load(self):
         if self._model is None:
             from sentence_transformers import SentenceTransformer
@@ -214,20 +237,26 @@ def build_encoder(spec: str, device: str = "cpu") -> Encoder:
     return OpenClipEncoder(spec, device=device)
 
 
+def _ready(spec: str, device: str) -> Encoder:
+    """``spec``'s encoder, known to be loadable: its files are on disk (the model itself loads on first use, so a
+    run whose embeddings are all cached never pays for it), else loaded now so a missing model fails here."""
+    encoder = build_encoder(spec, device)
+    if not encoder.available():
+        encoder.encode_text(["probe"])
+    return encoder
+
+
 def load_encoder(spec: str, fallback: str | None = None, device: str = "cpu") -> Encoder:
-    """Build and load ``spec``; if it cannot be loaded and a fallback is given, log why and use the fallback.
+    """The encoder ``spec`` names, checked to be loadable; if it is not and a fallback is given, log why and use
+    the fallback.
 
     Raises:
         EncoderError: neither the encoder nor its fallback can be loaded.
     """
     try:
-        encoder = build_encoder(spec, device)
-        encoder.encode_text(["probe"])  # forces the load, so a missing model fails here and not mid-training
-        return encoder
+        return _ready(spec, device)
     except EncoderError as exc:
         if not fallback or fallback == spec:
             raise
         log.warning("text encoder %s unavailable (%s); falling back to %s", spec, exc, fallback)
-        encoder = build_encoder(fallback, device)
-        encoder.encode_text(["probe"])
-        return encoder
+        return _ready(fallback, device)

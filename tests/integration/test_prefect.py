@@ -252,11 +252,19 @@ def test_sweep_flow_fails_with_the_config_error_of_a_bad_space(settings):
 def test_train_flow_hands_its_device_list_to_the_trainer(settings, train_overrides):
     from flows.train import train_flow
 
-    state = train_flow(profile="demo", devices="cpu", overrides=train_overrides, return_state=True)
+    store = f"sqlite:///{Path(train_overrides[1].split('=', 1)[1]).parent / 'mlflow.db'}"
+    state = train_flow(profile="demo", devices="cpu", overrides=[*train_overrides, f"tracking.uri={store}"], return_state=True)
     assert state.is_completed(), state.message
     info = state.result()
     assert info["args"]["device"] == "cpu" and info["profile"] == "demo" and info["epochs_done"] == 1
     assert Path(info["weights"]).is_file()
+    # tracked like `medrov train`: the run, its logged model and the promote-split evaluation are in the store
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=store)
+    run = client.get_run(info["mlflow"]["run_id"])
+    assert run.data.tags["medrov.model_uri"] == info["mlflow"]["model_uri"] and run.info.status == "FINISHED"
+    assert client.get_run(info["mlflow"]["gate_eval_run_id"]).data.tags["mlflow.parentRunId"] == run.info.run_id
 
 
 @pytest.mark.gpu

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact
 
 
 @task(task_run_name="train-{profile}")
@@ -33,7 +34,24 @@ def train_flow(profile: str = "paper", devices: str | None = None, params_file: 
     from medrov.env import apply_offline_env
 
     apply_offline_env()
-    return train_task(profile, devices, params_file, list(overrides or []), resume)
+    info = train_task(profile, devices, params_file, list(overrides or []), resume)
+    create_markdown_artifact(key="train-summary", markdown=summary_markdown(info),
+                             description="what was trained, where the weights are, validation metrics, MLflow run")
+    return info
+
+
+def summary_markdown(info: dict[str, Any]) -> str:
+    """The training's run summary as Markdown: settings, result, validation metrics of best.pt, MLflow run."""
+    args, tracked = info.get("args", {}), info.get("mlflow") or {}
+    rows = [("profile", info.get("profile")), ("kind", info.get("kind")), ("device", args.get("device")),
+            ("model", args.get("model")), ("epochs", f"{info.get('epochs_done')} of {args.get('epochs')}"),
+            ("batch / imgsz", f"{args.get('batch')} / {args.get('imgsz')}"), ("seconds", info.get("seconds")),
+            ("weights", info.get("weights")), ("text encoder", (info.get("encoder") or {}).get("identity", "none (closed set)")),
+            ("MLflow run", tracked.get("run_id", "not tracked")), ("model URI", tracked.get("model_uri", "-"))]
+    lines = ["# medrov training", "", "| | |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows), "",
+             "## Validation (best.pt)", "", "| metric | value |", "|---|---|"]
+    lines += [f"| {k} | {v:.4f} |" for k, v in sorted((info.get("val") or {}).items())] or ["| none | - |"]
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

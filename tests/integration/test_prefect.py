@@ -265,6 +265,8 @@ def test_train_flow_hands_its_device_list_to_the_trainer(settings, train_overrid
     run = client.get_run(info["mlflow"]["run_id"])
     assert run.data.tags["medrov.model_uri"] == info["mlflow"]["model_uri"] and run.info.status == "FINISHED"
     assert client.get_run(info["mlflow"]["gate_eval_run_id"]).data.tags["mlflow.parentRunId"] == run.info.run_id
+    summary = {a.key: a for a in _artifacts(state.state_details.flow_run_id)}["train-summary"]
+    assert info["mlflow"]["run_id"] in summary.data and "metrics/mAP50(B)" in summary.data and "| device | cpu |" in summary.data
 
 
 @pytest.mark.gpu

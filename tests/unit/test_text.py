@@ -66,8 +66,14 @@ def test_cache_hits_misses_and_never_crosses_encoders(tiny_clip, tmp_path):
     assert not hit and len(list(cache.glob("*.pt"))) == 1
     again, hit = encode_cached(clip, ["liver", "spleen"], cache)
     assert hit and torch.equal(first, again)
-    _, hit = encode_cached(clip, ["spleen", "liver"], cache)  # another order is another key
+    # another order is another list, put together from the cached rows without the encoder, and stored
+    swapped, hit = encode_cached(clip, ["spleen", "liver"], cache)
+    assert hit and torch.equal(swapped, first.flip(0)) and len(list(cache.glob("*.pt"))) == 2
+    # a list with a text no cached list holds needs the encoder; its new rows serve later lists
+    _, hit = encode_cached(clip, ["kidney", "liver"], cache)
     assert not hit
+    _, hit = encode_cached(clip, ["kidney", "spleen"], cache)
+    assert hit
     minilm = build_encoder("minilm")
     other, hit = encode_cached(minilm, ["liver", "spleen"], cache)
     assert not hit and other.shape == (2, 384)

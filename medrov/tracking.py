@@ -90,8 +90,16 @@ def connect(section: TrackingParams) -> "MlflowClient":
 
     uri = tracking_uri(section)
     check_server(uri, section.server_timeout)
+    # MLflow also exports the URIs as MLFLOW_*_URI, which would then outrank the params of every later connect in
+    # this process (a Prefect worker, a test session): point the fluent API at the store, keep the user's env
+    user_env = {key: os.environ.get(key) for key in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
+    for key, value in user_env.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     if _guard(lambda: client.get_experiment_by_name(section.experiment), uri) is None:
         # a local store would put artifacts in ./mlruns of whatever the working directory is: keep them in the project

@@ -77,6 +77,26 @@ def test_tracking_uri_env_wins_then_params_then_the_embedded_default(monkeypatch
     assert tracking_uri(section) == "http://127.0.0.1:5999"
 
 
+def test_connecting_to_one_store_does_not_redirect_the_next(monkeypatch, tmp_path):
+    """MLflow exports the URI it is pointed at as MLFLOW_TRACKING_URI; that must not outrank the next params."""
+    import os
+
+    from medrov.tracking import connect
+
+    monkeypatch.setenv("MEDROV_ROOT", str(tmp_path))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    section = load_params(ROOT / "params.yaml").tracking
+    section.uri = f"sqlite:///{tmp_path / 'a.db'}"
+    assert connect(section).tracking_uri == section.uri
+    assert "MLFLOW_TRACKING_URI" not in os.environ and "MLFLOW_REGISTRY_URI" not in os.environ
+    section.uri = f"sqlite:///{tmp_path / 'b.db'}"
+    assert connect(section).tracking_uri == section.uri
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", section.uri)  # the user's own setting stays as it was
+    section.uri = f"sqlite:///{tmp_path / 'a.db'}"
+    assert connect(section).tracking_uri == f"sqlite:///{tmp_path / 'b.db'}" == os.environ["MLFLOW_TRACKING_URI"]
+
+
 def test_unknown_tracking_or_promote_key_is_rejected():
     from medrov.errors import ConfigError
 

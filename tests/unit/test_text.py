@@ -47,6 +47,32 @@ def test_minilm_is_offline_real_and_text_only():
         enc.encode_image([np.zeros((8, 8, 3), np.uint8)])
 
 
+def test_local_dir_model_is_checked_offline_and_loads_on_first_use(tiny_clip, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    enc = load_encoder(f"local-dir:{tiny_clip}", fallback="minilm")
+    assert enc.spec == f"local-dir:{tiny_clip.resolve()}" and enc._model is None  # files checked, nothing loaded
+    assert enc.encode_text(["liver"]).shape == (1, 512) and enc._model is not None
+
+
+def test_hub_spec_works_offline_from_the_local_hugging_face_cache(tiny_clip, tmp_path, monkeypatch):
+    """``hf-hub:ORG/NAME`` (BioMedCLIP's form) offline: served from a local HF cache, in the layout a download leaves."""
+    from huggingface_hub import constants
+
+    snapshot = tmp_path / "hub" / "models--medrov-test--tiny-clip" / "snapshots" / ("0" * 40)
+    shutil.copytree(tiny_clip, snapshot)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    enc = load_encoder("hf-hub:medrov-test/tiny-clip")
+    assert enc._model is None  # found in the cache without loading
+    local = build_encoder(f"local-dir:{tiny_clip}")
+    assert torch.allclose(enc.encode_text(["liver", "spleen"]), local.encode_text(["liver", "spleen"]), atol=1e-6)
+    with pytest.raises(EncoderError, match="not in the local Hugging Face cache"):
+        load_encoder("hf-hub:medrov-test/absent")
+
+
 def test_unreachable_hub_model_fails_clearly_and_falls_back():
     with pytest.raises(EncoderError, match="local-dir:PATH"):
         load_encoder("biomedclip")

@@ -67,17 +67,18 @@ class DataParams(Section):
 
 
 class DemoParams(Section):
-    """The embedded synthetic multi-source generator used when no real data is at hand."""
+    """The embedded synthetic multi-source generator used when no real data is at hand (``medrov/data/demo.py``)."""
 
     out: str = "data/raw/synthetic"
+    truth: str = Field("truth", pattern=r"^[A-Za-z0-9_.-]+$")  # full truth of every image, under ``out``
     seed: int = 0
-    ct_volumes: int = Field(6, ge=1)
-    mri_volumes: int = Field(4, ge=1)
-    volume_shape: tuple[int, int, int] = (96, 96, 24)
-    xray_images: int = Field(16, ge=1)
-    microscopy_images: int = Field(16, ge=1)
-    endoscopy_images: int = Field(12, ge=1)
-    image_size: int = Field(128, ge=64)
+    ct_volumes: int = Field(32, ge=1)  # per CT source
+    mri_volumes: int = Field(22, ge=1)
+    volume_shape: tuple[int, int, int] = (128, 128, 5)
+    xray_images: int = Field(220, ge=1)
+    microscopy_images: int = Field(160, ge=1)
+    endoscopy_images: int = Field(140, ge=1)
+    image_size: int = Field(160, ge=64)
 
 
 class ValidateParams(Section):
@@ -166,6 +167,7 @@ class PseudoParams(Section):
 
     labels: bool = True  # M=0 -> pseudo ground truth
     negatives: bool = True  # M=1/-1 -> image-feature negatives (needs an encoder with an image tower)
+    presence_sampling: bool = True  # M=0 classes of an image's sources are never sampled as negative prompts
     iou_t: float = Field(0.3, ge=0, le=1)  # T: "new" when IoU with every GT box is below this
     conf_c: float = Field(0.9, ge=0, le=1)  # C: minimum confidence
     nms_iou: float = Field(0.3, gt=0, le=1)  # class-agnostic NMS on the teacher's predictions

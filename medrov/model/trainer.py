@@ -30,25 +30,48 @@ log = logging.getLogger(__name__)
 class PromptSampler(RandomLoadText):
     """ultralytics' per-image prompt sampler, with negatives drawn only from ``negatives`` (global class ids).
 
-    Held-out (novel) classes must never be shown as negatives in training; classes a source may contain but does
-    not annotate (presence M=0) are a later refinement of the same list. Positives are always kept.
+    Held-out (novel) classes are never shown as negatives in training. With ``presence`` (sources x classes, the
+    presence matrix M) a class with M=0 for the source of any tile of the image (``labels["tiles"]``, set by
+    :class:`SourceTiles`) is not a negative either: that source may contain it unannotated, so showing its prompt
+    would train its objects as background. Positives are always kept.
     """
 
-    def __init__(self, negatives: Sequence[int] | None = None, **kwargs):
+    def __init__(self, negatives: Sequence[int] | None = None, presence: np.ndarray | None = None, **kwargs):
         super().__init__(**kwargs)
         self.negatives = None if negatives is None else sorted(set(int(c) for c in negatives))
+        self.presence = None if presence is None else np.asarray(presence, dtype=int)
+
+    def allowed_negatives(self, labels: dict[str, Any]) -> list[int] | None:
+        """Global class ids that may be sampled as negatives for this image (None: any class)."""
+        if self.presence is None:
+            return self.negatives
+        pool = range(self.presence.shape[1]) if self.negatives is None else self.negatives
+        tiles = np.asarray(labels.get("tiles", np.zeros((0, 5))), dtype=np.float64).reshape(-1, 5)
+        sources = sorted({int(s) for s in tiles[:, 4] if 0 <= int(s) < self.presence.shape[0]})
+        if not sources:
+            return list(pool)
+        unannotated = (self.presence[sources] == 0).any(axis=0)
+        return [c for c in pool if not unannotated[c]]
 
     def get_params(self, labels: dict[str, Any]) -> dict[str, Any]:
-        if self.negatives is None:
+        allowed = self.allowed_negatives(labels)
+        if allowed is None:
             return super().get_params(labels)
         cls = np.asarray(labels["cls"], dtype=int).reshape(-1)
-        pool = sorted(set(cls.tolist()) | set(self.negatives))
+        pool = sorted(set(cls.tolist()) | set(allowed))
         position = {c: i for i, c in enumerate(pool)}
         compact = {
             **labels,
             "texts": [labels["texts"][c] for c in pool],
             "cls": np.array([[position[c]] for c in cls.tolist()], dtype=int).reshape(-1, 1),
         }
+        if self.presence is not None and self.padding:
+            # padding repeats class names: only names that may be negatives here, or the M=0 ones come back
+            padding, self.padding_value = self.padding_value, [t for c in pool for t in labels["texts"][c]] or padding
+            try:
+                return super().get_params(compact)
+            finally:
+                self.padding_value = padding
         return super().get_params(compact)
 
 
@@ -133,10 +156,16 @@ class OmnisTrainDataset(_HoldOut, YOLOMultiModalDataset):
     def build_text_transforms(self, transforms, max_samples):
         transforms = super().build_text_transforms(transforms, max_samples)
         allowed = self.data.get("negatives")
+        presence = None
+        if self.data.get("presence_sampling") and self.data.get("track_sources"):
+            from medrov.model.mechanisms import presence_for
+
+            presence = presence_for(self.data, image_sources(self.data)[1])
         for i, t in enumerate(transforms.transforms):
             if type(t) is RandomLoadText:
                 transforms.transforms[i] = PromptSampler(
                     negatives=allowed,
+                    presence=presence,
                     max_samples=t.max_samples,
                     padding=t.padding,
                     padding_value=t.padding_value,
@@ -160,10 +189,11 @@ class OmnisEvalDataset(_HoldOut, YOLODataset):
     """Validation images during training: held-out classes are not scored (they would leak into model selection)."""
 
 
-def _omnis_data(data: dict[str, Any], held_out: Sequence[int], track_sources: bool = False) -> dict[str, Any]:
+def _omnis_data(data: dict[str, Any], held_out: Sequence[int], track_sources: bool = False,
+                presence_sampling: bool = False) -> dict[str, Any]:
     held = sorted(set(int(c) for c in held_out))
     return {**data, "held_out": held, "negatives": [c for c in range(int(data["nc"])) if c not in set(held)],
-            "track_sources": track_sources}
+            "track_sources": track_sources or presence_sampling, "presence_sampling": presence_sampling}
 
 
 def _dataset(trainer, img_path, mode, batch, multi_modal: bool):
@@ -174,7 +204,9 @@ def _dataset(trainer, img_path, mode, batch, multi_modal: bool):
     cfg = trainer.args
     model = trainer.model if hasattr(trainer.model, "parameters") else None  # a name before set-up
     gs = max(int(unwrap_model(model).stride.max() if model is not None else 0), 32)
-    data = _omnis_data(trainer.data, trainer.held_out, bool(getattr(trainer, "pseudo", None)) and mode == "train")
+    train = mode == "train"
+    data = _omnis_data(trainer.data, trainer.held_out, bool(getattr(trainer, "pseudo", None)) and train,
+                       bool(getattr(trainer, "presence_sampling", False)) and train)
     cls = OmnisTrainDataset if (multi_modal and mode == "train") else OmnisEvalDataset
     return cls(
         img_path=img_path,
@@ -215,6 +247,7 @@ class MedrovWorldTrainer(WorldTrainer):
     text_cache_dir: str | None = None
     held_out: tuple[int, ...] = ()
     pseudo: dict[str, Any] | None = None  # the ``pseudo`` params section; None = plain YOLO-World training
+    presence_sampling: bool = False  # M=0 classes of a tile's source are never negative prompts of its image
     _prompter: Prompter | None = None
     _mechanisms = None
 
@@ -285,7 +318,8 @@ def make_world_trainer(text_spec: str, text_fallback: str | None, text_cache_dir
     """A per-run trainer class carrying our settings (see the module docstring for why a class).
 
     ``pseudo`` (the ``pseudo`` params section plus ``seed``) switches the training mechanisms on; None or both
-    mechanisms off gives plain YOLO-World training (no teacher pass, no source tracking).
+    mechanisms off gives plain YOLO-World training (no teacher pass). ``pseudo["presence_sampling"]`` alone tracks
+    the sources of mosaic tiles (no teacher pass) so the prompt sampler can skip M=0 classes.
     """
     active = pseudo if pseudo and (pseudo.get("labels") or pseudo.get("negatives")) else None
     attrs = {
@@ -294,6 +328,7 @@ def make_world_trainer(text_spec: str, text_fallback: str | None, text_cache_dir
         "text_cache_dir": None if text_cache_dir is None else str(text_cache_dir),
         "held_out": tuple(int(c) for c in held_out),
         "pseudo": None if active is None else dict(active),
+        "presence_sampling": bool(pseudo and pseudo.get("presence_sampling")),
     }
     return type("MedrovWorldRunTrainer", (MedrovWorldTrainer,), attrs)
 

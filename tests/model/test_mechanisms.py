@@ -188,3 +188,32 @@ def test_text_only_encoder_switches_negatives_off_and_says_so(train_overrides, c
 def test_mechanisms_off_means_plain_training(train_overrides):
     trainer, _ = _trainer(train_overrides, ["pseudo.labels=false", "pseudo.negatives=false"])
     assert trainer.pseudo is None and trainer.mechanisms is None
+
+
+@pytest.mark.parametrize("on", [True, False])
+def test_presence_sampling_switch_reaches_the_prompt_sampler(train_overrides, tiny_omnis, on):
+    """pseudo.presence_sampling alone (no teacher) tracks tiles, and no image is prompted with an M=0 class of its
+    source; switched off, such prompts do occur."""
+    from medrov.model.mechanisms import presence_for
+    from medrov.model.trainer import PromptSampler, image_sources
+
+    trainer, _ = _trainer(train_overrides, ["pseudo.labels=false", "pseudo.negatives=false",
+                                            f"pseudo.presence_sampling={str(on).lower()}",
+                                            "train.profiles.demo.extra={mosaic: 0.0}"])
+    assert trainer.pseudo is None  # no teacher pass either way
+    dataset = trainer.build_dataset(str(tiny_omnis / "train.txt"), "train", 4)
+    sampler = next(t for t in dataset.transforms.transforms if isinstance(t, PromptSampler))
+    assert (sampler.presence is not None) == on
+    source_of_image, sources = image_sources(trainer.data)
+    presence = presence_for(trainer.data, sources)
+    names = [str(n).split("/") for n in trainer.data["names"].values()]
+    unannotated_prompts = 0
+    for i in range(min(len(dataset), 8)):
+        item = dataset[i]
+        source = source_of_image[str(Path(item["im_file"]).resolve())]
+        if on:
+            assert np.asarray(item["tiles"]).reshape(-1, 5)[:, 4].astype(int).tolist() == [source]
+        positive = {item["texts"][int(c)] for c in item["cls"].numpy().reshape(-1)}
+        blocked = np.nonzero(presence[source] == 0)[0]
+        unannotated_prompts += sum(1 for t in item["texts"] if t not in positive and any(t in names[c] for c in blocked))
+    assert (unannotated_prompts == 0) == on

@@ -154,6 +154,8 @@ class EvaluateParams(Section):
     max_det: int = Field(300, ge=1)
     metrics: str | None = "metrics/eval.json"
     plots: str | None = "reports/eval"
+    overlays: int = Field(4, ge=0)  # test images per modality drawn with predicted vs true boxes (0 = none)
+    overlay_conf: float = Field(0.25, ge=0, le=1)  # predictions drawn from this score on
 
 
 class PseudoParams(Section):

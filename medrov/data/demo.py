@@ -130,10 +130,13 @@ def _abdomen(rng: np.random.Generator, shape: tuple[int, int, int], with_tumour:
         for _ in range(3):  # bowel gas: small dark bubbles in the anterior abdomen, no class
             gx, gy = rng.uniform(0.4, 0.6) * nx, rng.uniform(0.62, 0.78) * ny
             out["gas"][:, :, z] |= _blob(plane, gx, gy, rng.uniform(1.5, 3.5), rng.uniform(1.5, 3.5)) & inner
-    # a tumour replaces kidney tissue where it lies; the organs never overlap each other
+    # a tumour replaces kidney tissue where it lies; the organs never overlap each other (a voxel has one class,
+    # so the truth and every source's own label volume agree on it)
     for organ in ("right kidney", "left kidney"):
         out[organ] &= ~out["kidney tumor"]
-    out["spleen"] &= ~out["liver"]
+    retro = out["right kidney"] | out["left kidney"] | out["kidney tumor"]
+    out["liver"] &= ~retro
+    out["spleen"] &= ~(out["liver"] | retro)
     return out
 
 

@@ -22,6 +22,7 @@ from medrov import paths
 from medrov.config import EvaluateParams, Params
 from medrov.errors import ConfigError
 from medrov.model.detector import Detector
+from medrov.model.overlays import Panel, pick, write_grid
 
 log = logging.getLogger(__name__)
 IOUV = np.linspace(0.5, 0.95, 10)
@@ -168,6 +169,8 @@ def evaluate(weights: str | Path, params: Params, split: str | None = None, out_
     gt = {img: g for img, g in boxes.groupby("image")}
     stats: dict[str, dict[str, np.ndarray]] = {}
     records: dict[str, dict[str, np.ndarray]] = {}
+    panels = []
+    shown = {img for _, g in manifest.groupby("modality") for img in pick(list(g["image"]), ep.overlays)}
     start = time.time()
     for source, rows in manifest.groupby("source"):
         row = presence.loc[source] if source in presence.index else None
@@ -186,6 +189,11 @@ def evaluate(weights: str | Path, params: Params, split: str | None = None, out_
             gt_cls = g["class_id"].to_numpy(int) if g is not None else np.zeros(0, int)
             pred_cls = np.array([by_name[n] for n in det.names], dtype=int)
             stats[img] = {"tp": match(det.boxes, det.scores, pred_cls, gt_boxes, gt_cls), "conf": det.scores, "pred": pred_cls, "target": gt_cls}
+            if img in shown:
+                panels.append(Panel(data_dir / img, f"{source} {Path(img).stem[-14:]}", gt_boxes,
+                                    [prompt_name(names[c]) for c in gt_cls], np.asarray(det.boxes, float),
+                                    [prompt_name(n) for n in det.names], np.asarray(det.scores, float),
+                                    [prompt_name(names[c]) for c in class_ids]))
             if coco_dir is not None:
                 records[img] = {"boxes": np.asarray(det.boxes, float).reshape(-1, 4), "conf": det.scores, "pred": pred_cls,
                                 "gt_boxes": gt_boxes, "target": gt_cls}
@@ -213,6 +221,9 @@ def evaluate(weights: str | Path, params: Params, split: str | None = None, out_
         path.write_text(json.dumps(result, indent=2))
     if plots_dir or ep.plots:
         _plots(overall, result, names, novel, Path(plots_dir or root / ep.plots))
+        modality = info["modality"].to_dict()
+        panels.sort(key=lambda p: (modality[str(p.image.relative_to(data_dir))], str(p.image)))
+        write_grid(panels, Path(plots_dir or root / ep.plots) / "overlays.png", ep.overlay_conf, cols=max(1, ep.overlays))
     log.info("evaluate: mAP50 all %s base %s novel %s", *(result.get(k, {}).get("map50") for k in ("all", "base", "novel")))
     return result
 

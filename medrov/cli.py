@@ -127,6 +127,7 @@ def demo_sources(
     cfg = load_params(params, set_)
     written = demo.generate(cfg.demo, out)
     typer.echo(f"wrote {sum(written.values())} demo inputs: " + ", ".join(f"{k} {v}" for k, v in written.items()))
+    typer.echo(f"full truth (every object of every class, never converted): {demo.truth_dir(cfg.demo, out)}")
 
 
 def _weights_or_default(weights: Optional[Path], cfg, closed_set: bool = False) -> Path:

@@ -19,8 +19,9 @@ lobed nucleus, platelets small purple dots; a polyp a raised, shaded, redder bum
 mucosa. Distractors that are no class (spine, aorta, bowel gas, ribs, normal hearts) keep it from being trivial.
 
 **Known truth.** Beside the sources, ``<out>/<truth>/`` holds every object of every class of every image,
-annotated by its source or not (``truth/<source>/labels/*.nii.gz`` with ``truth/labels.json`` for volumes,
-``truth/<source>/boxes.csv`` for 2D images, ``truth/truth.json`` as the index). No sources file points at it, so
+annotated by its source or not (``truth/<source>/labels/*.nii.gz`` for volumes, ids in ``TRUTH_IDS``;
+``truth/<source>/boxes.csv`` for 2D images; ``truth/truth.json`` as the index) and ``truth/sources.yaml``, which
+converts it into a fully annotated Omnis with the same splits. The demo's sources file never points at it, so
 conversion and training never read it; it is what makes the training mechanisms measurable.
 """
 
@@ -205,6 +206,7 @@ class _Truth:
                 writer.writerow(["image", "label", "x1", "y1", "x2", "y2"])
                 writer.writerows(rows)
         self.root.mkdir(parents=True, exist_ok=True)
+        (self.root / "sources.yaml").write_text(truth_sources_yaml(self.root.name))
         (self.root / "truth.json").write_text(json.dumps(
             {"about": "every object of every class in every synthetic image, annotated by its source or not",
              "sources": self.index}, indent=1))
@@ -414,6 +416,32 @@ def _polyp_source(root: Path, rng: np.random.Generator, cfg: DemoParams, truth: 
         Image.fromarray(mask_all.astype(np.uint8) * 255).save(folder / "masks" / f"frame_{i:03d}_polyp.png")
         truth.boxes("SynthPolyp", f"frame_{i:03d}.png", objects)
     return cfg.endoscopy_images
+
+
+def truth_sources_yaml(truth: str) -> str:
+    """A sources file for the truth folder: the demo sources with every object annotated (volumes read the truth
+    label volumes; the 2D sources already annotate every object they hold). Same names and item ids as the demo
+    sources, hence the same patient splits: ``medrov convert --sources <out>/<truth>/sources.yaml --out DIR`` gives
+    a fully annotated Omnis to evaluate on (a class with M=0 in a demo source is M=1 there)."""
+    window = "[-160, 240]"
+    label_map = "{" + ", ".join(f"{v}: {k}" for k, v in TRUTH_IDS.items()) + "}"
+    lines = ["# Written by medrov demo-sources: the demo sources with their full truth (see medrov/data/demo.py).",
+             "# Never read by the demo pipeline; convert it yourself to evaluate against every object.", "sources:"]
+    for name, modality, window_line in (("SynthAbdomenCT", "ct", True), ("SynthKidneyCT", "ct", True),
+                                        ("SynthAbdomenMRI", "mri", False)):
+        lines += [f"  - name: {name}", f"    root: ../{name}", f"    modality: {modality}", "    format: volume",
+                  "    images: images/*.nii.gz", f"    labels: ../{truth}/{name}/labels/{{name}}", f"    label_map: {label_map}"]
+        lines += [f"    ct_window: {window}"] if window_line else []
+    lines += ["  - name: SynthChestXray", "    root: ../SynthChestXray", "    modality: xray", "    format: csv",
+              "    images: images", f"    annotations: ../{truth}/SynthChestXray/boxes.csv",
+              "    classes: [lung nodule, lung mass, cardiomegaly]",
+              "  - name: SynthBloodSmear", "    root: ../SynthBloodSmear", "    modality: microscopy", "    format: csv",
+              "    images: images", f"    annotations: ../{truth}/SynthBloodSmear/boxes.csv",
+              "    classes: [red blood cell, white blood cell, platelets]",
+              "  - name: SynthPolyp", "    root: ../SynthPolyp", "    modality: endoscopy", "    format: mask2d",
+              "    images: images/*.png", "    labels: masks/{stem}_{class}.png", "    classes: [polyp]",
+              "    label_map: {polyp: colon polyp}"]
+    return "\n".join(lines) + "\n"
 
 
 def truth_dir(cfg: DemoParams, out: str | Path | None = None) -> Path:

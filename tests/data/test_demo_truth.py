@@ -110,3 +110,25 @@ def test_conversion_never_reads_the_truth(tiny_omnis):
     assert not any(truth in (Path(p) if Path(p).is_absolute() else raw / p).resolve().parents for p in inputs)
     sources = (ROOT / "data" / "sources.yaml").read_text()
     assert "truth" not in sources.split("sources:", 1)[1]
+
+
+def test_truth_converts_into_a_fully_annotated_omnis_with_the_same_splits(generated, tmp_path):
+    from medrov.data import convert
+
+    out, cfg, _ = generated
+    params = load_params(ROOT / "params.yaml", [*SMALL, "data.workers=1"])
+    demo_file = tmp_path / "sources.yaml"
+    demo_file.write_text((ROOT / "data" / "sources.yaml").read_text().replace("raw/synthetic/", f"{out}/"))
+    convert.run(params.data, sources_file=demo_file, out_dir=tmp_path / "demo", progress=False)
+    convert.run(params.data, sources_file=demo.truth_dir(cfg, out) / "sources.yaml", out_dir=tmp_path / "truth", progress=False)
+    shown, full = (pd.read_parquet(tmp_path / d / "boxes.parquet") for d in ("demo", "truth"))
+    pairs = lambda b: set(zip(b["source"], b["class_name"]))  # noqa: E731
+    assert pairs(shown) < pairs(full)
+    assert {("SynthAbdomenCT", "right kidney"), ("SynthKidneyCT", "liver"), ("SynthAbdomenMRI", "spleen")} <= pairs(full) - pairs(shown)
+    key = ["image", "class_name", "x0", "y0", "x1", "y1"]
+    assert len(shown.merge(full, on=key)) == len(shown)  # every demo box is a truth box
+    splits = lambda d: pd.read_parquet(tmp_path / d / "manifest.parquet").set_index("image")["split"]  # noqa: E731
+    common = splits("demo").index.intersection(splits("truth").index)
+    assert len(common) == len(splits("demo")) and (splits("demo")[common] == splits("truth")[common]).all()
+    presence = pd.read_csv(tmp_path / "truth" / "presence.csv", index_col=0)
+    assert presence.loc["SynthAbdomenCT", "right kidney"] == 1 and presence.loc["SynthKidneyCT", "spleen"] == 1

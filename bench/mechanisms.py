@@ -1,0 +1,192 @@
+"""What do MedROV's mechanisms buy on the demo sources, measured against their known truth?
+
+The demo generator writes the full truth of every synthetic image (``<demo.out>/truth``, with a sources file that
+converts it into a fully annotated Omnis with the same splits). From one shared warm start (plain training), each
+arm trains the same budget with the same seed on the demo sources, where several classes are present but not
+annotated (presence M=0: kidneys in SynthAbdomenCT, liver and spleen in SynthKidneyCT, spleen in the MRI):
+
+    off         no mechanism
+    presence    presence-aware prompt sampling (M=0 classes of a tile's source are never negative prompts)
+    labels      pseudo-labels (confident predictions away from every GT box, M=0 -> pseudo ground truth)
+    negatives   image-feature negatives (offline the only image tower is a random tiny CLIP: a plumbing check)
+    all         the three together
+    oracle      trained on the full truth (upper bound)
+
+Every arm is evaluated on the fully annotated test split (from the truth): mAP50 over the (source, class) pairs
+with M=0 in the demo and over those with M=1, base classes only (novel ones are held out of every arm). Prints one
+table with the seconds per arm; ``--seeds 0,1`` repeats the off arm to show run-to-run noise.
+
+    python bench/mechanisms.py [--work /tmp/medrov-mechanisms] [--arms off,presence,labels,all,oracle]
+                               [--warm-epochs 3] [--epochs 7] [--seeds 0,1] [-S pseudo.conf_c=0.5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from medrov.config import load_params  # noqa: E402
+from medrov.env import apply_offline_env  # noqa: E402
+
+# pseudo.labels, pseudo.negatives, pseudo.presence_sampling per arm; the oracle trains on the truth, mechanisms off
+ARMS = {"off": (False, False, False), "presence": (False, False, True), "labels": (True, False, False),
+        "negatives": (False, True, False), "all": (True, True, True), "oracle": (False, False, False)}
+
+
+def pair_scores(gt: dict, dt: list[dict], image_source: dict[str, str], presence, novel: set[int]) -> dict:
+    """mAP50 over (source, class) pairs grouped by their demo presence value, from COCO-format files.
+
+    Args:
+        gt: COCO ground truth (``images`` with ``file_name``, ``annotations``) of the fully annotated split.
+        dt: COCO detections on the same images.
+        image_source: ``file_name`` -> source name.
+        presence: the demo's presence matrix as a DataFrame (sources x class names, in class id order).
+        novel: class ids held out of training (left out of both groups).
+
+    Returns:
+        ``{"m0": mAP50 | None, "m1": mAP50 | None, "pairs": {"source/class": {"m": M, "ap50": AP, "boxes": n}}}``.
+    """
+    from medrov.model.evaluate import ap_per_class, match
+
+    names = list(presence.columns)
+    by_image: dict[int, dict[str, list]] = {im["id"]: {"gt": [], "dt": []} for im in gt["images"]}
+    for a in gt["annotations"]:
+        by_image[a["image_id"]]["gt"].append(a)
+    for d in dt:
+        by_image[d["image_id"]]["dt"].append(d)
+    xyxy = lambda b: [b[0], b[1], b[0] + b[2], b[1] + b[3]]  # noqa: E731
+    per_source: dict[str, list[dict]] = {}
+    for im in gt["images"]:
+        g, d = by_image[im["id"]]["gt"], by_image[im["id"]]["dt"]
+        pred_cls = np.array([x["category_id"] for x in d], int)
+        conf = np.array([x["score"] for x in d], float)
+        target = np.array([x["category_id"] for x in g], int)
+        tp = match(np.array([xyxy(x["bbox"]) for x in d], float).reshape(-1, 4), conf, pred_cls,
+                   np.array([xyxy(x["bbox"]) for x in g], float).reshape(-1, 4), target)
+        per_source.setdefault(image_source[im["file_name"]], []).append(
+            {"tp": tp, "conf": conf, "pred": pred_cls, "target": target})
+    pairs: dict[str, dict] = {}
+    for source, stats in per_source.items():
+        tp = np.concatenate([s["tp"] for s in stats])
+        conf = np.concatenate([s["conf"] for s in stats])
+        pred = np.concatenate([s["pred"] for s in stats])
+        target = np.concatenate([s["target"] for s in stats])
+        classes, ap, _ = ap_per_class(tp, conf, pred, target)
+        for c, a in zip(classes, ap[:, 0]):
+            if int(c) in novel or source not in presence.index:
+                continue
+            pairs[f"{source}/{names[int(c)]}"] = {"m": int(presence.loc[source].iloc[int(c)]), "ap50": float(a),
+                                                 "boxes": int((target == c).sum())}
+    group = lambda m: [p["ap50"] for p in pairs.values() if p["m"] == m]  # noqa: E731
+    return {"m0": float(np.mean(group(0))) if group(0) else None,
+            "m1": float(np.mean(group(1))) if group(1) else None, "pairs": pairs}
+
+
+def prepare(work: Path) -> tuple[Path, Path]:
+    """Demo sources and their truth, converted: (demo Omnis, truth Omnis)."""
+    from medrov.data import convert, demo
+
+    params = load_params(overrides=["data.workers=2"])
+    raw = work / "raw"
+    if not (demo.truth_dir(params.demo, raw) / "sources.yaml").is_file():
+        demo.generate(params.demo, raw)
+    root = Path(__file__).resolve().parents[1]
+    demo_file = work / "sources.yaml"
+    demo_file.write_text((root / "data" / "sources.yaml").read_text().replace("raw/synthetic/", f"{raw}/"))
+    out = {}
+    for name, sources in (("demo", demo_file), ("truth", demo.truth_dir(params.demo, raw) / "sources.yaml")):
+        out[name] = work / name / "omnis"
+        if not (out[name] / "omnis.yaml").is_file():
+            convert.run(params.data, sources_file=sources, out_dir=out[name], progress=False)
+    return out["demo"], out["truth"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--work", type=Path, default=Path("/tmp/medrov-mechanisms"))
+    ap.add_argument("--arms", default="off,presence,labels,all,oracle")
+    ap.add_argument("--warm-epochs", type=int, default=3)
+    ap.add_argument("--epochs", type=int, default=7)
+    ap.add_argument("--seeds", default="0", help="seeds of the off arm (the others use the first)")
+    ap.add_argument("--encoder", default="minilm")
+    ap.add_argument("-S", "--set", dest="overrides", action="append", default=[])
+    args = ap.parse_args()
+    apply_offline_env()
+    import pandas as pd
+    import yaml
+
+    from medrov.model.evaluate import evaluate
+    from medrov.model.train import train
+
+    work = args.work.resolve()
+    demo_omnis, truth_omnis = prepare(work)
+    presence = pd.read_csv(demo_omnis / "presence.csv", index_col=0)
+    novel = set(int(c) for c in yaml.safe_load((demo_omnis / "omnis.yaml").read_text()).get("novel", []))
+    image_source = dict(pd.read_parquet(truth_omnis / "manifest.parquet", columns=["image", "source"]).values)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    base = [f"text.encoder={args.encoder}", f"text.cache_dir={work / 'text-cache'}", "tracking.enabled=false",
+            "evaluate.metrics=null", "evaluate.plots=null", *args.overrides]
+    mechanisms_off = ["pseudo.labels=false", "pseudo.negatives=false", "pseudo.presence_sampling=false"]
+    warm_start = []
+    if args.warm_epochs:
+        t0 = time.perf_counter()
+        params = load_params(overrides=[*base, f"train.data={demo_omnis / 'omnis.yaml'}", *mechanisms_off,
+                                        f"train.project={work / 'runs' / 'warm'}",
+                                        f"train.profiles.demo.epochs={args.warm_epochs}"])
+        warm = train(params)
+        warm_start = [f"train.profiles.demo.model={warm['weights']}"]
+        print(f"[warm] {args.warm_epochs} epochs in {time.perf_counter() - t0:.0f} s -> {warm['weights']}", flush=True)
+    runs = [(arm, seeds[0]) for arm in args.arms.split(",")] + [("off", s) for s in seeds[1:]]
+    results = {}
+    for arm, seed in runs:
+        labels, negatives, presence_sampling = ARMS[arm]
+        data = truth_omnis if arm == "oracle" else demo_omnis
+        key = arm if seed == seeds[0] else f"{arm} seed {seed}"
+        params = load_params(overrides=[*base, *warm_start, f"train.data={data / 'omnis.yaml'}",
+                                        f"train.project={work / 'runs' / key.replace(' ', '-')}",
+                                        f"train.profiles.demo.epochs={args.epochs}", f"train.profiles.demo.seed={seed}",
+                                        f"pseudo.labels={str(labels).lower()}", f"pseudo.negatives={str(negatives).lower()}",
+                                        f"pseudo.presence_sampling={str(presence_sampling).lower()}"])
+        t0 = time.perf_counter()
+        cpu0 = time.process_time()
+        info = train(params)
+        seconds, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+        eval_params = load_params(overrides=[*base, f"train.data={truth_omnis / 'omnis.yaml'}"])
+        coco = work / "coco" / key.replace(" ", "-")
+        evaluate(info["weights"], eval_params, split="test", coco_dir=coco)
+        scores = pair_scores(json.loads((coco / "coco_gt.json").read_text()), json.loads((coco / "coco_dt.json").read_text()),
+                             image_source, presence, novel)
+        results[key] = {**scores, "seconds": seconds, "cpu_seconds": cpu, "pseudo_in_force": info.get("pseudo")}
+        print(f"[{key}] M=0 {scores['m0']} M=1 {scores['m1']} ({seconds:.0f} s)", flush=True)
+    (work / "results.json").write_text(json.dumps(results, indent=2))
+    ref = results.get("off")
+    print("\nmAP50 on the fully annotated demo test split (truth), base classes; pairs (source, class) by demo presence M")
+    print(f"{'arm':>14} {'M=0':>7} {'d off':>7} {'M=1':>7} {'d off':>7} {'worst M=1 pair':>28} {'s':>6} {'x off':>6}")
+    for key, r in results.items():
+        worst = ""
+        if ref and key != "off":
+            drops = {p: r["pairs"][p]["ap50"] - v["ap50"] for p, v in ref["pairs"].items() if v["m"] == 1 and p in r["pairs"]}
+            if drops:
+                p = min(drops, key=drops.get)
+                worst = f"{p} {drops[p]:+.3f}"
+        d0 = f"{(r['m0'] or 0) - (ref['m0'] or 0):+.3f}" if ref and key != "off" else ""
+        d1 = f"{(r['m1'] or 0) - (ref['m1'] or 0):+.3f}" if ref and key != "off" else ""
+        ratio = r["seconds"] / ref["seconds"] if ref else float("nan")
+        print(f"{key:>14} {r['m0'] or 0:7.3f} {d0:>7} {r['m1'] or 0:7.3f} {d1:>7} {worst:>28} {r['seconds']:6.0f} {ratio:6.2f}")
+    if ref and "oracle" in results:
+        gap = (results["oracle"]["m0"] or 0) - (ref["m0"] or 0)
+        for key, r in results.items():
+            if key not in ("off", "oracle") and gap > 0:
+                print(f"{key}: recovers {100 * ((r['m0'] or 0) - (ref['m0'] or 0)) / gap:.0f} % of the off-to-oracle M=0 gap")
+    print("per pair (ap50): " + json.dumps({k: {p: round(v['ap50'], 3) for p, v in r['pairs'].items()} for k, r in results.items()}))
+
+
+if __name__ == "__main__":
+    main()

@@ -116,6 +116,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=7)
     ap.add_argument("--seeds", default="0", help="seeds of the off arm (the others use the first)")
     ap.add_argument("--encoder", default="minilm")
+    ap.add_argument("--score", action="append", default=[], metavar="NAME=WEIGHTS",
+                    help="only score already trained models against the truth (no training); repeatable")
     ap.add_argument("-S", "--set", dest="overrides", action="append", default=[])
     args = ap.parse_args()
     apply_offline_env()
@@ -134,6 +136,23 @@ def main() -> None:
     base = [f"text.encoder={args.encoder}", f"text.cache_dir={work / 'text-cache'}", "tracking.enabled=false",
             "evaluate.metrics=null", "evaluate.plots=null", *args.overrides]
     mechanisms_off = ["pseudo.labels=false", "pseudo.negatives=false", "pseudo.presence_sampling=false"]
+    if args.score:
+        eval_params = load_params(overrides=[*base, f"train.data={truth_omnis / 'omnis.yaml'}"])
+        scored = {}
+        for item in args.score:
+            name, weights = item.split("=", 1)
+            coco = work / "coco" / f"score-{name}"
+            evaluate(weights, eval_params, split="test", coco_dir=coco)
+            scored[name] = pair_scores(json.loads((coco / "coco_gt.json").read_text()),
+                                       json.loads((coco / "coco_dt.json").read_text()), image_source, presence, novel)
+        print("\nmAP50 on the fully annotated demo test split (truth), base classes, by demo presence M")
+        pairs = sorted({p for r in scored.values() for p in r["pairs"]})
+        print(f"{'model':>12} {'M=0':>7} {'M=1':>7}  " + "  ".join(pairs))
+        for name, r in scored.items():
+            print(f"{name:>12} {r['m0'] or 0:7.3f} {r['m1'] or 0:7.3f}  "
+                  + "  ".join(f"{r['pairs'][p]['ap50']:.3f}(M={r['pairs'][p]['m']})" if p in r["pairs"] else "-" for p in pairs))
+        (work / "scores.json").write_text(json.dumps(scored, indent=2))
+        return
     warm_start = []
     if args.warm_epochs:
         t0 = time.perf_counter()

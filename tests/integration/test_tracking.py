@@ -122,7 +122,7 @@ def overrides(work: Path, tiny_omnis: Path, uri: str | None) -> list[str]:
         "train.profiles.demo.imgsz=64", "train.profiles.demo.batch=8", "train.profiles.demo.workers=0",
         "text.encoder=minilm", f"text.cache_dir={work / 'text-cache'}", "evaluate.metrics=null", "evaluate.plots=null",
         f"tracking.dataset_card={work / 'card'}", f"validate.report={work / 'validate'}",
-        f"tracking.uri={uri or 'null'}",
+        f"tracking.uri={uri or 'null'}", "tracking.epoch_eval=true",  # the demo turns it off; this test checks it
     ]
 
 

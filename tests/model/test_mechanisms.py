@@ -108,7 +108,9 @@ def test_pseudo_labels_reach_the_loss_with_counters_and_gallery(train_overrides,
     from medrov.model import mechanisms
     from medrov.model.train import train
 
-    params = load_params(ROOT / "params.yaml", [*train_overrides, "pseudo.gallery=3", "train.profiles.demo.extra={mosaic: 0.0}"])
+    # presence-aware sampling off: it keeps M=0 classes out of the prompts, so no prompt slot could be pseudo-labelled
+    params = load_params(ROOT / "params.yaml", [*train_overrides, "pseudo.gallery=3", "train.profiles.demo.extra={mosaic: 0.0}",
+                                                "pseudo.presence_sampling=false"])
 
     def oracle(self, trainer, batch):
         b, k = batch["txt_feats"].shape[:2]

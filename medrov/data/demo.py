@@ -347,7 +347,7 @@ def _smear_source(root: Path, rng: np.random.Generator, cfg: DemoParams, truth: 
         taken = np.zeros((s, s), dtype=bool)
         cells = [(2, rng.uniform(0.085, 0.1) * s) for _ in range(int(rng.random() < 0.7) + int(rng.random() < 0.2))]
         cells += [(1, rng.uniform(0.05, 0.062) * s) for _ in range(int(rng.integers(4, 9)))]
-        cells += [(3, rng.uniform(0.022, 0.028) * s) for _ in range(int(rng.integers(1, 4)))]
+        cells += [(3, rng.uniform(0.03, 0.036) * s) for _ in range(int(rng.integers(2, 6)))]
         objects = []
         for cat, r in cells:
             lobes = 4 if cat == 2 else 0

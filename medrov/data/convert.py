@@ -263,14 +263,15 @@ def printable(name: str) -> str:
     return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
-def _enumerate(source: ResolvedSource) -> tuple[list[Item], list[Skipped]]:
+def _enumerate(source: ResolvedSource) -> tuple[list[Item], list[Skipped], bool]:
+    """The items of a source and the entries skipped; the flag says the source root itself could not be listed."""
     enumerate_items, _ = ADAPTERS[source.format]
     try:
         items, skipped = enumerate_items(source)
     except SourceReadError as exc:
-        return [], [Skipped(exc.path or str(source.root), str(exc))]
+        return [], [Skipped(exc.path or str(source.root), str(exc))], True
     except Exception as exc:  # an adapter bug must not stop the other sources
-        return [], [Skipped(str(source.root), f"cannot list the inputs of source {source.name}: internal error {type(exc).__name__}: {exc}")]
+        return [], [Skipped(str(source.root), f"cannot list the inputs of source {source.name}: internal error {type(exc).__name__}: {exc}")], True
     skipped = [Skipped(printable(s.input), printable(s.reason)) for s in skipped]
     unique, seen = [], set()
     for item in items:
@@ -282,28 +283,47 @@ def _enumerate(source: ResolvedSource) -> tuple[list[Item], list[Skipped]]:
             continue
         seen.add(item.item_id)
         unique.append(item)
-    return unique, skipped
+    return unique, skipped, False
 
 
-def _remove_orphans(out: Path, keep: set[str], live_states: set[Path], only: set[str] | None = None) -> int:
+def _earlier_rows(out: Path, source: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Manifest and box rows of ``source`` from the previous run whose files are still on disk (a dropped source keeps them)."""
+    try:
+        manifest = pd.read_parquet(out / "manifest.parquet")
+        boxes = pd.read_parquet(out / "boxes.parquet")
+    except (OSError, ValueError):
+        return [], []
+    manifest = manifest[manifest["source"] == source]
+    present = [(out / i).is_file() and (out / lab).is_file() for i, lab in zip(manifest["image"], manifest["label"])]
+    manifest = manifest[present] if len(manifest) else manifest
+    boxes = boxes[boxes["image"].isin(set(manifest["image"]))].drop(columns=["novel", "split"], errors="ignore")
+    return manifest.to_dict("records"), boxes.to_dict("records")
+
+
+def _remove_orphans(
+    out: Path, keep: set[str], live_states: set[Path], only: set[str] | None = None, protected: set[str] = frozenset()
+) -> int:
+    """Delete files of no current item; the folders of ``protected`` (dropped) sources are never touched."""
     removed = 0
 
     def roots(folder: str) -> list[Path]:
-        return [out / folder] if only is None else [out / folder / name for name in sorted(only)]
+        top = out / folder
+        names = sorted(only) if only is not None else sorted(p.name for p in top.glob("*")) if top.is_dir() else []
+        return [top / name for name in names if name not in protected]
 
     for root in (r for folder in ("images", "labels") for r in roots(folder)):
-        for file in root.rglob("*") if root.is_dir() else []:
+        for file in (root.rglob("*") if root.is_dir() else [root] if root.is_file() else []):
             if file.is_file() and file.relative_to(out).as_posix() not in keep:
                 file.unlink()
                 removed += 1
     for state_root in roots(STATE_DIR):
-        for file in state_root.rglob("*.json") if state_root.is_dir() else []:
+        for file in (state_root.rglob("*.json") if state_root.is_dir() else [state_root] if state_root.suffix == ".json" else []):
             if file not in live_states:
                 file.unlink()
     for folder in ("images", "labels", STATE_DIR):
         root = out / folder
         for sub in sorted(root.glob("*"), reverse=True) if root.is_dir() else []:
-            if sub.is_dir() and (only is None or sub.name in only) and not any(sub.iterdir()):
+            if sub.is_dir() and (only is None or sub.name in only) and sub.name not in protected and not any(sub.iterdir()):
                 sub.rmdir()
     return removed
 
@@ -371,8 +391,12 @@ def run(
     quarantine: list[dict[str, Any]] = []
     jobs, split_for = [], {}
     per_source_total: Counter[str] = Counter()
+    dropped: set[str] = set()
     for source in sources:
-        items, skipped = _enumerate(source)
+        items, skipped, root_unreadable = _enumerate(source)
+        if root_unreadable:
+            dropped.add(source.name)
+            log.warning("source %s dropped: %s (its earlier outputs are kept)", source.name, skipped[0].reason)
         per_source_total[source.name] = len(items) + len(skipped)
         quarantine.extend(
             {"input": s.input, "source": source.name, "level": "input", "action": "quarantined", "reason": s.reason}
@@ -413,6 +437,12 @@ def run(
         live_states.add(out / STATE_DIR / outcome["source"] / f"{outcome['item_id']}.json")
         for note in outcome["notes"]:
             quarantine.append({**note, "source": outcome["source"], "level": "box"})
+    kept: Counter[str] = Counter()
+    for name in sorted(dropped):
+        earlier, earlier_boxes = _earlier_rows(out, name)
+        records.extend(earlier)
+        boxes.extend(earlier_boxes)
+        kept[name] = len(earlier)
 
     novel_ids = {c.id for c in vocab.novel}
     manifest = pd.DataFrame.from_records(records, columns=_MANIFEST_COLUMNS)
@@ -421,7 +451,7 @@ def run(
     split_by_image = dict(zip(manifest["image"], manifest["split"]))
     box_table["split"] = box_table["image"].map(split_by_image)
     quarantine_table = pd.DataFrame.from_records(quarantine, columns=["input", "source", "level", "action", "reason"])
-    orphans = _remove_orphans(out, set(manifest["image"]) | set(manifest["label"]), live_states, only)
+    orphans = _remove_orphans(out, set(manifest["image"]) | set(manifest["label"]), live_states, only, protected=dropped)
 
     if only is None:
         _write_table(manifest, out / "manifest.parquet")
@@ -454,6 +484,7 @@ def run(
                 "images": int((manifest["source"] == s.name).sum()),
                 "boxes": int((box_table["source"] == s.name).sum()),
                 "quarantined": int(((quarantine_table["source"] == s.name) & (quarantine_table["level"] == "input")).sum()),
+                **({"dropped": True, "kept_from_earlier_run": kept[s.name]} if s.name in dropped else {}),
             }
             for s in sources
         },

@@ -32,3 +32,7 @@ class TrackingError(MedrovError):
 
 class StepFailed(MedrovError):
     """A pipeline step run as a command (``dvc repro``, a ``medrov`` subcommand) exited with an error."""
+
+
+class OutputBusy(MedrovError):
+    """Another process is writing the same output folder (it holds its lock)."""

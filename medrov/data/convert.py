@@ -13,10 +13,14 @@ import json
 import logging
 import os
 import shutil
+import socket
+import sys
 import time
 import traceback
+import uuid
 from collections import Counter, defaultdict
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import ExitStack, contextmanager
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterator
@@ -32,7 +36,7 @@ from medrov.data.adapters import ADAPTERS, Item, Sample, Skipped
 from medrov.data.presence import presence_matrix
 from medrov.data.sources import ResolvedSource, resolve_sources
 from medrov.data.splits import SPLITS, split_of
-from medrov.errors import ConfigError, SourceReadError
+from medrov.errors import ConfigError, OutputBusy, SourceReadError
 
 log = logging.getLogger("medrov.convert")
 
@@ -40,12 +44,18 @@ log = logging.getLogger("medrov.convert")
 CONVERTER_VERSION = 1
 STATE_DIR = ".state"
 TMP_SUFFIX = ".partial"
+LOCK_DIR = ".locks"
 # settings that change pixels or boxes; the others (workers, split fractions...) do not force a reconversion
 _CONTENT_PARAMS = ("boxes", "connectivity", "min_box_pixels", "skip_empty_slices", "keep_empty_images", "ct_window", "mri_percentiles", "png_compress_level")
 
 
+def _tmp_name(path: Path) -> Path:
+    """A temporary name no other process or thread uses (two writers never share a ``.partial`` file)."""
+    return path.with_name(f"{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}{TMP_SUFFIX}")
+
+
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + TMP_SUFFIX)
+    tmp = _tmp_name(path)
     tmp.write_bytes(data)
     os.replace(tmp, path)
 
@@ -57,7 +67,7 @@ def _atomic_write_text(path: Path, text: str) -> None:
 def _write_png(path: Path, pixels, compress_level: int) -> None:
     from PIL import Image
 
-    tmp = path.with_name(path.name + TMP_SUFFIX)
+    tmp = _tmp_name(path)
     Image.fromarray(pixels).save(tmp, format="PNG", compress_level=compress_level)
     os.replace(tmp, path)
 
@@ -248,6 +258,38 @@ def _run_jobs_ray(jobs: list[tuple], address: str, workers: int) -> Iterator[dic
             ray.shutdown()
 
 
+@contextmanager
+def writer_lock(out: Path, names: list[str], whole: bool) -> Iterator[None]:
+    """Hold the locks of ``out``: one per source written, plus the dataset's own for a run that writes the tables.
+
+    Filtered runs on disjoint sources may share the folder; any overlap, or two full runs, fails at once.
+
+    Raises:
+        OutputBusy: another process holds one of the locks; the message names it (pid, host, command, since).
+    """
+    from filelock import FileLock, Timeout
+
+    folder = out / LOCK_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    me = f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')} ({' '.join(sys.argv)[:120]})"
+    wanted = (["dataset"] if whole else []) + [f"source-{n}" for n in sorted(names)]
+    with ExitStack() as stack:
+        for name in wanted:
+            lock = FileLock(str(folder / f"{name}.lock"), timeout=0)
+            try:
+                lock.acquire()
+            except Timeout:
+                holder = (folder / f"{name}.holder").read_text().strip() if (folder / f"{name}.holder").is_file() else "unknown process"
+                what = "the dataset" if name == "dataset" else f"source {name[len('source-'):]}"
+                raise OutputBusy(f"another convert is writing {what} here: {holder}", out) from None
+            stack.callback(lock.release)
+            holder = folder / f"{name}.holder"
+            holder.write_text(me + "\n")
+            # removed on release: the dataset folder (a DVC output) stays byte-identical between runs
+            stack.callback(holder.unlink, missing_ok=True)
+        yield
+
+
 def _clean_partials(out: Path, only: set[str] | None = None) -> int:
     removed = 0
     roots = [out] if only is None else [out / folder / name for folder in ("images", "labels", STATE_DIR) for name in only]
@@ -367,6 +409,7 @@ def run(
     Raises:
         ConfigError: the sources file or params are invalid, or ``sources`` names a source it does not have
             (per-input problems never raise: they are quarantined).
+        OutputBusy: another convert writes the same dataset or one of the same sources into ``out_dir``.
     """
     started = time.perf_counter()
     vocab = load_vocabulary()
@@ -382,6 +425,21 @@ def run(
     sources = [s for s in every_source if only is None or s.name in only]
     out = paths.resolve(out_dir or params.out)
     out.mkdir(parents=True, exist_ok=True)
+    with writer_lock(out, [s.name for s in (every_source if only is None else sources)], whole=only is None):
+        return _run_locked(params, vocab, sources, only, out, workers, progress, started)
+
+
+def _run_locked(
+    params: DataParams,
+    vocab: Vocabulary,
+    sources: list[ResolvedSource],
+    only: set[str] | None,
+    out: Path,
+    workers: int | None,
+    progress: bool,
+    started: float,
+) -> dict[str, Any]:
+    """The body of :func:`run`, under the writer locks."""
     partials = _clean_partials(out, only)
     if partials:
         log.info("removed %d partial file(s) left by an interrupted run", partials)
@@ -506,7 +564,7 @@ _BOX_COLUMNS = ["image", "source", "class_id", "class_name", "x_center", "y_cent
 
 
 def _write_table(frame: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(path.name + TMP_SUFFIX)
+    tmp = _tmp_name(path)
     frame.to_parquet(tmp, index=False)
     os.replace(tmp, path)
 

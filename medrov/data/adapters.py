@@ -225,8 +225,8 @@ def load_volume(source: ResolvedSource, item: Item, params: DataParams) -> tuple
     from medrov.io.volume import read_volume, reorient
 
     image_path, label_path = Path(item.inputs[0]), Path(item.inputs[1])
-    image = reorient(read_volume(image_path))
-    label = reorient(read_volume(label_path))
+    image = reorient(read_volume(image_path, params.max_volume_bytes))
+    label = reorient(read_volume(label_path, params.max_volume_bytes))
     if image.array.shape != label.array.shape:
         raise SourceReadError(
             f"image/mask shape mismatch: image {image.array.shape} vs mask {label.array.shape} ({label_path.name})",

@@ -226,10 +226,106 @@ def _run_jobs(jobs: list[tuple], workers: int, ray_address: str | None) -> Itera
         for job in jobs:
             yield process_item(*job)
     else:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            futures = [pool.submit(process_item, *job) for job in jobs]
+        yield from _run_pool(jobs, workers)
+
+
+def _worker_init(parent_pid: int, death_signal: bool) -> None:
+    """Pool worker set-up: exit when the parent dies (a SIGKILLed convert must not leave workers behind)."""
+    import signal
+    import threading
+
+    if death_signal and sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+    def watch() -> None:  # the portable fallback: the parent is gone when we are re-parented
+        while os.getppid() == parent_pid:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="medrov-parent-watch", daemon=True).start()
+
+
+def _pool(workers: int) -> ProcessPoolExecutor:
+    import threading
+
+    # the parent-death signal follows the thread that forks: use it only when that is the main thread
+    main = threading.current_thread() is threading.main_thread()
+    return ProcessPoolExecutor(max_workers=workers, initializer=_worker_init, initargs=(os.getpid(), main))
+
+
+def _run_pool(jobs: list[tuple], workers: int) -> Iterator[dict[str, Any]]:
+    """Process pool that survives a worker death: the input that killed it is quarantined, the pool rebuilt.
+
+    A dead worker breaks the whole executor and every unfinished future. The jobs the pool had handed out (the
+    first ``workers + 1`` unfinished ones, as it hands them out in order) are suspects: each is re-run alone in
+    its own process, which names the culprit by its exit; the rest go to a fresh pool.
+    """
+    from concurrent.futures.process import BrokenProcessPool
+
+    pending = list(range(len(jobs)))
+    while pending:
+        finished, broken = set(), False
+        with _pool(workers) as pool:
+            futures = {pool.submit(process_item, *jobs[i]): i for i in pending}
             for future in as_completed(futures):
-                yield future.result()
+                try:
+                    outcome = future.result()
+                except BrokenProcessPool:
+                    broken = True
+                    continue
+                finished.add(futures[future])
+                yield outcome
+        if not broken:
+            return
+        unfinished = [i for i in pending if i not in finished]
+        suspects, pending = unfinished[: workers + 1], unfinished[workers + 1 :]
+        log.warning("a convert worker died: re-running %d input(s) one by one to find which, then a fresh pool", len(suspects))
+        for i in suspects:
+            yield _run_alone(jobs[i])
+
+
+def _child_entry(conn, job: tuple, parent_pid: int) -> None:
+    _worker_init(parent_pid, True)
+    conn.send(process_item(*job))
+    conn.close()
+
+
+def _run_alone(job: tuple) -> dict[str, Any]:
+    """Run one job in its own process; if that process dies, the job's input is quarantined saying how."""
+    import multiprocessing
+    import signal
+
+    ctx = multiprocessing.get_context("fork") if sys.platform.startswith("linux") else multiprocessing.get_context()
+    receive, send = ctx.Pipe(duplex=False)
+    process = ctx.Process(target=_child_entry, args=(send, job, os.getpid()), daemon=True)
+    process.start()
+    send.close()
+    try:
+        outcome = receive.recv()
+    except EOFError:
+        outcome = None
+    process.join()
+    if outcome is not None:
+        return outcome
+    source, item, _params, out, _ = job
+    code = process.exitcode
+    if code is not None and code < 0:
+        name = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else "?"
+        how = f"signal {-code} ({name})" + (", out of memory?" if -code == signal.SIGKILL else "")
+    else:
+        how = f"exit code {code}"
+    state_file = _state_path(out, item)
+    _remove_outputs(out, _load_state(state_file))
+    state_file.unlink(missing_ok=True)
+    base = {"source": source.name, "item_id": item.item_id, "inputs": item.inputs, "group": item.group}
+    return {**base, "status": "quarantined", "reason": f"{item.inputs[0]}: worker died: {how}"}
 
 
 def _run_jobs_ray(jobs: list[tuple], address: str, workers: int) -> Iterator[dict[str, Any]]:

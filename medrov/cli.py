@@ -21,6 +21,17 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="MedROV: open
 
 ParamsOpt = typer.Option(None, "--params", help="params file (default: the project's params.yaml)")
 SetOpt = typer.Option([], "--set", "-S", help="dotted override, e.g. data.workers=1 (repeatable)")
+TrustOpt = typer.Option(
+    False, "--trust-weights",
+    help="load weights that are not plain model checkpoints (arbitrary pickles can run code: only for files you trust; "
+         "also MEDROV_TRUST_WEIGHTS=1)",
+)
+
+
+def _trust(flag: bool) -> None:
+    from medrov.model.weights import trust_weights
+
+    trust_weights(flag)
 
 
 def _setup(verbose: bool = False) -> None:
@@ -157,9 +168,11 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="continue the interrupted run of this profile from weights/last.pt"),
     metrics: Optional[Path] = typer.Option(None, help="write the run summary as JSON here (for DVC)"),
     params: Optional[Path] = ParamsOpt,
+    trust: bool = TrustOpt,
     set_: list[str] = SetOpt,
 ) -> None:
     """Fine-tune YOLO-World on Omnis with the configured text encoder (or the closed-set baseline)."""
+    _trust(trust)
     from medrov import tracking
     from medrov.config import load_params
 
@@ -180,9 +193,11 @@ def evaluate(
     metrics: Optional[Path] = typer.Option(None, help="metrics JSON (default: evaluate.metrics)"),
     plots: Optional[Path] = typer.Option(None, help="folder for PR-curve and per-modality PNGs (default: evaluate.plots)"),
     params: Optional[Path] = ParamsOpt,
+    trust: bool = TrustOpt,
     set_: list[str] = SetOpt,
 ) -> None:
     """mAP50 and mAP50-95 for base, novel and base+novel classes, per modality and per source."""
+    _trust(trust)
     from medrov import tracking
     from medrov.config import load_params
 
@@ -211,9 +226,11 @@ def predict(
     modality: str = typer.Option("auto", help="auto, ct or mri: intensity normalisation of volumes"),
     threads: Optional[int] = typer.Option(None, min=1, help="CPU threads for inference (default: every core)"),
     params: Optional[Path] = ParamsOpt,
+    trust: bool = TrustOpt,
     set_: list[str] = SetOpt,
 ) -> None:
     """Detect the prompted objects; volumes also get 3D boxes linked across slices."""
+    _trust(trust)
     from medrov.config import load_params
     from medrov.model.detector import Detector
     from medrov.model.predict import predict_path
@@ -248,9 +265,11 @@ def export(
     out: Path = typer.Option(Path("exports/medrov.onnx"), help="ONNX file to write (a .json sidecar lists the classes)"),
     imgsz: int = typer.Option(640, min=32, help="input size of the exported model"),
     params: Optional[Path] = ParamsOpt,
+    trust: bool = TrustOpt,
     set_: list[str] = SetOpt,
 ) -> None:
     """Export to ONNX with a fixed vocabulary."""
+    _trust(trust)
     from medrov.config import load_params
     from medrov.model.export import export_onnx
 
@@ -266,9 +285,11 @@ def promote(
     split: Optional[str] = typer.Option(None, help="split of the gating metrics (default: promote.split)"),
     metrics: Optional[Path] = typer.Option(None, help="write the decision as JSON here (for DVC)"),
     params: Optional[Path] = ParamsOpt,
+    trust: bool = TrustOpt,
     set_: list[str] = SetOpt,
 ) -> None:
     """Register a run's model as `challenger`; move `champion` to it only if it beats the champion on the gate."""
+    _trust(trust)
     from medrov import tracking
     from medrov.config import load_params
 

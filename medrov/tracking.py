@@ -443,6 +443,8 @@ def train(params: Params, profile: str | None = None, closed_set: bool = False, 
 
     if not params.tracking.enabled:
         return step.train(params, profile, closed_set, resume, callbacks)
+    if not resume:  # everything the run needs is checked before the run exists (a bad device makes no FAILED run)
+        step.check_train_args(params, profile, closed_set)
     record = run_record(params, profile, closed_set)
     previous = json.loads(record.read_text()) if resume and record.is_file() else {}
     uri = tracking_uri(params.tracking)

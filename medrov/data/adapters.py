@@ -252,7 +252,8 @@ def load_volume(source: ResolvedSource, item: Item, params: DataParams) -> tuple
         raise SourceReadError("empty mask: the label volume has no foreground voxels", label_path)
     unknown = [int(i) for i in ids if str(int(i)) not in source.class_map]
     if unknown:
-        raise SourceReadError(f"unknown label ids {unknown} (not in the label map of source {source.name})", label_path)
+        shown = f"{unknown}" if len(unknown) <= 10 else f"[{', '.join(map(str, unknown[:10]))}, ...] ({len(unknown)} ids)"
+        raise SourceReadError(f"unknown label ids {shown} (not in the label map of source {source.name})", label_path)
     ignored = [int(i) for i in ids if source.class_map[str(int(i))] is None]
     if ignored:
         lab = np.where(np.isin(lab, ignored), 0, lab)

@@ -396,6 +396,19 @@ def _clean_partials(out: Path, only: set[str] | None = None) -> int:
     return removed
 
 
+REASON_LIMIT = 300
+
+
+def cap_reason(reason: str, limit: int = REASON_LIMIT) -> str:
+    """A quarantine reason short enough for any CSV reader; a longer one is cut and logged whole."""
+    reason = " ".join(str(reason).split())  # one line: a newline in a reason would split its CSV row for naive readers
+    if len(reason) <= limit:
+        return reason
+    log.warning("quarantine reason cut to %d characters, in full: %s", limit, reason)
+    tail = f" ... [{len(reason)} characters, full text in the log]"
+    return reason[: limit - len(tail)] + tail
+
+
 def printable(name: str) -> str:
     """A path as text that every writer accepts: undecodable bytes in file names become \\xNN escapes."""
     return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
@@ -583,7 +596,7 @@ def _run_locked(
             quarantine.append(
                 {"input": outcome["inputs"][0], "source": outcome["source"], "level": "input", "action": "quarantined", "reason": outcome["reason"]}
             )
-            log.warning("quarantined %s", outcome["reason"])
+            log.warning("quarantined %s", outcome["reason"][:10 * REASON_LIMIT])
             continue
         split = split_for[(outcome["source"], outcome["item_id"])]
         records.extend({**r, "split": split} for r in outcome["records"])
@@ -604,6 +617,8 @@ def _run_locked(
     box_table["novel"] = box_table["class_id"].isin(novel_ids)
     split_by_image = dict(zip(manifest["image"], manifest["split"]))
     box_table["split"] = box_table["image"].map(split_by_image)
+    for row in quarantine:
+        row["reason"] = cap_reason(row["reason"])
     quarantine_table = pd.DataFrame.from_records(quarantine, columns=["input", "source", "level", "action", "reason"])
     orphans = _remove_orphans(out, set(manifest["image"]) | set(manifest["label"]), live_states, only, protected=dropped)
 

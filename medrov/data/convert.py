@@ -12,13 +12,12 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import socket
 import sys
 import time
 import traceback
 import uuid
-from collections import Counter, defaultdict
+from collections import Counter
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import ExitStack, contextmanager
 from functools import lru_cache

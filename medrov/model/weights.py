@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from medrov.model.build import ModelError
+from medrov.errors import ModelError
 
 TRUST_ENV = "MEDROV_TRUST_WEIGHTS"
 
@@ -69,7 +69,8 @@ def load_checkpoint(path: str | Path) -> Any:
     except (TypeError, RuntimeError, EOFError, AttributeError, KeyError, ValueError, ModuleNotFoundError) as exc:
         if not trusted() and ("outside the supported" in str(exc) or "Weights only load failed" in str(exc)):
             raise _refusal(path, exc) from exc
-        raise ModelError(f"not a loadable ultralytics checkpoint ({type(exc).__name__}: {str(exc).strip()[:200]})", path) from exc
+        detail = f"{type(exc).__name__}: {str(exc).strip()[:200]}"
+        raise ModelError(f"not a loadable ultralytics checkpoint ({detail})", path) from exc
     return net
 
 

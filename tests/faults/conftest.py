@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-_spec = importlib.util.spec_from_file_location("_medrov_data_corpus", Path(__file__).resolve().parents[1] / "data" / "conftest.py")
+_DATA_CONFTEST = Path(__file__).resolve().parents[1] / "data" / "conftest.py"
+_spec = importlib.util.spec_from_file_location("_medrov_data_corpus", _DATA_CONFTEST)
 _corpus = sys.modules.setdefault(_spec.name, importlib.util.module_from_spec(_spec))
 _spec.loader.exec_module(_corpus)
 Corpus = _corpus.Corpus

@@ -33,7 +33,8 @@ def test_coco_file_name_absolute_or_dotdot_or_symlink(corpus, data_params):
 def test_voc_filename_outside(corpus, data_params):
     src = corpus.voc(n=3)
     _outside_image(corpus, "host.jpg")
-    (src.root / "Annotations" / "evil.xml").write_text(corpus.voc_xml("../../elsewhere/host.jpg", 64, 48, [("RBC", 11, 9, 24, 20)]))
+    xml = corpus.voc_xml("../../elsewhere/host.jpg", 64, 48, [("RBC", 11, 9, 24, 20)])
+    (src.root / "Annotations" / "evil.xml").write_text(xml)
     _expect_outside(corpus.run(data_params), good=3)
 
 

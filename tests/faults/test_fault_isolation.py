@@ -13,7 +13,9 @@ def test_bad_voc_entries_quarantine_only_themselves(corpus, data_params):
     ann = src.root / "Annotations"
     os.symlink(ann / "no-such-file.xml", ann / "dangling.xml")
     (ann / "folder.xml").mkdir()
-    (ann / "sjis.xml").write_bytes(b'<?xml version="1.0" encoding="shift_jis"?>\n<annotation><filename>img_000.jpg</filename></annotation>\n')
+    (ann / "sjis.xml").write_bytes(
+        b'<?xml version="1.0" encoding="shift_jis"?>\n<annotation><filename>img_000.jpg</filename></annotation>\n'
+    )
     (ann / "klingon.xml").write_bytes(b'<?xml version="1.0" encoding="x-klingon"?>\n<annotation/>\n')
     result = corpus.run(data_params)
     s = result.summary

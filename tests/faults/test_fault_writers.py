@@ -36,7 +36,8 @@ def test_second_convert_fails_at_once_naming_the_holder(corpus, data_params):
         message = str(err.value)
         assert "\n" not in message and f"pid {holder.pid}" in message and "another convert" in message
         with pytest.raises(OutputBusy, match="source TinyVOC"):
-            convert.run(data_params, sources_file=corpus.sources_file, out_dir=corpus.out, progress=False, sources=["TinyVOC"])
+            convert.run(data_params, sources_file=corpus.sources_file, out_dir=corpus.out, progress=False,
+                        sources=["TinyVOC"])
         assert not (corpus.out / "manifest.parquet").exists()
     finally:
         holder.communicate("", timeout=30)
@@ -53,7 +54,8 @@ def test_disjoint_filtered_runs_share_the_folder(corpus, data_params):
     corpus.coco(n=2)
     corpus.write()
     with convert.writer_lock(corpus.out, ["TinyVOC"], whole=False):
-        summary = convert.run(data_params, sources_file=corpus.sources_file, out_dir=corpus.out, progress=False, sources=["TinyCOCO"])
+        summary = convert.run(data_params, sources_file=corpus.sources_file, out_dir=corpus.out, progress=False,
+                              sources=["TinyCOCO"])
     assert summary["converted"] == 2
 
 

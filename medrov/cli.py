@@ -341,6 +341,10 @@ def main() -> None:
         raise SystemExit(exc.exit_code) from None
     except typer.Abort:
         raise SystemExit(130) from None
+    except KeyboardInterrupt as exc:  # SIGINT, or SIGTERM during a step run (which then ended KILLED)
+        terminated = type(exc).__name__ == "Terminated"
+        typer.secho(f"error: {'terminated (SIGTERM)' if terminated else 'interrupted'}", fg="red", err=True)
+        raise SystemExit(143 if terminated else 130) from None
     except Exception as exc:  # click usage errors and friends
         import click
 

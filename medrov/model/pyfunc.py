@@ -167,11 +167,11 @@ class DetectorModel(mlflow.pyfunc.PythonModel):
     """The pyfunc: artifacts ``weights``, ``config`` (JSON) and, for open-vocabulary models, ``text_embeddings``."""
 
     def load_context(self, context) -> None:
+        import threading
+
         import torch
 
         from medrov.model.detector import Detector
-
-        import threading
 
         self.config = json.loads(Path(context.artifacts["config"]).read_text())
         self.detector = Detector(context.artifacts["weights"])

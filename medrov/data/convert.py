@@ -313,13 +313,18 @@ def _run_alone(job: tuple) -> dict[str, Any]:
     process.join()
     if outcome is not None:
         return outcome
-    source, item, _params, out, _ = job
     code = process.exitcode
     if code is not None and code < 0:
         name = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else "?"
         how = f"signal {-code} ({name})" + (", out of memory?" if -code == signal.SIGKILL else "")
     else:
         how = f"exit code {code}"
+    return _died(job, how)
+
+
+def _died(job: tuple, how: str) -> dict[str, Any]:
+    """The quarantine outcome of a job whose worker died; its earlier outputs and state are removed."""
+    source, item, _params, out, _ = job
     state_file = _state_path(out, item)
     _remove_outputs(out, _load_state(state_file))
     state_file.unlink(missing_ok=True)
@@ -342,12 +347,19 @@ def _run_jobs_ray(jobs: list[tuple], address: str, workers: int) -> Iterator[dic
             ray.init(address=address, log_to_driver=False)
     log.info("converting on Ray (%s): %s", address, ray.cluster_resources())
     try:
-        remote = ray.remote(process_item)
-        pending = [remote.remote(*job) for job in jobs]
+        remote = ray.remote(max_retries=0)(process_item)  # a retry would only kill another worker
+        job_of = {}
+        for job in jobs:
+            job_of[remote.remote(*job)] = job
+        pending = list(job_of)
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
             for ref in done:
-                yield ray.get(ref)
+                try:
+                    yield ray.get(ref)
+                except (ray.exceptions.WorkerCrashedError, ray.exceptions.RayTaskError, ray.exceptions.OutOfMemoryError) as exc:
+                    # a dead or failing Ray worker is that input's fault, like a dead pool worker
+                    yield _died(job_of[ref], f"Ray worker failed ({type(exc).__name__}), out of memory?")
     finally:
         if owns:
             ray.shutdown()

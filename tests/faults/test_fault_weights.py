@@ -22,6 +22,9 @@ class _Payload:
         return (pathlib.Path.touch, (self.marker,))
 
 
+TRUST_ENV = "MEDROV_TRUST_WEIGHTS"  # medrov.model.weights.TRUST_ENV, spelled out: the tests also run on older code
+
+
 def _evil(tmp_path) -> tuple[pathlib.Path, pathlib.Path]:
     marker = tmp_path / "payload-ran"
     weights = tmp_path / "evil.pt"
@@ -32,7 +35,6 @@ def _evil(tmp_path) -> tuple[pathlib.Path, pathlib.Path]:
 def test_hostile_weights_are_refused_unexecuted(tmp_path, monkeypatch):
     from medrov.model.build import ModelError
     from medrov.model.detector import Detector
-    from medrov.model.weights import TRUST_ENV
 
     monkeypatch.delenv(TRUST_ENV, raising=False)
     weights, marker = _evil(tmp_path)
@@ -44,7 +46,7 @@ def test_hostile_weights_are_refused_unexecuted(tmp_path, monkeypatch):
 
 def test_trusting_is_explicit(tmp_path, monkeypatch):
     from medrov.model.build import ModelError
-    from medrov.model.weights import TRUST_ENV, load_checkpoint
+    from medrov.model.weights import load_checkpoint
 
     weights, marker = _evil(tmp_path)
     monkeypatch.setenv(TRUST_ENV, "1")
@@ -57,7 +59,6 @@ def test_trusting_is_explicit(tmp_path, monkeypatch):
 def test_our_checkpoints_load_restricted(tmp_path, monkeypatch):
     from medrov.model.detector import Detector
     from medrov.model.ultra import prepare_ultralytics
-    from medrov.model.weights import TRUST_ENV
 
     monkeypatch.delenv(TRUST_ENV, raising=False)
     prepare_ultralytics()
@@ -72,7 +73,6 @@ def test_our_checkpoints_load_restricted(tmp_path, monkeypatch):
 
 def test_evaluate_reads_the_training_size_restricted(tmp_path, monkeypatch):
     from medrov.model.evaluate import _train_imgsz
-    from medrov.model.weights import TRUST_ENV
 
     monkeypatch.delenv(TRUST_ENV, raising=False)
     weights, marker = _evil(tmp_path)

@@ -50,3 +50,99 @@ def test_recipe_fixture_converts(row, tmp_path, caplog):
     if source.recipe.unverified:
         assert f"{row}: recipe {source.recipe.name} relies on {len(source.recipe.unverified)} UNVERIFIED" in caplog.text
     assert len({i.item_id for i in items}) == len(items)
+
+
+def _built(row: str, root: Path, **extra):
+    BUILDERS[row](root)
+    return one_line_source(row, root, **extra)
+
+
+@pytest.mark.parametrize(
+    "row, split_of",
+    [
+        ("ACDC", {"patient001": "train", "patient101": "test"}),
+        ("AMOSF", {"amos_0001": "train", "amos_0003": "val"}),
+        ("BCCD", {"BloodImage_00000": "train", "BloodImage_00001": "test"}),
+        ("CXR8", {"00000001_000": "train", "00000002_000": "test"}),
+        ("TotalSegmentorCT", {"s0000": "val"}),
+        ("ISIC", {"ISIC_0000000": "train", "ISIC_0000003": "test"}),
+        ("M5LCM", {"0001_1000x": "val"}),
+    ],
+)
+def test_recipe_official_splits(row, split_of, tmp_path):
+    items, _, _ = convert_in_process(_built(row, tmp_path))
+    got = {key: {i.split for i in items if key in i.item_id or key in i.inputs[0]} for key in split_of}
+    assert got == {key: {split} for key, split in split_of.items()}
+
+
+@pytest.mark.parametrize(
+    "row, unpaired, reason",
+    [
+        ("AbdomenAtlas", "BDMAP_00000002/ct.nii.gz", "no label file"),
+        ("BHSD", "imagesTs/ID_0a1b2c3d_ID_0123456789.nii.gz", "no label file"),
+        ("MnMs", "B1C2D3_sa.nii.gz", "frames unknown"),
+    ],
+)
+def test_recipe_reports_unpaired_inputs(row, unpaired, reason, tmp_path):
+    _, skipped, _ = convert_in_process(_built(row, tmp_path))
+    assert [s.reason for s in skipped if s.input.endswith(unpaired)] and reason in next(s.reason for s in skipped if s.input.endswith(unpaired))
+
+
+def test_recipe_skips_macos_metadata_and_other_rows(tmp_path):
+    items, skipped, _ = convert_in_process(_built("MSD_Spleen", tmp_path))
+    assert [Path(i.inputs[0]).name for i in items] == ["spleen_2.nii.gz"] and not skipped
+    items, _, _ = convert_in_process(_built("AMOSM", tmp_path / "amos"))
+    assert sorted(Path(i.inputs[0]).name for i in items) == ["amos_0002.nii.gz"]  # F cases and the MRI id 507 are not AMOSM
+
+
+def test_recipe_4d_channel_and_frame_selection(tmp_path):
+    items, _, _ = convert_in_process(_built("MnMs", tmp_path / "mnms"))
+    assert sorted(i.item_id.rsplit("_", 1)[-1] for i in items) == ["t00", "t03"]  # ED and ES from the CSV
+    brain = _built("MSD_Brain", tmp_path / "brain")
+    assert [i.spec["index"] for i in enumerate_recipe(brain)[0]] == [0]  # FLAIR
+    every = one_line_source("MSD_Brain", tmp_path / "brain", overrides={"select": {"axis": "channel", "indices": "all"}})
+    items, _, boxes = convert_in_process(every)
+    assert [i.spec["index"] for i in items] == [0, 1, 2, 3] and boxes["cerebral edema"] == 8
+
+
+def test_recipe_new_source_following_a_shared_layout_needs_only_yaml(tmp_path):
+    from tests.data.recipe_fixtures import pair
+
+    task = tmp_path / "Task03_Liver"
+    pair(task / "imagesTr" / "liver_0.nii.gz", task / "labelsTr" / "liver_0.nii.gz", [1, 2])
+    source = one_line_source("MyLiver", task, layout="msd", modality="ct", label_map={1: "liver", 2: "spleen"})
+    assert source.format == "recipe" and source.recipe.layout == "msd"
+    _, _, boxes = convert_in_process(source)
+    assert boxes == {"liver": 2, "spleen": 2}
+
+
+def test_recipe_unknown_label_id_quarantines_naming_the_file(tmp_path):
+    from medrov.errors import SourceReadError
+    from tests.data.recipe_fixtures import pair
+
+    root = tmp_path / "FLARE22"
+    pair(root / "images" / "FLARE22_Tr_0002_0000.nii.gz", root / "labels" / "FLARE22_Tr_0002.nii.gz", [1, 14])
+    source = one_line_source("FLARE22", root)
+    (item,), _ = enumerate_recipe(source)
+    with pytest.raises(SourceReadError, match=r"unknown label ids \[14\]") as err:
+        load_recipe(source, item, DataParams())
+    assert "FLARE22_Tr_0002.nii.gz" in str(err.value)
+
+
+def test_recipe_source_converts_through_convert_run(tmp_path):
+    """The one-line entry goes through the real converter: files written, splits kept, presence row used."""
+    import pandas as pd
+    import yaml
+
+    from medrov.data import convert
+
+    BUILDERS["ACDC"](tmp_path / "acdc")
+    BUILDERS["BUSI"](tmp_path / "busi")
+    sources = tmp_path / "sources.yaml"
+    sources.write_text(yaml.safe_dump({"sources": [{"name": "ACDC", "root": "acdc"}, {"name": "BUSI", "root": "busi"}]}))
+    summary = convert.run(DataParams(workers=1), sources, tmp_path / "omnis", progress=False)
+    assert summary["sources"]["ACDC"]["images"] == 6 and summary["sources"]["BUSI"]["images"] == 2
+    manifest = pd.read_parquet(tmp_path / "omnis" / "manifest.parquet")
+    assert set(manifest.loc[manifest.source == "ACDC", "split"]) == {"train", "test"}
+    again = convert.run(DataParams(workers=1), sources, tmp_path / "omnis", progress=False)
+    assert again["reused"] == again["total"]

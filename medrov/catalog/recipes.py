@@ -130,6 +130,7 @@ class Recipe(Section):
     csv_box: Literal["xyxy", "xywh"] = "xyxy"
     unverified: list[str] = []
     notes: str = ""
+    real_data_checked: bool = False  # the recipe has been run on a real copy of the download (tests do it)
 
     @field_validator("labels", mode="before")
     @classmethod
@@ -274,3 +275,36 @@ def recipe_for_source(spec: Any, where: Path | None = None) -> Recipe | None:
         except ValidationError as exc:
             raise ConfigError(f"source {spec.name}: bad recipe overrides: {exc}", where) from exc
     return recipe
+
+
+def presence_mismatches(recipe: Recipe, presence: dict[str, int], vocab: Any) -> list[str]:
+    """Disagreements between a recipe's label map and its presence row (empty when they agree).
+
+    Every class the recipe maps must be coded 1 in the row, and every class coded 1 must be mapped or listed
+    in ``not_in_release`` with a reason.
+    """
+    problems = []
+    mapped = set()
+    for native, target in recipe.labels.items():
+        if target is None:
+            continue
+        cls = vocab.lookup(target)
+        if cls is None:
+            problems.append(f"{recipe.row}: label {native!r} maps to {target!r}, not a vocabulary class")
+            continue
+        mapped.add(cls.name)
+        if presence.get(cls.name, -1) != 1:
+            problems.append(f"{recipe.row}: label {native!r} maps to {cls.name!r}, coded {presence.get(cls.name, -1)} (not 1) in the presence row")
+    absent = {}
+    for name, reason in recipe.not_in_release.items():
+        cls = vocab.lookup(name)
+        if cls is None or not str(reason).strip():
+            problems.append(f"{recipe.row}: not_in_release entry {name!r} needs a vocabulary class and a reason")
+            continue
+        absent[cls.name] = reason
+        if cls.name in mapped:
+            problems.append(f"{recipe.row}: {cls.name!r} is both mapped and listed as not in this release")
+    for name, code in sorted(presence.items()):
+        if code == 1 and name not in mapped and name not in absent:
+            problems.append(f"{recipe.row}: {name!r} is coded 1 in the presence row but no label maps to it")
+    return problems

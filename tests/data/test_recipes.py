@@ -146,3 +146,44 @@ def test_recipe_source_converts_through_convert_run(tmp_path):
     assert set(manifest.loc[manifest.source == "ACDC", "split"]) == {"train", "test"}
     again = convert.run(DataParams(workers=1), sources, tmp_path / "omnis", progress=False)
     assert again["reused"] == again["total"]
+
+
+def test_recipe_maps_agree_with_presence_rows():
+    """Every mapped class has M = 1 in the row; every M = 1 class is mapped (or listed as not in the release)."""
+    from medrov.catalog.recipes import presence_mismatches
+
+    vocab, catalog = load_vocabulary(), load_catalog()
+    problems = [p for row, recipe in load_recipes().items() for p in presence_mismatches(recipe, catalog[row].presence, vocab)]
+    assert problems == []
+
+
+def test_recipe_presence_check_catches_a_wrong_map():
+    from medrov.catalog.recipes import presence_mismatches
+
+    vocab, catalog = load_vocabulary(), load_catalog()
+    amosf = load_recipes()["AMOSF"]
+    swapped = amosf.model_copy(update={"labels": {**amosf.labels, "15": "prostate"}})  # AMOSF is the female row
+    problems = presence_mismatches(swapped, catalog["AMOSF"].presence, vocab)
+    assert any("'prostate', coded -1" in p for p in problems) and any("'uterus' is coded 1" in p for p in problems)
+    released = swapped.model_copy(update={"labels": {**amosf.labels, "15": None}, "not_in_release": {"uterus": "female cases removed"}})
+    assert presence_mismatches(released, catalog["AMOSF"].presence, vocab) == []
+
+
+def test_recipe_yaml_errors_name_the_recipe():
+    from medrov.catalog.recipes import build_recipes
+    from medrov.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"recipe X: unknown layout 'nope'"):
+        build_recipes({"recipes": {"X": {"layout": "nope"}}}, Path("recipes.yaml"))
+    with pytest.raises(ConfigError, match=r"(?s)recipe Y \(row Y\).*globz.*Extra inputs"):
+        build_recipes({"layouts": {}, "recipes": {"Y": {"dims": 2, "annotation": "voc", "images": "*.xml", "image": "{stem}.jpg", "globz": 1}}}, Path("recipes.yaml"))
+
+
+def test_recipe_table_in_readme_is_current():
+    from medrov.data.recipe_check import TABLE_END, TABLE_START, recipe_markdown
+    from tests.conftest import ROOT
+
+    text = (ROOT / "README.md").read_text()
+    table = text[text.index(TABLE_START) : text.index(TABLE_END) + len(TABLE_END)]
+    assert table == recipe_markdown(), "README recipe table is stale: paste medrov.data.recipe_check.recipe_markdown()"
+    assert table.count("\n| ") == 38  # header + 37 rows

@@ -80,7 +80,7 @@ class SelectRule(Section):
     key: str = "patient"
 
     @model_validator(mode="after")
-    def _one_way(self) -> "SelectRule":
+    def _one_way(self) -> SelectRule:
         if (self.indices is None) == (self.csv is None):
             raise ValueError("select needs either indices or csv (+ key_column, columns)")
         if self.csv and (not self.key_column or not self.columns):
@@ -150,7 +150,7 @@ class Recipe(Section):
         return value
 
     @model_validator(mode="after")
-    def _coherent(self) -> "Recipe":
+    def _coherent(self) -> Recipe:
         for p in self.patterns:
             if self.annotation == "label_map" and not p.label:
                 raise ValueError("label_map patterns need a 'label' template")

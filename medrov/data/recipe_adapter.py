@@ -409,9 +409,8 @@ def _as_label(array: np.ndarray, path: str) -> np.ndarray:
     if array.ndim == 3:
         # colour masks: foreground is any non-black colour; an alpha channel is opacity, not foreground
         array = array[..., :3].max(axis=2)
-    if np.issubdtype(array.dtype, np.floating):
-        if not np.all(np.isfinite(array)) or not np.array_equal(array, np.round(array)):
-            raise SourceReadError("label image has non-integer values (set a threshold for lossy masks)", path)
+    if np.issubdtype(array.dtype, np.floating) and (not np.all(np.isfinite(array)) or not np.array_equal(array, np.round(array))):
+        raise SourceReadError("label image has non-integer values (set a threshold for lossy masks)", path)
     if array.dtype.kind not in "iub" and not np.issubdtype(array.dtype, np.floating):
         raise SourceReadError(f"label image has unsupported type {array.dtype}", path)
     array = array.astype(np.int64)

@@ -187,3 +187,12 @@ def test_recipe_table_in_readme_is_current():
     table = text[text.index(TABLE_START) : text.index(TABLE_END) + len(TABLE_END)]
     assert table == recipe_markdown(), "README recipe table is stale: paste medrov.data.recipe_check.recipe_markdown()"
     assert table.count("\n| ") == 38  # header + 37 rows
+
+
+def test_recipe_row_filter_without_its_metadata_file_is_a_clear_error(tmp_path):
+    from medrov.errors import SourceReadError
+
+    source = _built("AMOSF", tmp_path)
+    (tmp_path / "amos22" / "labeled_data_meta_0000_0599.csv").unlink()
+    with pytest.raises(SourceReadError, match=r"metadata file '\*\*/labeled_data_meta\*\.csv' not found"):
+        enumerate_recipe(source)

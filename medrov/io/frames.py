@@ -11,15 +11,47 @@ from medrov.io.volume import Volume, _check_finite, read_volume
 
 
 def frame_count(path: str | Path) -> int:
-    """Length of the 4th axis of a NIfTI file (1 for a 3D one), read from the header only."""
-    import nibabel as nib
+    """Length of the 4th axis (frames or channels) of a file, 1 for a plain 3D volume or single-page image.
 
+    Reads headers only: NIfTI through nibabel, MetaImage/NRRD through SimpleITK's image information, TIFF pages
+    through tifffile, GIF frames through Pillow.
+    """
     path = Path(path)
+    name = path.name.lower()
     try:
-        shape = nib.load(str(path)).shape
-    except Exception as exc:  # nibabel raises many types for corrupt files
-        raise SourceReadError(f"cannot read NIfTI header ({type(exc).__name__}: {exc})", path) from exc
-    return int(shape[3]) if len(shape) >= 4 else 1
+        if name.endswith((".nii", ".nii.gz")):
+            import nibabel as nib
+
+            shape = nib.load(str(path)).shape
+            return int(shape[3]) if len(shape) >= 4 else 1
+        from medrov.io.sitk import is_sitk_file
+
+        if is_sitk_file(path):
+            import SimpleITK as sitk
+
+            reader = sitk.ImageFileReader()
+            reader.SetFileName(str(path))
+            reader.ReadImageInformation()
+            if reader.GetDimension() == 4:
+                return int(reader.GetSize()[3])
+            return int(reader.GetNumberOfComponents())
+        if name.endswith((".tif", ".tiff")):
+            import tifffile
+
+            with tifffile.TiffFile(path) as tif:
+                shape = tif.series[0].shape
+            stacked = len(shape) == 4 or (len(shape) == 3 and shape[-1] not in (3, 4))
+            return int(shape[0]) if stacked else 1
+        if name.endswith(".gif"):
+            from PIL import Image
+
+            with Image.open(path) as img:
+                return int(getattr(img, "n_frames", 1))
+    except SourceReadError:
+        raise
+    except Exception as exc:  # each library raises its own types for corrupt headers
+        raise SourceReadError(f"cannot read the header ({type(exc).__name__}: {exc})", path) from exc
+    return 1
 
 
 def _read_nifti_frame(path: Path, index: int | None) -> Volume:

@@ -196,3 +196,23 @@ def test_recipe_row_filter_without_its_metadata_file_is_a_clear_error(tmp_path):
     (tmp_path / "amos22" / "labeled_data_meta_0000_0599.csv").unlink()
     with pytest.raises(SourceReadError, match=r"metadata file '\*\*/labeled_data_meta\*\.csv' not found"):
         enumerate_recipe(source)
+
+
+def test_recipe_intensity_offset_is_removed_before_the_ct_window(tmp_path):
+    """KiPA22 volumes are stored with +1000: after the recipe's offset they equal the same scan stored in HU."""
+    import numpy as np
+
+    from tests.data.recipe_fixtures import label_volume, nii
+
+    for folder, value in (("kipa", 1040.0), ("plain", 40.0)):
+        nii(tmp_path / folder / "train" / "image" / "0.nii.gz", np.full((16, 16, 2), value, dtype=np.float32))
+        nii(tmp_path / folder / "train" / "label" / "0.nii.gz", label_volume([2]))
+    params = DataParams()
+    kipa = one_line_source("KIPA22", tmp_path / "kipa")
+    plain = one_line_source("KIPA22", tmp_path / "plain", overrides={"intensity_offset": 0})
+    (a,), _ = enumerate_recipe(kipa)
+    (b,), _ = enumerate_recipe(plain)
+    pixels_a = load_recipe(kipa, a, params)[0][0].image
+    pixels_b = load_recipe(plain, b, params)[0][0].image
+    np.testing.assert_array_equal(pixels_a, pixels_b)
+    assert 0 < int(pixels_a[0, 0]) < 255  # 40 HU lies inside the default window

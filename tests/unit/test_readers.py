@@ -35,6 +35,7 @@ def _write(path, array, is_vector=False, compress=True):
 @pytest.mark.parametrize("name", ["case.mha", "Case00.mhd", "case_IMG_CT.nrrd", "case_OAR_Brainstem.seg.nrrd"])
 def test_sitk_volume_geometry_and_values(tmp_path, name):
     path = _write(tmp_path / name, _zyx(), compress=not name.endswith(".mhd"))
+    assert frame_count(path) == 1
     vol = read_sitk(path)
     assert vol.array.shape == (5, 4, 3)  # (i, j, k)
     assert vol.array[4, 3, 2] == 234 and vol.array[1, 2, 0] == 21
@@ -58,6 +59,7 @@ def test_mhd_without_its_raw_is_a_clear_error(tmp_path):
 def test_sitk_vector_image_needs_a_channel(tmp_path):
     two = np.stack([_zyx(), -_zyx()], axis=-1)  # 2 components per voxel
     path = _write(tmp_path / "multi.nrrd", two, is_vector=True)
+    assert frame_count(path) == 2
     assert read_sitk(path, 1).array[4, 3, 2] == -234
     assert read_sitk(path, 0).array[4, 3, 2] == 234
     with pytest.raises(SourceReadError, match="must choose one"):
@@ -123,6 +125,7 @@ def test_tiff_masks_single_and_multipage(tmp_path):
     stack = np.stack([mask * 0, mask, mask // 2])
     tifffile.imwrite(tmp_path / "pages.tif", stack, photometric="minisblack")
     np.testing.assert_array_equal(read_plane(tmp_path / "pages.tif", frame=2).array, mask // 2)
+    assert frame_count(tmp_path / "pages.tif") == 3 and frame_count(tmp_path / "IDRiD_01_OD.tif") == 1
     with pytest.raises(SourceReadError, match="3 pages/frames"):
         read_plane(tmp_path / "pages.tif")
 
@@ -137,6 +140,7 @@ def test_gif_palette_mask_keeps_grey_levels(tmp_path):
     frames = [Image.fromarray(mask * 0).convert("P"), Image.fromarray(mask).convert("P")]
     frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
     np.testing.assert_array_equal(read_plane(tmp_path / "anim.gif", frame=1, as_mask=True).array, mask)
+    assert frame_count(tmp_path / "anim.gif") == 2
     with pytest.raises(SourceReadError, match="2 pages/frames"):
         read_plane(tmp_path / "anim.gif", as_mask=True)
 

@@ -35,6 +35,9 @@ class CheckReport:
     unreadable: list[tuple[str, str]] = field(default_factory=list)
     scanned: int = 0
     unverified: list[str] = field(default_factory=list)
+    declared: dict[str, str] = field(default_factory=dict)
+    declared_file: str = ""
+    declared_mismatch: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -49,6 +52,9 @@ class CheckReport:
         out.append(f"  label files scanned: {self.scanned}; native labels found {json.dumps(self.native_labels)}")
         out.append(f"  unknown labels (not in the recipe's map): {json.dumps(self.unknown_labels) if self.unknown_labels else 'none'}")
         out += [f"    unreadable {path}: {reason}" for path, reason in self.unreadable[:examples]]
+        if self.declared_file:
+            out.append(f"  labels declared in {self.declared_file}: {json.dumps(self.declared)}")
+            out += [f"    {problem}" for problem in self.declared_mismatch] or ["    every declared id is in the recipe's map"]
         out += [f"  UNVERIFIED: {fact}" for fact in self.unverified]
         if not self.ok:
             out.append("  nothing matches this recipe's layout under the root")
@@ -140,9 +146,37 @@ def check_source(name: str, root: str | Path, limit: int = 0) -> CheckReport:
             native[label] += 1
             if label not in source.class_map:
                 unknown[label] += 1
+    _compare_declared(source, report)
     report.native_labels = dict(sorted(native.items(), key=lambda kv: _natural(kv[0])))
     report.unknown_labels = dict(unknown)
     return report
+
+
+def _compare_declared(source: ResolvedSource, report: CheckReport) -> None:
+    """Compare an MSD-style ``dataset.json`` ``labels`` block (MSD, AMOS, BHSD) with the recipe's id map."""
+    from medrov.data.recipe_adapter import _glob
+
+    files = [f for f in _glob(source.root, "**/dataset.json") if not f.name.startswith("._")]
+    if not files or source.recipe.annotation != "label_map":
+        return
+    try:
+        declared = json.loads(files[0].read_text()).get("labels") or {}
+    except (OSError, ValueError, AttributeError) as exc:
+        report.unreadable.append((str(files[0]), f"cannot read dataset.json ({exc})"))
+        return
+    if not isinstance(declared, dict):
+        return
+    # MSD writes {"0": "background", "1": "spleen"}; nnU-Net v2 files write {"background": 0, "spleen": 1}
+    if declared and all(isinstance(v, int) for v in declared.values()):
+        declared = {str(v): k for k, v in declared.items()}
+    report.declared_file = str(files[0])
+    report.declared = {str(k): str(v) for k, v in declared.items()}
+    for native, name in report.declared.items():
+        if native != "0" and native not in source.class_map:
+            report.declared_mismatch.append(f"declared id {native} ({name}) is not in the recipe's map")
+    for native in source.class_map:
+        if native.isdigit() and native not in report.declared:
+            report.declared_mismatch.append(f"recipe maps id {native}, which the dataset.json does not declare")
 
 
 def _natural(text: str) -> tuple:

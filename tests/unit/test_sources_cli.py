@@ -54,3 +54,16 @@ def test_sources_check_on_the_real_bccd_download():
     # the counts of the official release (../shared/CATALOG-LAYOUTS.md, computed from the repository)
     assert '"Platelets": 361, "RBC": 4155, "WBC": 372' in result.output
     assert "364 from 364" in result.output and '"train": 205' in result.output and '"test": 72' in result.output
+
+
+def test_sources_check_compares_the_declared_dataset_json_labels(tmp_path):
+    import json
+
+    BUILDERS["MSD_Hippocampus"](tmp_path)
+    task = tmp_path / "Task04_Hippocampus"
+    (task / "dataset.json").write_text(json.dumps({"labels": {"0": "background", "1": "Anterior", "2": "Posterior", "3": "Extra"}}))
+    result = runner.invoke(sources_app, ["check", "MSD_Hippocampus", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert '"1": "Anterior"' in result.output and "declared id 3 (Extra) is not in the recipe's map" in result.output
+    (task / "dataset.json").write_text(json.dumps({"labels": {"0": "background", "1": "Anterior", "2": "Posterior"}}))
+    assert "every declared id is in the recipe's map" in runner.invoke(sources_app, ["check", "MSD_Hippocampus", str(tmp_path)]).output

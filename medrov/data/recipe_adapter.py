@@ -77,7 +77,10 @@ def path_groups(rel: str, match: str | None) -> dict[str, str] | None:
     return groups
 
 
-def _fill(template: str, groups: dict[str, str], recipe: Recipe) -> str:
+def _fill(template: str, groups: dict[str, str], recipe: Recipe, as_glob: bool = False) -> str:
+    if as_glob:
+        # the path's own parts are literal in a glob template: "[" in a file name is not a character class
+        groups = {k: glob.escape(v) for k, v in groups.items()}
     try:
         return template.format(**groups)
     except (KeyError, IndexError) as exc:
@@ -287,7 +290,7 @@ def _pair(source: ResolvedSource, recipe: Recipe, pattern: Pattern, file: Path, 
         return [str(file), str(label)], {"kind": "label_map", "label": str(label)}
     if recipe.annotation == "structures":
         masks: dict[str, str] = {}
-        for mask in _glob(source.root, _fill(pattern.masks or "", groups, recipe)):
+        for mask in _glob(source.root, _fill(pattern.masks or "", groups, recipe, as_glob=True)):
             mask_rel = mask.relative_to(source.root).as_posix()
             if _excluded(mask_rel, recipe.exclude) or mask == file:
                 continue
@@ -305,8 +308,13 @@ def _pair(source: ResolvedSource, recipe: Recipe, pattern: Pattern, file: Path, 
             return Skipped(str(file), f"no mask file matches {pattern.masks}")
         return [str(file), *masks.values()], {"kind": "structures", "masks": masks}
     if recipe.annotation == "voc":
-        template = _fill(pattern.image or "", groups, recipe)
-        candidates = _glob(source.root, template) if any(c in template for c in "*?[") else [source.root / template]
+        template = pattern.image or ""
+        if any(c in template for c in "*?["):
+            template = _fill(template, groups, recipe, as_glob=True)
+            candidates = _glob(source.root, template)
+        else:
+            template = _fill(template, groups, recipe)
+            candidates = [source.root / template]
         candidates = [c for c in candidates if c.is_file()]
         if len(candidates) != 1:
             what = "no image" if not candidates else f"{len(candidates)} images"

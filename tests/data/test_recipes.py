@@ -216,3 +216,18 @@ def test_recipe_intensity_offset_is_removed_before_the_ct_window(tmp_path):
     pixels_b = load_recipe(plain, b, params)[0][0].image
     np.testing.assert_array_equal(pixels_a, pixels_b)
     assert 0 < int(pixels_a[0, 0]) < 255  # 40 HU lies inside the default window
+
+
+def test_recipe_bccd_pairs_the_real_download_like_the_voc_adapter():
+    """On the real BCCD copy, the recipe finds the same items, files and official splits as the VOC adapter."""
+    from medrov.data.adapters import enumerate_voc
+    from tests.conftest import SHARED_DATA
+
+    root = SHARED_DATA / "bccd" / "BCCD"
+    if not root.is_dir():
+        pytest.skip(f"real BCCD not found at {root}")
+    recipe_items, recipe_skipped = enumerate_recipe(one_line_source("BCCD", root))
+    voc_items, voc_skipped = enumerate_voc(one_line_source("BCCD", root, format="voc", split="imagesets"))
+    assert not recipe_skipped and not voc_skipped and len(recipe_items) == 364
+    as_tuples = lambda items: sorted((i.item_id, tuple(i.inputs), i.split) for i in items)  # noqa: E731
+    assert as_tuples(recipe_items) == as_tuples(voc_items)

@@ -255,6 +255,10 @@ def recipe_for_source(spec: Any, where: Path | None = None) -> Recipe | None:
     shared layout with the entry's ``label_map``; ``overrides`` replaces recipe fields in all three cases.
     """
     describes_itself = bool(spec.format or spec.images or spec.annotations or spec.cases)
+    if describes_itself and (spec.layout or spec.recipe):
+        raise ConfigError(f"source {spec.name}: give either format/images/annotations/cases or recipe/layout, not both", where)
+    if spec.layout and spec.recipe:
+        raise ConfigError(f"source {spec.name}: give either recipe or layout, not both", where)
     if spec.layout:
         recipe = recipe_for_layout(spec.name, spec.layout, {})
     elif spec.recipe:

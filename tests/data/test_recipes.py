@@ -231,3 +231,18 @@ def test_recipe_bccd_pairs_the_real_download_like_the_voc_adapter():
     assert not recipe_skipped and not voc_skipped and len(recipe_items) == 364
     as_tuples = lambda items: sorted((i.item_id, tuple(i.inputs), i.split) for i in items)  # noqa: E731
     assert as_tuples(recipe_items) == as_tuples(voc_items)
+
+
+def test_recipe_entry_conflicts_are_config_errors(tmp_path):
+    from medrov.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="either format/images/annotations/cases or recipe/layout"):
+        one_line_source("Mine", tmp_path, recipe="MSD_Spleen", format="volume")
+    with pytest.raises(ConfigError, match="no recipe 'MSD_Nope'"):
+        one_line_source("Mine", tmp_path, recipe="MSD_Nope")
+    with pytest.raises(ConfigError, match="unknown layout 'mdd'"):
+        one_line_source("Mine", tmp_path, layout="mdd", modality="ct")
+    with pytest.raises(ConfigError, match="'overrides' needs a recipe"):
+        one_line_source("Mine", tmp_path, modality="ct", format="volume", images="*.nii.gz", labels="{name}", overrides={"threshold": 1})
+    borrowed = one_line_source("SpleenCopy", tmp_path, recipe="MSD_Spleen")
+    assert borrowed.recipe.row == "MSD_Spleen" and borrowed.catalog_presence["spleen"] == 1 and borrowed.modality == "ct"

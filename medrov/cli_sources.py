@@ -10,10 +10,13 @@ sources_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Cata
 
 
 @sources_app.command("list")
-def list_sources() -> None:
+def list_sources(markdown: bool = typer.Option(False, "--markdown", help="print the README status table instead")) -> None:
     """Every catalogue source (presence-matrix row) with its recipe status."""
-    from medrov.data.recipe_check import recipe_table
+    from medrov.data.recipe_check import recipe_markdown, recipe_table
 
+    if markdown:
+        typer.echo(recipe_markdown())
+        return
     rows = recipe_table()
     typer.echo(f"{'source':<18} {'modality':<14} {'recipe':<16} {'layout':<15} {'annotation':<11} {'formats':<22} {'classes':>7} {'unverified':>10}  status")
     for r in rows:

@@ -185,7 +185,7 @@ def test_recipe_table_in_readme_is_current():
 
     text = (ROOT / "README.md").read_text()
     table = text[text.index(TABLE_START) : text.index(TABLE_END) + len(TABLE_END)]
-    assert table == recipe_markdown(), "README recipe table is stale: paste medrov.data.recipe_check.recipe_markdown()"
+    assert table == recipe_markdown(), "README recipe table is stale: paste the output of `medrov sources list --markdown`"
     assert table.count("\n| ") == 38  # header + 37 rows
 
 

@@ -67,3 +67,10 @@ def test_sources_check_compares_the_declared_dataset_json_labels(tmp_path):
     assert '"1": "Anterior"' in result.output and "declared id 3 (Extra) is not in the recipe's map" in result.output
     (task / "dataset.json").write_text(json.dumps({"labels": {"0": "background", "1": "Anterior", "2": "Posterior"}}))
     assert "every declared id is in the recipe's map" in runner.invoke(sources_app, ["check", "MSD_Hippocampus", str(tmp_path)]).output
+
+
+def test_sources_list_markdown_is_the_readme_table():
+    from medrov.data.recipe_check import recipe_markdown
+
+    result = runner.invoke(sources_app, ["list", "--markdown"])
+    assert result.exit_code == 0 and result.output.strip() == recipe_markdown()

@@ -53,6 +53,8 @@ def tune_trial(config: dict[str, Any], *, base: dict[str, Any], root: str, profi
         f"train.profiles.{profile}.epochs={epochs}",
         f"train.profiles.{profile}.device={device}",
         f"tracking.uri={tracking['uri']}",
+        # the objective is ultralytics' validation metric of each epoch: no second, open-vocabulary evaluation
+        "tracking.epoch_eval=false",
     ]
     params = with_overrides(Params.model_validate(base), overrides)
     record = run_record(params, profile)

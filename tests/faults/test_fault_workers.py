@@ -17,10 +17,17 @@ import psutil
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _kill_on(item_id: str):
-    from medrov.data import adapters
+def _adapter_table() -> dict:
+    """The adapter table convert dispatches on (``medrov.data.formats`` where it exists, else the native one)."""
+    try:
+        from medrov.data.formats import ADAPTERS
+    except ImportError:
+        from medrov.data.adapters import ADAPTERS
+    return ADAPTERS
 
-    _, load = adapters.ADAPTERS["voc"]
+
+def _kill_on(item_id: str):
+    _, load = _adapter_table()["voc"]
 
     def load_or_die(source, item, params):
         if item.item_id == item_id:
@@ -31,11 +38,10 @@ def _kill_on(item_id: str):
 
 
 def test_dead_worker_quarantines_its_input_and_the_run_goes_on(corpus, data_params, monkeypatch):
-    from medrov.data import adapters
-
     corpus.voc(n=6)
+    table = _adapter_table()
     # pool workers are forked from this process, so they inherit the patched adapter table
-    monkeypatch.setitem(adapters.ADAPTERS, "voc", (adapters.ADAPTERS["voc"][0], _kill_on("img_003")))
+    monkeypatch.setitem(table, "voc", (table["voc"][0], _kill_on("img_003")))
     result = corpus.run(data_params, workers=2)
     s = result.summary
     assert (s["converted"], s["quarantined"], s["total"]) == (5, 1, 6), s
@@ -93,12 +99,13 @@ def test_workers_exit_when_the_parent_is_killed(corpus, tmp_path):
     script = textwrap.dedent(f"""
         import time
         from medrov.config import load_params
-        from medrov.data import adapters, convert
+        from medrov.data import convert
 
         def stuck(source, item, params):
             time.sleep(300)
 
-        adapters.ADAPTERS["voc"] = (adapters.ADAPTERS["voc"][0], stuck)
+        table = convert.ADAPTERS
+        table["voc"] = (table["voc"][0], stuck)
         params = load_params({str(ROOT / "params.yaml")!r}, ["data.workers=2"]).data
         convert.run(params, sources_file={str(sources)!r}, out_dir={str(tmp_path / "out")!r}, progress=False)
     """)

@@ -20,6 +20,7 @@ import yaml
 
 from medrov import paths
 from medrov.config import EvaluateParams, Params
+from medrov.data.presence import annotated_classes, read_presence
 from medrov.errors import ConfigError
 from medrov.model.detector import Detector
 from medrov.model.overlays import Panel, pick, write_grid
@@ -132,12 +133,13 @@ def _strip(summary: dict[str, Any]) -> dict[str, Any]:
 
 def evaluate(weights: str | Path, params: Params, split: str | None = None, out_metrics: str | Path | None = None,
              plots_dir: str | Path | None = None, imgsz: int | None = None, prompter=None,
-             coco_dir: str | Path | None = None) -> dict[str, Any]:
+             coco_dir: str | Path | None = None, prompts: dict[str, str] | None = None) -> dict[str, Any]:
     """Evaluate ``weights`` on a split of the Omnis dataset named by ``params.train.data``.
 
     ``prompter`` reuses an already loaded text encoder (the trainer's, for per-epoch evaluation); by default the
     encoder of ``params.text`` is loaded. ``coco_dir`` receives the ground truth and the predictions in COCO's
-    formats (``coco_gt.json``, ``coco_dt.json``) for a cross-check with a COCO tool.
+    formats (``coco_gt.json``, ``coco_dt.json``) for a cross-check with a COCO tool. ``prompts`` replaces the
+    prompt of a class (canonical name -> text, e.g. ``{"red blood cell": "erythrocyte"}``) to test open vocabulary.
     """
     from medrov.model.build import Prompter, prompt_name
     from medrov.text import load_encoder
@@ -158,8 +160,8 @@ def evaluate(weights: str | Path, params: Params, split: str | None = None, out_
         raise ConfigError(f"{data_dir}: the {split} split has no images")
     boxes = pd.read_parquet(data_dir / "boxes.parquet")
     boxes = boxes[boxes["image"].isin(set(manifest["image"]))]
-    presence = pd.read_csv(data_dir / "presence.csv", index_col=0)
-    by_name = {n.split("/", 1)[0]: i for i, n in names.items()}
+    presence = read_presence(data_dir / "presence.csv")
+    by_name = {prompt_name(n): i for i, n in names.items()}
 
     cache = None if params.text.cache_dir is None else (root / params.text.cache_dir)
     detector = Detector(weights)
@@ -173,13 +175,14 @@ def evaluate(weights: str | Path, params: Params, split: str | None = None, out_
     shown = {img for _, g in manifest.groupby("modality") for img in pick(list(g["image"]), ep.overlays)}
     start = time.time()
     for source, rows in manifest.groupby("source"):
-        row = presence.loc[source] if source in presence.index else None
-        annotated = [c for c in row.index[row.values == 1]] if row is not None else []
+        annotated = annotated_classes(presence, source)
         class_ids = sorted(by_name[c] for c in annotated if c in by_name)
         if not class_ids:
             log.warning("evaluate: source %s annotates no vocabulary class; skipped", source)
             continue
-        detector.set_vocabulary([names[c] for c in class_ids])
+        vocabulary = [(prompts or {}).get(prompt_name(names[c]), names[c]) for c in class_ids]
+        detector.set_vocabulary(vocabulary)
+        prompt_class = {prompt_name(v): c for v, c in zip(vocabulary, class_ids)}
         images = list(rows["image"])
         dets = detector.predict([data_dir / p for p in images], imgsz=size, conf=ep.conf, iou=ep.iou, max_det=ep.max_det)
         for img, det in zip(images, dets):
@@ -187,12 +190,12 @@ def evaluate(weights: str | Path, params: Params, split: str | None = None, out_
             g = g[g["class_id"].isin(class_ids)] if g is not None else None
             gt_boxes = g[["x0", "y0", "x1", "y1"]].to_numpy(float) if g is not None else np.zeros((0, 4))
             gt_cls = g["class_id"].to_numpy(int) if g is not None else np.zeros(0, int)
-            pred_cls = np.array([by_name[n] for n in det.names], dtype=int)
+            pred_cls = np.array([prompt_class[n] for n in det.names], dtype=int)
             stats[img] = {"tp": match(det.boxes, det.scores, pred_cls, gt_boxes, gt_cls), "conf": det.scores, "pred": pred_cls, "target": gt_cls}
             if img in shown:
                 panels.append(Panel(data_dir / img, f"{source} {Path(img).stem[-14:]}", gt_boxes,
                                     [prompt_name(names[c]) for c in gt_cls], np.asarray(det.boxes, float),
-                                    [prompt_name(n) for n in det.names], np.asarray(det.scores, float),
+                                    [prompt_name(names[c]) for c in pred_cls], np.asarray(det.scores, float),
                                     [prompt_name(names[c]) for c in class_ids]))
             if coco_dir is not None:
                 records[img] = {"boxes": np.asarray(det.boxes, float).reshape(-1, 4), "conf": det.scores, "pred": pred_cls,
@@ -229,10 +232,14 @@ def evaluate(weights: str | Path, params: Params, split: str | None = None, out_
 
 
 def _train_imgsz(weights) -> int | None:
-    import torch
+    from medrov.model.ultra import prepare_ultralytics
+    from medrov.model.weights import trusted
 
     try:
-        ckpt = torch.load(str(weights), map_location="cpu", weights_only=False)
+        prepare_ultralytics()
+        from ultralytics.nn.tasks import torch_safe_load
+
+        ckpt, _ = torch_safe_load(str(weights), safe_only=not trusted())  # weights are data: weights_only unless trusted
         return int((ckpt.get("train_args") or {}).get("imgsz") or 0) or None
     except Exception:
         return None

@@ -28,14 +28,13 @@ def _trainer(overrides, extra=()):
 @pytest.mark.parametrize("mosaic", [0.0, 1.0])
 def test_source_tiles_follow_mosaic_and_affine(train_overrides, tiny_omnis, mosaic):
     """Every ground-truth box after augmentation lies in a tile whose source annotates its class."""
-    from medrov.model.mechanisms import presence_for
+    from medrov.data.presence import image_sources, presence_array
     from medrov.model.pseudo import source_of
-    from medrov.model.trainer import image_sources
 
     trainer, _ = _trainer(train_overrides, [f"train.profiles.demo.extra={{mosaic: {mosaic}, degrees: 10.0, fliplr: 0.5}}"])
     dataset = trainer.build_dataset(str(tiny_omnis / "train.txt"), "train", 4)
-    _, sources = image_sources(trainer.data)
-    presence = presence_for(trainer.data, sources)
+    _, sources = image_sources(trainer.data["path"])
+    presence = presence_array(tiny_omnis / "presence.csv", list(trainer.data["names"].values()), sources)
     manifest = pd.read_parquet(tiny_omnis / "manifest.parquet")
     by_image = {str((tiny_omnis / i).resolve()): s for i, s in zip(manifest["image"], manifest["source"])}
     checked = 0
@@ -196,8 +195,8 @@ def test_mechanisms_off_means_plain_training(train_overrides):
 def test_presence_sampling_switch_reaches_the_prompt_sampler(train_overrides, tiny_omnis, on):
     """pseudo.presence_sampling alone (no teacher) tracks tiles, and no image is prompted with an M=0 class of its
     source; switched off, such prompts do occur."""
-    from medrov.model.mechanisms import presence_for
-    from medrov.model.trainer import PromptSampler, image_sources
+    from medrov.data.presence import image_sources, presence_array
+    from medrov.model.trainer import PromptSampler
 
     trainer, _ = _trainer(train_overrides, ["pseudo.labels=false", "pseudo.negatives=false",
                                             f"pseudo.presence_sampling={str(on).lower()}",
@@ -206,8 +205,8 @@ def test_presence_sampling_switch_reaches_the_prompt_sampler(train_overrides, ti
     dataset = trainer.build_dataset(str(tiny_omnis / "train.txt"), "train", 4)
     sampler = next(t for t in dataset.transforms.transforms if isinstance(t, PromptSampler))
     assert (sampler.presence is not None) == on
-    source_of_image, sources = image_sources(trainer.data)
-    presence = presence_for(trainer.data, sources)
+    source_of_image, sources = image_sources(trainer.data["path"])
+    presence = presence_array(tiny_omnis / "presence.csv", list(trainer.data["names"].values()), sources)
     names = [str(n).split("/") for n in trainer.data["names"].values()]
     unannotated_prompts = 0
     for i in range(min(len(dataset), 8)):

@@ -247,17 +247,20 @@ def export(
     weights: Optional[Path] = typer.Option(None, help="model (default: the latest model of the active profile)"),
     out: Path = typer.Option(Path("exports/medrov.onnx"), help="ONNX file to write (a .json sidecar lists the classes)"),
     imgsz: int = typer.Option(640, min=32, help="input size of the exported model"),
+    fold: bool = typer.Option(False, "--fold", help="fold the prompts into the weights (closed-set speed; also writes the folded .pt)"),
     params: Optional[Path] = ParamsOpt,
     set_: list[str] = SetOpt,
 ) -> None:
-    """Export to ONNX with a fixed vocabulary."""
+    """Export to ONNX with a fixed vocabulary (--fold: folded into the weights, at YOLOv8 cost)."""
     from medrov.config import load_params
-    from medrov.model.export import export_onnx
+    from medrov.model.export import export_onnx, read_sidecar
 
     cfg = load_params(params, set_)
     w = _weights_or_default(weights, cfg)
-    written = export_onnx(w, list(prompt), _prompter(cfg) if prompt else None, paths.resolve(out, Path.cwd()), imgsz=imgsz)
-    typer.echo(f"exported: {written}")
+    written = export_onnx(w, list(prompt), _prompter(cfg) if prompt else None, paths.resolve(out, Path.cwd()), imgsz=imgsz,
+                          fold=fold)
+    meta = read_sidecar(written)
+    typer.echo(f"exported: {written}" + (f" (folded; PyTorch form {written.with_name(meta['pytorch'])})" if meta.get("folded") else ""))
 
 
 @app.command()

@@ -255,6 +255,9 @@ def _train_steps(args: argparse.Namespace, device: str, workdir: Path, data: Pat
         state["amp"] = bool(getattr(trainer, "amp", False))
         state["mechanisms"] = trainer._mechanisms.describe() if getattr(trainer, "_mechanisms", None) else None
         if len(steps) >= args.steps:
+            import copy
+
+            state["model"] = copy.deepcopy(trainer.ema.ema if trainer.ema else trainer.model).float().eval()
             raise _Enough
 
     if device.startswith("cuda"):
@@ -268,7 +271,34 @@ def _train_steps(args: argparse.Namespace, device: str, workdir: Path, data: Pat
     timed = steps[1:] if len(steps) > 1 else steps  # the first step pays for lazy set-up
     return {"steps": len(steps), "median_step_s": statistics.median(timed), "amp": state.get("amp"),
             "mechanisms": state.get("mechanisms"),
-            "peak_gpu_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else None}
+            "peak_gpu_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else None,
+            "fold_parity": _fold_parity(state["model"], data, clip, workdir, args.imgsz) if mechanisms else None}
+
+
+def _fold_parity(model, data: Path, clip: Path, workdir: Path, imgsz: int) -> dict[str, Any]:
+    """The trained model with the dataset's class names as prompts, folded: largest gaps to the unfolded model on
+    the first training images (boxes in px, scores), in float32 on the training device."""
+    import cv2
+    import yaml
+    from ultralytics.data.augment import LetterBox
+
+    from medrov.model.build import Prompter, prompt_name, set_prompts
+    from medrov.model.fold import fold
+    from medrov.text import build_encoder
+
+    meta = yaml.safe_load(data.read_text())
+    names = [prompt_name(str(v)) for _, v in sorted(dict(meta["names"]).items())]
+    set_prompts(model, names, Prompter(build_encoder(f"local-dir:{clip}"), workdir / "text-cache")(names))
+    folded = fold(model)
+    folders = sorted(d for d in (data.parent / "images").iterdir() if d.is_dir())
+    files = [f for d in folders for f in sorted(d.iterdir())[:2] if f.suffix.lower() in {".png", ".jpg"}][:8]
+    box = LetterBox((imgsz, imgsz), auto=False)
+    ims = np.stack([box(image=cv2.imread(str(f)))[..., ::-1].transpose(2, 0, 1) / 255.0 for f in files])
+    x = torch.from_numpy(np.ascontiguousarray(ims)).float().to(next(model.parameters()).device)
+    with torch.inference_mode():
+        ref, out = model(x)[0], folded(x)[0]
+    return {"images": len(files), "classes": len(names), "box_max_px": float((out[:, :4] - ref[:, :4]).abs().max()),
+            "score_max": float((out[:, 4:] - ref[:, 4:]).abs().max()), "score_std": float(ref[:, 4:].std())}
 
 
 def training(args: argparse.Namespace, device: str, workdir: Path) -> dict[str, Any]:
@@ -335,6 +365,10 @@ def table(results: dict[str, Any]) -> str:
         lines += ["", f"train ({on['steps']} steps each): {on['median_step_s'] * 1000:.0f} ms/step with the mechanisms, "
                       f"{off['median_step_s'] * 1000:.0f} without: teacher overhead {tr['teacher_overhead_ratio']:.2f}x; "
                       f"AMP {on['amp']}{mem}"]
+        fp = on.get("fold_parity") or {}
+        if fp:
+            lines += ["", f"fold parity on the trained model ({fp['images']} images, {fp['classes']} prompts): boxes "
+                          f"{fp['box_max_px']:.2e} px, scores {fp['score_max']:.2e} (score std {fp['score_std']:.3f})"]
     dd = results.get("ddp", {})
     if "error" in dd:
         lines += ["", f"ddp: error: {dd['error']}"]

@@ -72,8 +72,9 @@ class FoldedMaxSigmoidAttn(nn.Module):
         """Fold ``attn`` (a ``MaxSigmoidAttnBlock``) with its text guide ``guide`` (N, gc)."""
         super().__init__()
         nh, hc = attn.nh, attn.hc
-        with torch.no_grad():
-            g = attn.gl(guide.to(attn.gl.weight)).double().reshape(guide.shape[0], nh, hc)  # (N, nh, hc)
+        gl = attn.gl  # the guide projection, computed once here in float64
+        g = torch.nn.functional.linear(guide.detach().double(), gl.weight.detach().double(), gl.bias.detach().double())
+        g = g.reshape(guide.shape[0], nh, hc)  # (N, nh, hc)
         if attn.ec is not None:
             w, b = _affine(attn.ec)
         else:  # the block's input is the embedding itself

@@ -33,12 +33,15 @@ def test_gpu_check_dry_run(tmp_path):
     assert train["with_mechanisms"]["steps"] == train["without"]["steps"] == 3
     assert train["with_mechanisms"]["mechanisms"]["labels"] is True and train["without"]["mechanisms"] is None
     assert train["teacher_overhead_ratio"] > 0
+    parity = train["with_mechanisms"]["fold_parity"]  # the trained model folded with the dataset's classes
+    assert parity["images"] >= 4 and parity["classes"] >= 5
+    assert parity["box_max_px"] < 1e-3 and parity["score_max"] < 1e-4
     ddp = result["ddp"]
     assert "error" not in ddp, ddp
     assert ddp["rc"] == 0 and ddp["world_size"] == 1 and ddp["trainer_class"] == "MedrovWorldRunTrainer"
     assert "last.pt" in ddp["weights"]
     table = (out / "gpu_check.md").read_text()
-    assert "| n | onnxruntime |" in table and "teacher overhead" in table and "world size 1, rc 0" in table
+    assert "| n | onnxruntime |" in table and "teacher overhead" in table and "fold parity" in table and "world size 1, rc 0" in table
 
 
 def test_gpu_check_refuses_without_cuda_unless_dry_run(tmp_path):

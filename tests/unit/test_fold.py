@@ -184,23 +184,25 @@ def test_folded_onnx_export_matches_unfolded(world, tmp_path):
     from medrov.model.export import export_onnx, read_sidecar
 
     weights, model, prompter = world
-    out = export_onnx(weights, PROMPTS, prompter, tmp_path / "folded.onnx", imgsz=IMGSZ, fold=True)
+    size = 320  # the export is the slow part: half the side, a quarter of the graph's work
+    out = export_onnx(weights, PROMPTS, prompter, tmp_path / "folded.onnx", imgsz=size, fold=True)
     ops = {n.op_type for n in onnx.load(str(out)).graph.node}
     assert not ops & {"MatMul", "Einsum", "BatchNormalization"}, ops  # the text products and BN are gone
     meta = read_sidecar(out)
     assert meta["folded"] is True and meta["classes"] == PROMPTS and meta["pytorch"] == "folded.pt"
-    x = _letterboxed(_bccd_images(1))
+    x = _letterboxed(_bccd_images(1), size)
     with torch.inference_mode():
         ref = model(x)[0].numpy()
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
     assert got.shape == ref.shape
-    assert np.abs(got[:, :4] - ref[:, :4]).max() < 1e-2  # fp32 in another runtime: FACTS saw ~1e-4 relative
+    assert ref[:, 4:].std() > 0.03, "scores too alike to test anything"
+    assert np.abs(got[:, :4] - ref[:, :4]).max() < 1e-3  # another runtime, the same float32 arithmetic
     assert np.abs(got[:, 4:] - ref[:, 4:]).max() < 1e-4
     closed = Detector(tmp_path / "folded.pt", threads=2)
     assert not closed.open_vocabulary and list(closed.closed_names.values()) == PROMPTS
     closed.set_vocabulary(PROMPTS)
-    assert len(closed.predict(_bccd_images(1), imgsz=IMGSZ, conf=0.3)[0].scores) >= 5
+    assert len(closed.predict(_bccd_images(1), imgsz=size, conf=0.3)[0].scores) >= 5
 
 
 def test_fold_refuses_what_cannot_fold(world, tmp_path):

@@ -227,3 +227,22 @@ def test_fold_refuses_what_cannot_fold(world, tmp_path):
     with pytest.raises(ModelError, match="overwrite the source weights"):
         export_onnx(weights, PROMPTS, prompter, weights.with_suffix(".onnx"), imgsz=64, fold=True)
     assert not weights.with_suffix(".onnx").exists()  # refused before anything was written
+
+
+def test_cli_export_fold(world, tmp_path):
+    """``medrov export --prompt ... --fold``: the folded ONNX, its sidecar and the PyTorch form, said in one line."""
+    from typer.testing import CliRunner
+
+    from medrov.cli import app
+    from medrov.model.export import read_sidecar
+
+    weights, _, _ = world
+    out = tmp_path / "exports" / "m.onnx"
+    result = CliRunner().invoke(app, ["export", "--weights", str(weights), "-p", "platelets", "-p", "red blood cell",
+                                      "--fold", "--out", str(out), "--imgsz", "64", "-S", "text.encoder=minilm",
+                                      "-S", f"text.cache_dir={tmp_path / 'text-cache'}"])
+    assert result.exit_code == 0, result.output
+    assert f"exported: {out} (folded; PyTorch form {out.with_suffix('.pt')})" in result.output
+    meta = read_sidecar(out)
+    assert meta["folded"] is True and meta["classes"] == ["platelets", "red blood cell"] and meta["imgsz"] == 64
+    assert out.with_suffix(".pt").is_file()

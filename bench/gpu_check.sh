@@ -12,9 +12,11 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 WHEELS="${MEDROV_GPU_WHEELS:-$ROOT/bench/out/gpu_wheels}"
 PY="${PYTHON:-python}"
-# the packages medrov and ultralytics import that a CUDA torch image may lack (no torch/torchvision here)
-PACK=(ultralytics ultralytics-thop pydantic pydantic-core typer polars polars-runtime-32 open-clip-torch ftfy
-      cloudpickle onnx onnxslim)
+# the packages medrov and ultralytics import that a CUDA torch image may lack (no torch/torchvision here); measured
+# 58 MiB (polars-runtime-32 alone is 54 MB, ultralytics needs it to save checkpoints). onnx + onnxslim (9 MiB more)
+# would pass the 64 MiB limit: without them the ONNX parts are reported as skipped. MEDROV_GPU_PACK overrides.
+read -r -a PACK <<< "${MEDROV_GPU_PACK:-ultralytics ultralytics-thop pydantic pydantic-core typer polars polars-runtime-32 open-clip-torch ftfy cloudpickle}"
+MODULES=(ultralytics polars pydantic typer open_clip ftfy cloudpickle yaml cv2 scipy matplotlib pandas pyarrow onnx onnxslim onnxruntime)
 
 if [[ "${1:-}" == "--pack" ]]; then
   dest="${2:-$WHEELS}"
@@ -42,6 +44,13 @@ if [[ -d "$WHEELS" ]] && ls "$WHEELS"/*.whl >/dev/null 2>&1; then
     "$PY" -m pip install --no-index --no-deps --quiet "${missing[@]}"
   fi
 fi
+
+# say up front what this image lacks (the first run on a new image tells what to pack)
+"$PY" - "${MODULES[@]}" <<'PYEOF' || true
+import importlib.util, sys
+missing = [m for m in sys.argv[1:] if importlib.util.find_spec(m) is None]
+print("gpu_check: missing modules: " + (", ".join(missing) if missing else "none"), flush=True)
+PYEOF
 
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 export YOLO_OFFLINE=1 YOLO_CONFIG_DIR="${YOLO_CONFIG_DIR:-$ROOT/.ultralytics}" HF_HUB_OFFLINE=1 \

@@ -4,7 +4,8 @@ CPU latency per image (batch 1, one 640 x 640 RGB image, torch, OpenCV and ONNX 
 threads, default 2), untrained weights (speed does not depend on them; conf 0.25 leaves NMS nearly empty for all
 alike), for each scale of --scales (default n and s):
 
-PyTorch, through ultralytics' full predictor (letterbox, forward, NMS, results):
+PyTorch, through ultralytics' full predictor (letterbox, forward, NMS, results), and the bare forward pass of the
+fused network that predictor built (a, f, c):
 (a) ours: ``build_world(scale)`` saved as a checkpoint and run by ``medrov.model.detector.Detector`` exactly as
     ``medrov predict`` does: prompts are MiniLM embeddings of a 10-class medical vocabulary, zero-padded to
     512-d (``set_prompts``); includes the RGB -> BGR copy and the conversion to ``Detections``;
@@ -181,6 +182,15 @@ def cpu_bench(args: argparse.Namespace, workdir: Path, scale: str) -> dict[str, 
         "ours": detector_fn("ours", det), "folded": detector_fn("folded", folded),
         "world": yolo_fn("world", world), "v8": yolo_fn("v8", v8),
     }
+    for fn in list(fns.values()):
+        fn()  # builds each predictor (and its fused network)
+    x = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)[None], dtype=np.float32) / 255.0)
+    for key, net in (("ours-fwd", det.yolo.predictor.model), ("folded-fwd", folded.yolo.predictor.model),
+                     ("v8-fwd", v8.predictor.model)):
+        def forward(net=net) -> None:
+            with torch.inference_mode():
+                net(x)
+        fns[key] = forward
     if not args.no_onnx:
         exports = {
             "ours-onnx": export_onnx(det.weights, VOCABULARY, det.prompter, workdir / f"ours-{scale}.onnx", imgsz=args.imgsz),
@@ -202,6 +212,9 @@ def cpu_bench(args: argparse.Namespace, workdir: Path, scale: str) -> dict[str, 
         "folded": ("PyTorch", "ours folded (Detector.fold())"),
         "world": ("PyTorch", f"plain YOLO-World v2 {scale} (random prompts)"),
         "v8": ("PyTorch", f"YOLOv8{scale} ({len(VOCABULARY)} classes)"),
+        "ours-fwd": ("forward", "ours (fused network, no pre/post-processing)"),
+        "folded-fwd": ("forward", "ours folded"),
+        "v8-fwd": ("forward", f"YOLOv8{scale} ({len(VOCABULARY)} classes)"),
         "ours-onnx": ("ORT", "ours (export_onnx)"),
         "folded-onnx": ("ORT", "ours folded (export_onnx fold=True)"),
         "v8-onnx": ("ORT", f"YOLOv8{scale} ({len(VOCABULARY)} classes)"),
@@ -211,11 +224,11 @@ def cpu_bench(args: argparse.Namespace, workdir: Path, scale: str) -> dict[str, 
     print(f"{'runtime':<8} {'model':<46} {'median ms':>9} {'FPS':>7} {'vs YOLOv8':>10} {'min ms':>8} {'vs YOLOv8':>10} {'boxes':>6}")
     for key in fns:
         runtime, label = labels[key]
-        base = "v8-onnx" if runtime == "ORT" else "v8"
+        base = {"ORT": "v8-onnx", "forward": "v8-fwd"}.get(runtime, "v8")
         boxes = f"{counts[key]:6d}" if key in counts else f"{'-':>6}"
         print(f"{runtime:<8} {label:<46} {med[key] * 1000:9.1f} {1 / med[key]:7.2f} {med[key] / med[base]:9.3f}x "
               f"{low[key] * 1000:8.1f} {low[key] / low[base]:9.3f}x {boxes}")
-    ratios = {"pytorch": med["folded"] / med["v8"]}
+    ratios = {"pytorch": med["folded"] / med["v8"], "forward": med["folded-fwd"] / med["v8-fwd"]}
     if "folded-onnx" in med:
         ratios["onnx"] = med["folded-onnx"] / med["v8-onnx"]
     print("folded / YOLOv8 (median) = " + ", ".join(f"{k} {r:.3f}x" for k, r in ratios.items())

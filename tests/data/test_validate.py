@@ -15,6 +15,7 @@ import re
 import shutil
 import subprocess
 import sys
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any, Callable
 
@@ -529,6 +530,87 @@ def test_data_docs_and_validation_json(valid_report):
     assert "Omnis validation PASSED" in page and page.count("<tr class=") == summary["expectations"]
     assert "validations/" in page and "cdn" not in page.lower()
     assert (report / "index.html").read_text().count('href="summary.html"') == 1
+
+
+class _Resources(HTMLParser):
+    """Every URL a browser would fetch on opening a page: script/img/iframe/source ``src``, stylesheet and icon
+    ``href``, and ``url(...)`` in inline styles (links a user must click are not requests)."""
+
+    def __init__(self):
+        super().__init__()
+        self.urls: list[str] = []
+        self._in_style = False
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag in {"script", "img", "iframe", "source", "embed", "audio", "video", "input"} and a.get("src"):
+            self.urls.append(a["src"])
+        if tag == "link" and a.get("href"):
+            self.urls.append(a["href"])
+        if tag == "object" and a.get("data"):
+            self.urls.append(a["data"])
+        self.urls += re.findall(r"url\(\s*['\"]?([^'\")]+)", a.get("style") or "")
+        self._in_style = tag == "style"
+
+    def handle_data(self, data):
+        if self._in_style:
+            self.urls += re.findall(r"url\(\s*['\"]?([^'\")]+)", data) + re.findall(r"@import\s+['\"]([^'\"]+)", data)
+
+    def handle_endtag(self, tag):
+        self._in_style = False
+
+
+def _is_external(url: str) -> bool:
+    return bool(re.match(r"^(?:[a-z][a-z0-9+.-]*:)?//", url.strip(), re.I)) and not url.startswith("file:")
+
+
+def test_data_docs_make_no_external_request(valid_report):
+    """Opening any page of the Data Docs fetches nothing outside the report folder (no CDN, no S3 logo with the
+    data context id), and every local resource a page names exists."""
+    _, report = valid_report
+    pages = sorted(report.rglob("*.html"))
+    assert len(pages) >= 3  # index, summary and at least one validation result page
+    external, missing = [], []
+    for page in pages:
+        text = page.read_text()
+        assert "dataContextId" not in text, page
+        parser = _Resources()
+        parser.feed(text)
+        for url in parser.urls:
+            if _is_external(url):
+                external.append(f"{page.relative_to(report)}: {url}")
+            elif not url.startswith(("data:", "#")) and not (page.parent / url.split("?")[0]).exists():
+                missing.append(f"{page.relative_to(report)}: {url}")
+    for sheet in report.rglob("*.css"):
+        for url in re.findall(r"url\(\s*['\"]?([^'\")]+)", sheet.read_text()):
+            if _is_external(url):
+                external.append(f"{sheet.relative_to(report)}: {url}")
+    assert external == []
+    assert missing == []
+    # the local stand-ins replace the CDN styles and scripts; the GX logo comes from the site's own static folder
+    index = (report / "index.html").read_text()
+    assert "static/scripts/medrov_offline.js" in index and "static/images/logo-long.png" in index
+    assert (report / "static" / "scripts" / "medrov_offline.js").is_file()
+
+
+def test_make_offline_scrubs_a_known_context_id(tmp_path):
+    """The rewrite drops the context id wherever GX puts it, and external anchors lose their href."""
+    from medrov.data.datadocs import make_offline
+
+    cid = "6a0043fb-69ab-46fe-9038-6c90f3d85412"
+    (tmp_path / "validations").mkdir()
+    page = tmp_path / "validations" / "page.html"
+    page.write_text(
+        f'<html><head><script src="https://code.jquery.com/jquery.js"></script>'
+        f'<link rel="stylesheet" href="//cdn.example.org/x.css"/></head><body data-id="{cid}">'
+        f'<img src="https://great-expectations-web-assets.s3.amazonaws.com/logo-long.png?d=1&dataContextId={cid}">'
+        f'<a href="https://greatexpectations.io/newsletter">Subscribe</a><a href="../index.html">home</a></body></html>'
+    )
+    assert make_offline(tmp_path, context_id=cid) == 1
+    text = page.read_text()
+    assert cid not in text and "https://" not in text and "//cdn" not in text
+    assert 'src="../static/images/logo-long.png"' in text and '<a>Subscribe</a>' in text and 'href="../index.html"' in text
+    assert '<script src="../static/scripts/medrov_offline.js"></script>' in text
 
 
 def test_data_docs_twice_in_a_row(valid, vparams, valid_report, tmp_path):

@@ -151,7 +151,8 @@ class EvaluateParams(Section):
     conf: float = Field(0.001, ge=0, le=1)
     iou: float = Field(0.7, gt=0, le=1)
     max_det: int = Field(300, ge=1)
-    metrics: str | None = "metrics/eval.json"
+    metrics: str | None = "metrics/eval.json"  # headline figures (the DVC metric)
+    detail: str | None = "reports/eval.json"  # the whole result: per class, modality and source
     plots: str | None = "reports/eval"
 
 

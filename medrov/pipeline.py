@@ -105,19 +105,9 @@ def read_metrics(root: Path | None = None) -> dict[str, dict[str, Any]]:
 
 
 def _headline(name: str, data: dict[str, Any]) -> list[tuple[str, Any]]:
-    """The few figures of a metrics file worth a line in a run summary."""
-    picks = {
-        "convert.json": ["converted", "quarantined", "total", "images", "boxes"],
-        "validate.json": ["success", "passed", "failed", "warnings"],
-        "train.json": ["kind", "epochs", "seconds", "metrics/mAP50(B)", "metrics/mAP50-95(B)"],
-        "eval.json": [],
-    }.get(name)
-    if name == "eval.json":
-        return [(f"{g}.{k}", data[g][k]) for g in ("all", "base", "novel") if isinstance(data.get(g), dict)
-                for k in ("map50", "map50_95") if k in data[g]]
-    if picks is None:
-        return [(k, v) for k, v in data.items() if isinstance(v, (int, float, str, bool))][:8]
-    return [(k, data[k]) for k in picks if k in data]
+    """The figures of a metrics file worth a line in a run summary: its scalars (the files hold headlines only,
+    :mod:`medrov.metric_files`)."""
+    return [(k, v) for k, v in data.items() if isinstance(v, (int, float, str, bool)) or v is None][:8]
 
 
 def summary_markdown(steps: list[dict[str, Any]], metrics: dict[str, dict[str, Any]], title: str = "medrov pipeline run") -> str:

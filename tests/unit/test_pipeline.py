@@ -36,13 +36,13 @@ def test_failed_command_raises_with_its_error_line(tmp_path):
 def test_summary_markdown_lists_steps_and_headline_metrics():
     steps = [{"step": "dvc repro", "result": "ran convert, validate", "seconds": 3.5}, {"step": "promote", "result": "skipped"}]
     metrics = {
-        "convert.json": {"converted": 18, "quarantined": 1, "total": 19, "images": 95, "boxes": 185, "sources": {}},
-        "eval.json": {"all": {"map50": 0.123456, "map50_95": 0.05, "classes": 3}, "modality": {}},
+        "convert.json": {"images": 95, "boxes": 185, "quarantined": 1, "sources": {}},
+        "eval.json": {"map50": 0.123456, "map50_95": 0.05, "base": 0.2, "novel": 0.0},
     }
     text = pipeline.summary_markdown(steps, metrics, "run")
     assert text.startswith("# run\n")
     assert "| dvc repro | ran convert, validate | 3.5 |" in text and "| promote | skipped |  |" in text
-    assert "| quarantined | 1 |" in text and "| all.map50 | 0.12346 |" in text
+    assert "| quarantined | 1 |" in text and "| map50 | 0.12346 |" in text and "| novel | 0 |" in text
     assert "sources" not in text
     assert "no metrics/*.json" in pipeline.summary_markdown(steps, {})
 

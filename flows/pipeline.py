@@ -6,6 +6,7 @@ The steps themselves are the DVC stages (the ``medrov`` CLI); this flow only seq
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -35,7 +36,10 @@ def dvc_repro(targets: list[str] | None, force: bool) -> dict[str, Any]:
 
     outcome = pipeline.repro(targets=targets, force=force)
     ran = ", ".join(outcome["stages_run"]) or "nothing (up to date)"
-    get_run_logger().info("dvc repro %s: ran %s in %.1f s", " ".join(targets or []), ran, outcome["seconds"])
+    logger = get_run_logger()
+    logger.info("dvc repro %s: ran %s in %.1f s", " ".join(targets or []), ran, outcome["seconds"])
+    for stage in outcome["stages_run"]:  # what each stage did, in figures, from what it wrote
+        logger.info("%s", pipeline.stage_line(stage))
     return {"step": "dvc repro", "result": f"ran {ran}", "seconds": outcome["seconds"], "stages_run": outcome["stages_run"]}
 
 
@@ -53,16 +57,22 @@ def dvc_push() -> dict[str, Any]:
 
 
 @task(task_run_name="promote")
-def promote() -> dict[str, Any]:
-    from medrov import pipeline
+def promote(by_dvc: bool) -> dict[str, Any]:
+    from medrov import paths, pipeline
 
     started = time.perf_counter()
-    output = pipeline.promote()
-    if output is None:
+    if by_dvc:  # the DVC stage `promote` decided in this repro: report that decision, do not ask the registry twice
+        decision = json.loads((paths.project_root() / "reports" / "promote.json").read_text())
+        how = "by the DVC stage promote"
+    else:
+        decision = pipeline.promote()
+        how = "medrov promote"
+    if decision is None:
         get_run_logger().info("promote: skipped, this medrov has no `promote` command yet")
         return {"step": "promote", "result": "skipped: no promote command"}
-    last = output.strip().splitlines()[-1] if output.strip() else "done"
-    return {"step": "promote", "result": last, "seconds": round(time.perf_counter() - started, 1)}
+    line = f"{decision['model']} v{decision['version']} {decision['decision']} ({how}): {decision['reason']}"
+    get_run_logger().info("promote: %s", line)
+    return {"step": "promote", "result": line, "seconds": round(time.perf_counter() - started, 1), "decision": decision}
 
 
 @flow(name="pipeline", log_prints=True)
@@ -83,19 +93,36 @@ def pipeline(targets: list[str] | None = None, pull: bool = True, push: bool = T
 
     apply_offline_env()
     root = paths.project_root()
+    started = time.time()
     get_run_logger().info("pipeline in %s: targets %s", root, targets or "all stages")
     done = []
     if pull:
         done.append(dvc_pull())
-    done.append(dvc_repro(targets, force))
+    repro = dvc_repro(targets, force)
+    done.append(repro)
     if push:
         done.append(dvc_push())
+    decision = None
     if promote_model:
-        done.append(promote())
+        done.append(promote("promote" in repro["stages_run"]))
+        decision = done[-1].get("decision")
+    elif "promote" in repro["stages_run"]:
+        decision = _read_json(root / "reports" / "promote.json")
+    if decision is None and (root / "reports" / "promote.json").is_file():
+        decision = {**_read_json(root / "reports" / "promote.json"), "_fresh": False}
     metrics = steps.read_metrics(root)
-    create_markdown_artifact(key="pipeline-summary", markdown=steps.summary_markdown(done, metrics, f"medrov pipeline run in {root}"),
-                             description="steps run and the headline metrics of metrics/*.json")
+    markdown = steps.summary_markdown(done, metrics, f"medrov pipeline run in {root}", fresh=steps.fresh_metrics(root, started),
+                                      decision=decision, root=root)
+    create_markdown_artifact(key="pipeline-summary", markdown=markdown,
+                             description="steps run, the model decision with MLflow links, headline metrics (stale ones marked)")
     return {"steps": done, "metrics": metrics}
+
+
+def _read_json(path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 if __name__ == "__main__":

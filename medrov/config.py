@@ -200,6 +200,7 @@ class TrackingParams(Section):
     epoch_eval: bool = True  # per-epoch open-vocabulary mAP50 (base/novel/per modality) on promote.split
     dataset_card: str | None = "reports/dataset"  # logged with each train run when present (`medrov report --out`)
     server_timeout: float = Field(5.0, gt=0)  # seconds to wait for an `mlflow server` before giving up
+    ui: str = "http://127.0.0.1:5000"  # the MLflow UI that summaries link to when ``uri`` is not a server (`mlflow ui`)
 
 
 class PromoteParams(Section):

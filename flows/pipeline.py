@@ -1,7 +1,8 @@
-"""The full pipeline as a Prefect flow: ``dvc pull`` (when a remote is set), ``dvc repro``, ``dvc push``,
-``medrov promote``, and a Markdown artifact with the run summary and the metrics of ``metrics/*.json``.
+"""The full pipeline as a Prefect flow: ``dvc pull`` (when a remote is set), ``dvc repro``, ``dvc push``, and a
+Markdown artifact with the run summary and the metrics of ``metrics/*.json``.
 
-The steps themselves are the DVC stages (the ``medrov`` CLI); this flow only sequences and reports them.
+The steps themselves are the DVC stages (the ``medrov`` CLI); this flow only sequences and reports them. Promotion
+is the ``promote`` stage of ``dvc.yaml``, so it runs once, inside ``dvc repro``, when its inputs changed.
 """
 
 from __future__ import annotations
@@ -56,35 +57,15 @@ def dvc_push() -> dict[str, Any]:
     return {"step": "dvc push", "result": f"to {remote}", "seconds": round(time.perf_counter() - started, 1)}
 
 
-@task(task_run_name="promote")
-def promote(by_dvc: bool) -> dict[str, Any]:
-    from medrov import paths, pipeline
-
-    started = time.perf_counter()
-    if by_dvc:  # the DVC stage `promote` decided in this repro: report that decision, do not ask the registry twice
-        decision = json.loads((paths.project_root() / "reports" / "promote.json").read_text())
-        how = "by the DVC stage promote"
-    else:
-        decision = pipeline.promote()
-        how = "medrov promote"
-    if decision is None:
-        get_run_logger().info("promote: skipped, this medrov has no `promote` command yet")
-        return {"step": "promote", "result": "skipped: no promote command"}
-    line = f"{decision['model']} v{decision['version']} {decision['decision']} ({how}): {decision['reason']}"
-    get_run_logger().info("promote: %s", line)
-    return {"step": "promote", "result": line, "seconds": round(time.perf_counter() - started, 1), "decision": decision}
-
-
 @flow(name="pipeline", log_prints=True)
-def pipeline(targets: list[str] | None = None, pull: bool = True, push: bool = True, promote_model: bool = True,
-             force: bool = False) -> dict[str, Any]:
-    """Pull, reproduce, push, promote; the run summary and metrics become the ``pipeline-summary`` artifact.
+def pipeline(targets: list[str] | None = None, pull: bool = True, push: bool = True, force: bool = False) -> dict[str, Any]:
+    """Pull, reproduce (promotion included: the ``promote`` stage), push; the run summary and metrics become the
+    ``pipeline-summary`` artifact.
 
     Args:
         targets: DVC stages to reproduce (with what they depend on); default the whole pipeline.
         pull: ``dvc pull`` first when a default remote is configured.
         push: ``dvc push`` the results when a default remote is configured.
-        promote_model: run ``medrov promote`` (MLflow registry) after a successful repro.
         force: re-run the stages even when they are up to date.
     """
     from medrov import paths
@@ -102,14 +83,10 @@ def pipeline(targets: list[str] | None = None, pull: bool = True, push: bool = T
     done.append(repro)
     if push:
         done.append(dvc_push())
-    decision = None
-    if promote_model:
-        done.append(promote("promote" in repro["stages_run"]))
-        decision = done[-1].get("decision")
-    elif "promote" in repro["stages_run"]:
-        decision = _read_json(root / "reports" / "promote.json")
-    if decision is None and (root / "reports" / "promote.json").is_file():
-        decision = {**_read_json(root / "reports" / "promote.json"), "_fresh": False}
+    # the one promote decision of the summary: the promote stage's own, marked stale when that stage did not run now
+    decision = _read_json(root / "reports" / "promote.json")
+    if decision is not None:
+        decision["_fresh"] = "promote" in repro["stages_run"]
     metrics = steps.read_metrics(root)
     markdown = steps.summary_markdown(done, metrics, f"medrov pipeline run in {root}", fresh=steps.fresh_metrics(root, started),
                                       decision=decision, root=root)

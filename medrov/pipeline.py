@@ -1,4 +1,4 @@
-"""The DVC pipeline as functions: pull, repro, push, promote, and a summary of its metrics.
+"""The DVC pipeline as functions: pull, repro, push, and a summary of its metrics.
 
 What the Prefect pipeline flow and ``bench/orchestration.py`` call (no Prefect here). Each command runs in the
 project root with this interpreter's environment, one at a time (two ``dvc repro`` in one workspace fail on
@@ -75,27 +75,6 @@ def repro(root: Path | None = None, targets: list[str] | None = None, force: boo
     output = dvc(["repro", *(["--force"] if force else []), *(targets or [])], root)
     ran = re.findall(r"Running stage '([^']+)'", output)
     return {"stages_run": ran, "up_to_date": not ran, "seconds": round(time.perf_counter() - started, 2)}
-
-
-def promote_available() -> bool:
-    """Whether this medrov has a ``promote`` command (the MLflow registry step)."""
-    from medrov.cli import app
-
-    return any((c.name or c.callback.__name__) == "promote" for c in app.registered_commands)
-
-
-def promote(root: Path | None = None) -> dict[str, Any] | None:
-    """``medrov promote``; returns its decision (what ``--detail`` writes), or None (logged) when this medrov has
-    no such command. The DVC metric file is left alone: the DVC stage ``promote`` owns it."""
-    import tempfile
-
-    if not promote_available():
-        log.info("promote: skipped, this medrov has no `promote` command (the MLflow registry step)")
-        return None
-    with tempfile.TemporaryDirectory(prefix="medrov-promote-") as tmp:
-        detail = Path(tmp) / "promote.json"
-        run_command([sys.executable, "-m", "medrov", "promote", "--detail", str(detail)], root, what="medrov promote")
-        return json.loads(detail.read_text())
 
 
 def fresh_metrics(root: Path | None = None, since: float = 0.0) -> set[str]:
@@ -223,7 +202,7 @@ def summary_markdown(steps: list[dict[str, Any]], metrics: dict[str, dict[str, A
     for step in steps:
         lines.append(f"| {step['step']} | {step['result']} | {step.get('seconds', '')} |")
     if decision:
-        when = "this run" if decision.get("_fresh", True) else "an earlier run (no promote now)"
+        when = "this run" if decision.get("_fresh", True) else "an earlier run (the promote stage did not run now)"
         links = _links(decision, root or paths.project_root())
         version = f"{decision.get('model')} v{decision.get('version')}"
         run = decision.get("run_id", "-")

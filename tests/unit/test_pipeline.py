@@ -81,7 +81,7 @@ def test_summary_marks_stale_metrics_and_links_the_decision(tmp_path):
     assert "| val map50 base+novel | 0.1234 (champion v2: 0.1224) |" in text
     assert text.count("refused") == 1 and "first" not in text
     stale = pipeline.summary_markdown(steps, metrics, "run", fresh=set(), decision={**DECISION, "_fresh": False}, root=tmp_path)
-    assert "## Model (decision of an earlier run (no promote now))" in stale
+    assert "## Model (decision of an earlier run (the promote stage did not run now))" in stale
 
 
 def test_stage_lines_carry_each_stages_figures(tmp_path):

@@ -100,11 +100,20 @@ def connect(section: TrackingParams) -> "MlflowClient":
             os.environ[key] = value
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     if guard(lambda: client.get_experiment_by_name(section.experiment), uri) is None:
-        # a local store would put artifacts in ./mlruns of whatever the working directory is: keep them in the project
-        location = None if is_server(uri) else (paths.resolve(section.artifacts) / section.experiment).as_uri()
+        # a local store would put artifacts in ./mlruns of whatever the working directory is: keep them beside the
+        # store (the project's mlflow.db: <project>/mlartifacts), so a store elsewhere (a test's) never writes here
+        location = None if is_server(uri) else (_artifact_root(uri, section) / section.experiment).as_uri()
         with contextlib.suppress(Exception):  # a concurrent creator wins the race; we read its experiment below
             client.create_experiment(section.experiment, artifact_location=location)
     return client
+
+
+def _artifact_root(uri: str, section: TrackingParams) -> Path:
+    """Where a local store's experiments keep artifacts: ``tracking.artifacts`` taken from the folder of the
+    SQLite file (the project root for the embedded store), from the project root for other local stores."""
+    if uri.startswith("sqlite:///") and not Path(section.artifacts).is_absolute():
+        return Path(uri[len("sqlite:///"):]).resolve().parent / section.artifacts
+    return paths.resolve(section.artifacts)
 
 
 def experiment_id(client: "MlflowClient", section: TrackingParams) -> str:

@@ -61,6 +61,7 @@ class EpochLogger:
                 if extra is None:
                     self.epoch_eval = None
                 metrics.update(extra or {})
-            log_metrics(self._client, self.run_id, metrics, step=int(trainer.epoch))
+            # ultralytics counts epochs from 1 (its log and results.csv); trainer.epoch is 0-based
+            log_metrics(self._client, self.run_id, metrics, step=int(trainer.epoch) + 1)
         except Exception as exc:  # a tracking hiccup must not cost a training
             log.warning("mlflow: epoch %s metrics not logged (%s: %s)", trainer.epoch, type(exc).__name__, exc)

@@ -34,3 +34,17 @@ def test_a_store_elsewhere_keeps_its_artifacts_beside_it(tmp_path, monkeypatch):
     client = connect(section)
     location = client.get_experiment_by_name("elsewhere").artifact_location
     assert location == (tmp_path / "mlartifacts" / "elsewhere").as_uri()
+
+
+def test_settings_in_force_are_the_steps_sections_and_its_profile():
+    from medrov.config import flatten, load_params
+    from medrov.tracking import settings_in_force
+    from tests.conftest import ROOT
+
+    params = load_params(ROOT / "params.yaml", ["train.profile=demo"])
+    train = settings_in_force(params, "train")
+    assert "train.profiles.demo.epochs" in train and "pseudo.iou_t" in train and "text.encoder" in train
+    assert not any(k.startswith(("train.profiles.paper.", "demo.", "tune.", "data.", "validate.")) for k in train)
+    assert set(settings_in_force(params, "train", profile="paper")) - set(train) >= {"train.profiles.paper.epochs"}
+    assert settings_in_force(params, "other") == flatten(params)
+    assert len(train) < len(flatten(params)) / 2

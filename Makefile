@@ -14,7 +14,7 @@ ifndef YOLO_OFFLINE
 $(error the offline switches of medrov/env.py could not be read with $(PYTHON))
 endif
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test test-fast lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,14 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# the inner loop: the unit and data tiers only (markers applied by folder in tests/conftest.py), under 3 minutes
+test-fast: install
+	$(BIN)/python -m pytest -q -m "unit or data" $(PYTEST_ARGS)
+
+# ruff lint (configured in pyproject.toml); .ci/run runs it before the tests
+lint: install
+	$(BIN)/ruff check .
 
 bench: install
 	$(BIN)/python bench/convert.py

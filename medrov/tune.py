@@ -141,7 +141,9 @@ def _run(params: Params, address: str | None = None, num_samples: int | None = N
     client = trk.connect(params.tracking)  # the project's store and experiment, as train/evaluate/promote use
     uri = trk.tracking_uri(params.tracking)
     experiment_id = trk.experiment_id(client, params.tracking)
-    parent = client.create_run(experiment_id, run_name="tune", tags={"medrov.step": "tune", "medrov.profile": profile})
+    # the sweep's run carries the provenance of every step run (git, data); its trials are train runs under it
+    parent = client.create_run(experiment_id, run_name="tune",
+                               tags={**trk.run_tags(params, "tune"), "medrov.profile": profile})
     parent_id = parent.info.run_id
     for key, value in {"tune.profile": profile, "tune.epochs": cfg.epochs, "tune.num_samples": samples,
                        "tune.resources": json.dumps(cfg.resources.model_dump()), "tune.space": json.dumps(cfg.space),

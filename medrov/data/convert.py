@@ -12,10 +12,9 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import time
 import traceback
-from collections import Counter, defaultdict
+from collections import Counter
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from functools import lru_cache
 from pathlib import Path

@@ -1,4 +1,5 @@
-"""The dataset-class presence matrix M[source, class]: 1 annotated, 0 may be present but unannotated, -1 cannot exist."""
+"""The dataset-class presence matrix M[source, class]: 1 annotated, 0 may be present but unannotated, -1 cannot
+exist. Written by conversion, read here once for training, the mechanisms and evaluation."""
 
 from __future__ import annotations
 

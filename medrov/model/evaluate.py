@@ -132,12 +132,13 @@ def _strip(summary: dict[str, Any]) -> dict[str, Any]:
 
 def evaluate(weights: str | Path, params: Params, split: str | None = None, out_metrics: str | Path | None = None,
              plots_dir: str | Path | None = None, imgsz: int | None = None, prompter=None,
-             coco_dir: str | Path | None = None) -> dict[str, Any]:
+             coco_dir: str | Path | None = None, prompts: dict[str, str] | None = None) -> dict[str, Any]:
     """Evaluate ``weights`` on a split of the Omnis dataset named by ``params.train.data``.
 
     ``prompter`` reuses an already loaded text encoder (the trainer's, for per-epoch evaluation); by default the
     encoder of ``params.text`` is loaded. ``coco_dir`` receives the ground truth and the predictions in COCO's
-    formats (``coco_gt.json``, ``coco_dt.json``) for a cross-check with a COCO tool.
+    formats (``coco_gt.json``, ``coco_dt.json``) for a cross-check with a COCO tool. ``prompts`` replaces the
+    prompt of a class (canonical name -> text, e.g. ``{"red blood cell": "erythrocyte"}``) to test open vocabulary.
     """
     from medrov.model.build import Prompter, prompt_name
     from medrov.text import load_encoder
@@ -176,7 +177,9 @@ def evaluate(weights: str | Path, params: Params, split: str | None = None, out_
         if not class_ids:
             log.warning("evaluate: source %s annotates no vocabulary class; skipped", source)
             continue
-        detector.set_vocabulary([names[c] for c in class_ids])
+        vocabulary = [(prompts or {}).get(prompt_name(names[c]), names[c]) for c in class_ids]
+        detector.set_vocabulary(vocabulary)
+        prompt_class = {prompt_name(v): c for v, c in zip(vocabulary, class_ids)}
         images = list(rows["image"])
         dets = detector.predict([data_dir / p for p in images], imgsz=size, conf=ep.conf, iou=ep.iou, max_det=ep.max_det)
         for img, det in zip(images, dets):
@@ -184,7 +187,7 @@ def evaluate(weights: str | Path, params: Params, split: str | None = None, out_
             g = g[g["class_id"].isin(class_ids)] if g is not None else None
             gt_boxes = g[["x0", "y0", "x1", "y1"]].to_numpy(float) if g is not None else np.zeros((0, 4))
             gt_cls = g["class_id"].to_numpy(int) if g is not None else np.zeros(0, int)
-            pred_cls = np.array([by_name[n] for n in det.names], dtype=int)
+            pred_cls = np.array([prompt_class[n] for n in det.names], dtype=int)
             stats[img] = {"tp": match(det.boxes, det.scores, pred_cls, gt_boxes, gt_cls), "conf": det.scores, "pred": pred_cls, "target": gt_cls}
             if coco_dir is not None:
                 records[img] = {"boxes": np.asarray(det.boxes, float).reshape(-1, 4), "conf": det.scores, "pred": pred_cls,

@@ -19,8 +19,8 @@ import numpy as np
 import torch
 
 from medrov.data.presence import image_sources, presence_array
-from medrov.prompts import SYNONYM_SEPARATOR, prompt_name
 from medrov.model.pseudo import Decisions, ImageInput, Rule, append_targets, decide
+from medrov.prompts import SYNONYM_SEPARATOR, prompt_name
 
 log = logging.getLogger(__name__)
 THUMB = 64

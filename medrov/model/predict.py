@@ -217,7 +217,8 @@ def _ious(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
     if len(a) == 0 or len(b) == 0:
         return np.zeros((len(a), len(b)))
-    return np.nan_to_num(box_iou(torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64)).numpy())
+    ious = box_iou(torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64))
+    return np.nan_to_num(ious.numpy())
 
 
 @dataclass

@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 
 def train_run_of(weights: Path) -> str | None:
-    """The MLflow run that trained ``weights`` (``runs/<profile>/weights/best.pt`` -> ``runs/<profile>/mlflow.json``)."""
+    """The MLflow run that trained ``weights`` (``runs/<p>/weights/best.pt`` -> ``runs/<p>/mlflow.json``)."""
     parents = Path(weights).resolve().parents
     record = parents[1] / RUN_FILE if len(parents) > 1 else None
     if record is None or not record.is_file():

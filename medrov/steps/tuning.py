@@ -53,6 +53,8 @@ def tune_trial(config: dict[str, Any], *, base: dict[str, Any], root: str, profi
         f"train.profiles.{profile}.epochs={epochs}",
         f"train.profiles.{profile}.device={device}",
         f"tracking.uri={tracking['uri']}",
+        # the objective is ultralytics' validation metric of each epoch: no second, open-vocabulary evaluation
+        "tracking.epoch_eval=false",
     ]
     params = with_overrides(Params.model_validate(base), overrides)
     record = run_record(params, profile)
@@ -67,7 +69,8 @@ def tune_trial(config: dict[str, Any], *, base: dict[str, Any], root: str, profi
         tune.report({"objective": values[metric], "epoch": int(trainer.epoch) + 1,
                      "mlflow_run_id": run_ids[0] if run_ids else None})
 
-    trial_tags = {f"{TAG}tune_trial": context.get_trial_name(), f"{TAG}tune_parent_run_id": tracking["parent_run_id"]}
+    trial_tags = {f"{TAG}tune_trial": context.get_trial_name(),
+                  f"{TAG}tune_parent_run_id": tracking["parent_run_id"]}
     try:
         train(params, parent_run_id=tracking["parent_run_id"], profile=profile, callbacks={"on_fit_epoch_end": [report]},
               run_name=context.get_trial_name(), tags=trial_tags)

@@ -31,7 +31,6 @@ MINILM = "minilm"
 
 
 def _normalise(features):
-    import torch
 
     features = features.detach().float().cpu()
     return features / features.norm(dim=-1, keepdim=True).clamp_min(1e-12)

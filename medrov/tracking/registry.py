@@ -175,7 +175,8 @@ def promote(params: Params, run_id: str, split: str | None = None, measure: Meas
     if champion_version is not None:
         champion_run = existing_run(client, champion_version.run_id)
         if champion_run is None:
-            raise TrackingError(f"champion {name} v{champion_version.version}: its run {champion_version.run_id} is gone")
+            raise TrackingError(f"champion {name} v{champion_version.version}: "
+                                f"its run {champion_version.run_id} is gone")
         champion = _gate_of(params, client, champion_run, split, measure)
     decision = decide(challenger, champion, section)
     if champion and challenger.get("presence_md5") != champion.get("presence_md5"):
@@ -242,7 +243,8 @@ def rollback(params: Params) -> dict[str, Any]:
         raise TrackingError(f"{name} has no champion in {uri}: nothing to roll back")
     previous = current.tags.get(f"{TAG}previous_champion")
     if not previous:
-        raise TrackingError(f"{name} v{current.version} was the first champion: there is no earlier one to roll back to")
+        raise TrackingError(f"{name} v{current.version} was the first champion: "
+                            "there is no earlier one to roll back to")
     target = guard(lambda: client.get_model_version(name, previous), uri)
     guard(lambda: client.set_model_version_tag(name, str(current.version), f"{TAG}rolled_back",
                                                time.strftime("%Y-%m-%dT%H:%M:%S%z")), uri)

@@ -78,10 +78,9 @@ def server(tmp_path_factory):
 @pytest.fixture
 def settings(server):
     """This test process talks to the test server too (in-process flow runs, the client)."""
-    from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
-
     from prefect.events.worker import EventsWorker
     from prefect.logging.handlers import APILogWorker
+    from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
 
     with temporary_settings({PREFECT_API_URL: server["url"], PREFECT_HOME: str(server["home"])}):
         yield server
@@ -117,7 +116,13 @@ def _artifacts(flow_run_id):
 
 
 def test_deployments_are_scheduled_and_a_worker_completes_a_triggered_pipeline_run(settings, tmp_path):
-    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId, FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
+    from prefect.client.schemas.filters import (
+        DeploymentFilter,
+        DeploymentFilterId,
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
     from prefect.client.schemas.objects import StateType
 
     project = tmp_path / "proj"

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 
 from medrov.config import load_params
 from tests.conftest import ROOT
@@ -43,6 +42,9 @@ def test_train_then_evaluate_round_trip(train_overrides, tiny_omnis, tmp_path):
     assert len(ref) == stored["all"]["classes"]
     assert abs(np.mean([a50 for a50, _ in ref.values()]) - stored["all"]["map50"]) <= 0.005
     assert abs(np.mean([a for _, a in ref.values()]) - stored["all"]["map50_95"]) <= 0.005
+    # another prompt for a class (open vocabulary): its predictions are still scored as that class
+    swapped = evaluate(weights, low_conf, split="train", prompts={"liver": "hepar"})
+    assert set(swapped["class"]) == set(result["class"]) and "liver" in swapped["class"]
     assert stored["images"] == result["images"] > 0
     assert {"all", "base"} <= set(stored) and {"ct", "mri"} <= set(stored["modality"])
     for group in ("all", "base"):

@@ -158,6 +158,14 @@ def stage_code(root: Path = ROOT) -> dict[str, set[str]]:
     graph = import_graph(root)
     # the CLI's arrows are per command (command_roots): walking the module would give every stage every command
     graph[f"{PACKAGE}.cli"] = graph[f"{PACKAGE}.__main__"] = set()
+    # a sub-app the CLI mounts (``medrov sources ...``) runs its module body at start-up, its commands' bodies
+    # only when called: no stage calls them
+    known = modules(root)
+    for module, file in known.items():
+        if module != f"{PACKAGE}.cli" and file.name.startswith("cli_"):
+            tree = ast.parse(file.read_text())
+            body = [n for n in tree.body if not (isinstance(n, ast.FunctionDef) and _command_name(n))]
+            graph[module] = set().union(*(imports_in(n, module, known) for n in body))
     roots = command_roots(root)
     stages = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
     out = {}
@@ -172,8 +180,10 @@ def stage_code(root: Path = ROOT) -> dict[str, set[str]]:
 def listed_code(root: Path = ROOT) -> dict[str, set[str]]:
     """dvc.yaml stage -> the package files and folders its ``deps`` list."""
     stages = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
-    return {name: {str(d) for d in stage.get("deps", []) if str(d).startswith(f"{PACKAGE}/")}
-            for name, stage in stages.items()}
+    return {
+        name: {str(d) for d in stage.get("deps", []) if str(d).startswith(f"{PACKAGE}/")}
+        for name, stage in stages.items()
+    }
 
 
 def main() -> int:

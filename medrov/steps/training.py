@@ -123,10 +123,12 @@ def training_description(params: Params, info: dict[str, Any], profile: str | No
     pseudo = info.get("pseudo") or {}
     data = tracking.data_tags(params)
     return (f"{info.get('kind', 'open-vocabulary')} training, profile **{profile or params.train.profile}**: "
-            f"`{args.get('model')}`, {info.get('epochs_done')} of {args.get('epochs')} epochs, batch {args.get('batch')}, "
+            f"`{args.get('model')}`, {info.get('epochs_done')} of {args.get('epochs')} epochs, "
+            f"batch {args.get('batch')}, "
             f"{args.get('imgsz')} px, device {args.get('device')}. Data: `{params.train.data}` "
             f"(DVC md5 {data[f'{TAG}data.omnis_dvc_md5']}). Text encoder: `{encoder}`. "
-            f"Pseudo-labels {'on' if pseudo.get('labels') else 'off'}, negatives {'on' if pseudo.get('negatives') else 'off'}"
+            f"Pseudo-labels {'on' if pseudo.get('labels') else 'off'}, "
+            f"negatives {'on' if pseudo.get('negatives') else 'off'}"
             + (f" ({pseudo['negatives_off_reason']})" if pseudo.get("negatives_off_reason") else "") + ".")
 
 

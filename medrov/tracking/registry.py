@@ -194,7 +194,8 @@ def promote(params: Params, run_id: str, split: str | None = None, measure: Meas
         # version and the version page its logged model and source run
         version = str(guard(lambda: mlflow.register_model(model_uri, name, await_registration_for=0), uri).version)
         guard(lambda: client.update_model_version(name, version, description=(
-            f"Trained in run {run_id}; registered by `medrov promote` as challenger on {split}; gate: {decision['decision']}: "
+            f"Trained in run {run_id}; registered by `medrov promote` as challenger on {split}; "
+            f"gate: {decision['decision']}: "
             f"{decision['reason']}")), uri)
     tags = {**_gate_tags(challenger), f"{TAG}promote.decision": decision["decision"],
             f"{TAG}promote.reason": decision["reason"], f"{TAG}promote.at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

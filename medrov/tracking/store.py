@@ -156,7 +156,8 @@ def settings_in_force(params: Params, step: str, profile: str | None = None) -> 
     return {k: v for k, v in flat.items() if k in keys or k.startswith(sections)}
 
 
-def log_params(client: "MlflowClient", run_id: str, params: Params, step: str | None = None, profile: str | None = None) -> None:
+def log_params(client: "MlflowClient", run_id: str, params: Params, step: str | None = None,
+               profile: str | None = None) -> None:
     """The settings in force for ``step`` as params (every key when ``step`` is None) and all of params.yaml
     (after overrides) as the ``params.yaml`` artifact."""
     from mlflow.entities import Param
@@ -165,7 +166,8 @@ def log_params(client: "MlflowClient", run_id: str, params: Params, step: str | 
     flat = [Param(k, param_value(v)) for k, v in sorted(chosen.items())]
     for i in range(0, len(flat), 100):
         guard(lambda: client.log_batch(run_id, params=flat[i : i + 100]), client.tracking_uri)
-    guard(lambda: client.log_dict(run_id, params.model_dump(mode="json", by_alias=True), "params.yaml"), client.tracking_uri)
+    whole = params.model_dump(mode="json", by_alias=True)
+    guard(lambda: client.log_dict(run_id, whole, "params.yaml"), client.tracking_uri)
 
 
 def describe_run(client: "MlflowClient", run_id: str, text: str) -> None:
@@ -178,7 +180,8 @@ def evaluation_description(result: dict[str, Any], split: str) -> str:
     groups = ", ".join(f"{g} {result[g]['map50']:.4f}" for g in GROUPS if isinstance(result.get(g), dict))
     encoder = (result.get("encoder") or {}).get("identity", "none (closed set)")
     return (f"Open-vocabulary evaluation of `{result.get('weights')}` on the **{split}** split "
-            f"({result.get('images')} images, prompts = the classes each source annotates) at {result.get('imgsz')} px; "
+            f"({result.get('images')} images, prompts = the classes each source annotates) "
+            f"at {result.get('imgsz')} px; "
             f"text encoder `{encoder}`. mAP50: {groups or 'no ground truth'}.")
 
 
@@ -195,15 +198,17 @@ def log_dataset(client: "MlflowClient", run_id: str, params: Params, context: st
     folder = data_dir(params)
     manifest = folder / "manifest.parquet"
     digest = dvc_hash(folder) or (md5_file(manifest) if manifest.is_file() else "none")
-    dataset = MetaDataset(source=resolve_dataset_source(str(folder)), name="omnis", digest=digest.removesuffix(".dir")[:36])
+    source = resolve_dataset_source(str(folder))
+    dataset = MetaDataset(source=source, name="omnis", digest=digest.removesuffix(".dir")[:36])
     entity = dataset._to_mlflow_entity()
-    guard(lambda: client.log_inputs(run_id, datasets=[DatasetInput(entity, tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])]),
-          client.tracking_uri)
+    given = DatasetInput(entity, tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])
+    guard(lambda: client.log_inputs(run_id, datasets=[given]), client.tracking_uri)
 
 
 @contextlib.contextmanager
 def step_run(params: Params, step: str, run_id: str | None = None, parent_run_id: str | None = None,
-             tags: dict[str, str] | None = None, run_name: str | None = None, profile: str | None = None) -> Iterator[Any]:
+             tags: dict[str, str] | None = None, run_name: str | None = None,
+             profile: str | None = None) -> Iterator[Any]:
     """An MLflow run for one step (``train``, ``evaluate``, ``tune``...): the settings in force for the step as
     params (``profile``: the training profile it uses; :func:`settings_in_force`), params.yaml as an artifact,
     provenance tags, status.
@@ -287,8 +292,10 @@ def log_evaluation(client: "MlflowClient", run_id: str, result: dict[str, Any], 
     """An evaluation result into an ``evaluate`` run: its metrics, encoder tags and the full JSON."""
     log_metrics(client, run_id, {**eval_metrics(result, split), f"{split}/seconds": float(result.get("seconds", 0))})
     # counts describe the run, they are not scores to chart: tags, once
-    counts = {f"{TAG}{split}.images": result.get("images"), f"{TAG}{split}.classes": (result.get("all") or {}).get("classes")}
-    for key, value in {**encoder_tags(result.get("encoder"), params), **{k: str(v) for k, v in counts.items() if v is not None}}.items():
+    counts = {f"{TAG}{split}.images": result.get("images"),
+              f"{TAG}{split}.classes": (result.get("all") or {}).get("classes")}
+    tags = {**encoder_tags(result.get("encoder"), params), **{k: str(v) for k, v in counts.items() if v is not None}}
+    for key, value in tags.items():
         client.set_tag(run_id, key, value)
     describe_run(client, run_id, evaluation_description(result, split))
     guard(lambda: client.log_dict(run_id, json.loads(json.dumps(result, default=str)), f"eval_{split}.json"),

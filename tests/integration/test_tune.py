@@ -7,8 +7,8 @@ import pytest
 import yaml
 
 from medrov.config import load_params, with_overrides
-from medrov.tracking import settings_in_force
 from medrov.errors import ConfigError
+from medrov.tracking import settings_in_force
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.integration

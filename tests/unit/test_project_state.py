@@ -30,7 +30,9 @@ def test_a_store_elsewhere_keeps_its_artifacts_beside_it(tmp_path, monkeypatch):
     from tests.conftest import ROOT
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    section = load_params(ROOT / "params.yaml", [f"tracking.uri=sqlite:///{tmp_path / 'm.db'}", "tracking.experiment=elsewhere"]).tracking
+    section = load_params(
+        ROOT / "params.yaml", [f"tracking.uri=sqlite:///{tmp_path / 'm.db'}", "tracking.experiment=elsewhere"]
+    ).tracking
     client = connect(section)
     location = client.get_experiment_by_name("elsewhere").artifact_location
     assert location == (tmp_path / "mlartifacts" / "elsewhere").as_uri()

@@ -104,4 +104,5 @@ def test_repro_noop_metrics_plots_experiment_and_param_reruns(project):
     third = _run([*dvc, "repro", "convert"], dest, env).stdout
     assert "Running stage 'convert'" in third and "Running stage 'demo_sources'" not in third
     status = _run([*dvc, "status", "--json"], dest, env).stdout
-    assert set(json.loads(status)) == {"validate", "report", "train"}, status
+    # every stage that reads the converted data: evaluate and promote measure on it too (issue 14)
+    assert set(json.loads(status)) == {"validate", "report", "train", "evaluate", "promote"}, status

@@ -153,7 +153,6 @@ def fps(scale: str, args: argparse.Namespace, device: str, workdir: Path) -> dic
         with torch.inference_mode():
             t = _timed(lambda: net(inp), args.runs, args.warmup, sync)
         out[torch_key][name] = {"ms": t * 1000, "fps": 1 / t}
-        del net
     try:
         import onnxruntime as ort
 
@@ -222,7 +221,8 @@ def _training_data(args: argparse.Namespace, workdir: Path) -> tuple[Path, Path]
     return data_root / "omnis" / "omnis.yaml", build_tiny_clip(workdir / "tiny-clip")
 
 
-def _train_overrides(args: argparse.Namespace, device: str, workdir: Path, data: Path, clip: Path, tag: str) -> list[str]:
+def _train_overrides(args: argparse.Namespace, device: str, workdir: Path, data: Path, clip: Path,
+                     tag: str) -> list[str]:
     dev = "0" if device.startswith("cuda") else "cpu"
     return [
         f"train.data={data}", f"train.project={workdir / 'runs' / tag}", "train.profile=demo",
@@ -234,7 +234,8 @@ def _train_overrides(args: argparse.Namespace, device: str, workdir: Path, data:
     ]
 
 
-def _train_steps(args: argparse.Namespace, device: str, workdir: Path, data: Path, clip: Path, mechanisms: bool) -> dict[str, Any]:
+def _train_steps(args: argparse.Namespace, device: str, workdir: Path, data: Path, clip: Path,
+                 mechanisms: bool) -> dict[str, Any]:
     """--steps batches of medrov's own training entry point; median step seconds and peak GPU memory."""
     from medrov.config import load_params
     from medrov.model.train import train
@@ -311,9 +312,10 @@ def training(args: argparse.Namespace, device: str, workdir: Path) -> dict[str, 
 
 def ddp(args: argparse.Namespace, device: str, workdir: Path, timeout_s: float) -> dict[str, Any]:
     """Our trainer class through ultralytics' DDP launcher on every visible GPU (or the CPU in a dry run)."""
+    from ultralytics.utils.dist import ddp_cleanup, generate_ddp_command
+
     from medrov.config import load_params
     from medrov.model.train import _trainer_class, train_args
-    from ultralytics.utils.dist import ddp_cleanup, generate_ddp_command
 
     data = workdir / "data" / "omnis" / "omnis.yaml"
     clip = workdir / "tiny-clip"
@@ -330,18 +332,21 @@ def ddp(args: argparse.Namespace, device: str, workdir: Path, timeout_s: float) 
     Path(trainer.save_dir).mkdir(parents=True, exist_ok=True)
     cmd, file = generate_ddp_command(trainer)
     try:
-        run = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        run = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s,
+                             env={**os.environ, "PYTHONPATH": str(ROOT)})
     finally:
         ddp_cleanup(trainer, file)
     weights = sorted(Path(trainer.save_dir).glob("weights/*.pt"))
-    return {"world_size": trainer.world_size, "device": dev, "trainer_class": type(trainer).__name__, "rc": run.returncode,
+    return {"world_size": trainer.world_size, "device": dev, "trainer_class": type(trainer).__name__,
+            "rc": run.returncode,
             "weights": [p.name for p in weights], "log_tail": (run.stdout + run.stderr)[-1500:]}
 
 
 def table(results: dict[str, Any]) -> str:
     """Markdown: FPS per scale, runtime and model, folded / YOLOv8 latency; the training and DDP lines."""
     lines = [f"# GPU check ({'dry run, CPU' if results['dry_run'] else results['env'].get('gpu', 'GPU')}), "
-             f"{results['imgsz']} px, batch 1", "", "| scale | runtime | unfolded FPS | folded FPS | YOLOv8 FPS | folded/YOLOv8 latency |",
+             f"{results['imgsz']} px, batch 1", "",
+             "| scale | runtime | unfolded FPS | folded FPS | YOLOv8 FPS | folded/YOLOv8 latency |",
              "|---|---|---|---|---|---|"]
     for scale, res in results.get("fps", {}).items():
         if "error" in res:
@@ -349,7 +354,8 @@ def table(results: dict[str, Any]) -> str:
             continue
         for runtime, vals in res.items():
             if not isinstance(vals, dict) or "skipped" in vals:
-                lines.append(f"| {scale} | {runtime} | skipped: {vals.get('skipped') if isinstance(vals, dict) else vals} | | | |")
+                why = vals.get("skipped") if isinstance(vals, dict) else vals
+                lines.append(f"| {scale} | {runtime} | skipped: {why} | | | |")
                 continue
             cell = {k: (f"{v['fps']:.1f}" if "fps" in v else "-") for k, v in vals.items() if isinstance(v, dict)}
             ratio = (f"{vals['folded']['ms'] / vals['yolov8']['ms']:.3f}x"
@@ -362,8 +368,9 @@ def table(results: dict[str, Any]) -> str:
     elif tr:
         on, off = tr["with_mechanisms"], tr["without"]
         mem = f", peak GPU memory {on['peak_gpu_mem_gib']:.2f} GiB" if on.get("peak_gpu_mem_gib") is not None else ""
-        lines += ["", f"train ({on['steps']} steps each): {on['median_step_s'] * 1000:.0f} ms/step with the mechanisms, "
-                      f"{off['median_step_s'] * 1000:.0f} without: teacher overhead {tr['teacher_overhead_ratio']:.2f}x; "
+        lines += ["", f"train ({on['steps']} steps each): {on['median_step_s'] * 1000:.0f} ms/step with the "
+                      f"mechanisms, {off['median_step_s'] * 1000:.0f} without: teacher overhead "
+                      f"{tr['teacher_overhead_ratio']:.2f}x; "
                       f"AMP {on['amp']}{mem}"]
         fp = on.get("fold_parity") or {}
         if fp:

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from medrov import paths
+from medrov import metric_files, paths
 from medrov.cli_sources import sources_app
 from medrov.errors import MedrovError
 
@@ -23,6 +24,17 @@ app.add_typer(sources_app, name="sources")
 
 ParamsOpt = typer.Option(None, "--params", help="params file (default: the project's params.yaml)")
 SetOpt = typer.Option([], "--set", "-S", help="dotted override, e.g. data.workers=1 (repeatable)")
+TrustOpt = typer.Option(
+    False, "--trust-weights",
+    help="load weights that are not plain model checkpoints (arbitrary pickles can run code: only for files you trust; "
+         "also MEDROV_TRUST_WEIGHTS=1)",
+)
+
+
+def _trust(flag: bool) -> None:
+    """``--trust-weights``: read by medrov.model.weights before any load, in this process and its children."""
+    if flag:
+        os.environ["MEDROV_TRUST_WEIGHTS"] = "1"  # the name medrov.model.weights.TRUST_ENV (not imported: convert knows no model)
 
 
 def _setup(verbose: bool = False) -> None:
@@ -40,11 +52,7 @@ def _setup(verbose: bool = False) -> None:
 
 
 def _write_metrics(path: Optional[Path], metrics: dict) -> None:
-    if path is None:
-        return
-    target = paths.resolve(path, Path.cwd())
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(json.dumps(metrics, indent=2) + "\n")
+    metric_files.write(path, metrics)
 
 
 @app.command()
@@ -66,7 +74,7 @@ def convert(
     if ray_address:
         cfg.data.ray_address = ray_address
     summary = step.run(cfg.data, sources_file=sources, out_dir=out, workers=workers, progress=not no_progress)
-    _write_metrics(metrics, summary)
+    _write_metrics(metrics, metric_files.convert(summary))  # the full summary: <out>/convert_summary.json
     typer.echo(
         f"{step.summary_line(summary)} -> {summary['images']} images, {summary['boxes']} boxes "
         f"({summary['boxes_repaired']} boxes clipped, {summary['boxes_dropped']} dropped; "
@@ -87,17 +95,19 @@ def validate(
     """Run the Great Expectations gate on a converted dataset; exit 1 when a hard expectation fails."""
     from medrov.config import load_params
     from medrov.data import validate as step
+    from medrov.errors import ValidationFailed
 
     cfg = load_params(params, set_)
     report_dir = report or (Path(cfg.validate_.report) if cfg.validate_.report else None)
     summary = step.run(cfg.validate_, data_dir=data, report_dir=report_dir)
-    _write_metrics(metrics, step.metrics(summary))
+    _write_metrics(metrics, metric_files.validate(summary))  # every check: <report>/validation.json
     for line in step.summary_lines(summary):
         typer.echo(line)
     if report_dir:
         typer.echo(f"report: {paths.resolve(report_dir) / 'index.html'}")
     if not summary["success"]:
-        raise SystemExit(1)
+        raise ValidationFailed(f"{summary['failed']} hard expectation(s) failed (listed above)",
+                               paths.resolve(data or cfg.validate_.data))
 
 
 @app.command()
@@ -131,27 +141,6 @@ def demo_sources(
     typer.echo(f"wrote {sum(written.values())} demo inputs: " + ", ".join(f"{k} {v}" for k, v in written.items()))
 
 
-def _weights_or_default(weights: Optional[Path], cfg, closed_set: bool = False) -> Path:
-    """Explicit weights, else the latest model of the active training profile."""
-    from medrov.model.train import run_dir
-
-    if weights:
-        return paths.resolve(weights)
-    run = run_dir(cfg, closed_set=closed_set) / "weights"
-    for name in ("best.pt", "last.pt"):
-        if (run / name).is_file():
-            return run / name
-    raise MedrovError(f"no trained model in {run} (run `medrov train` or pass --weights)")
-
-
-def _prompter(cfg):
-    from medrov.model.build import Prompter
-    from medrov.text import load_encoder
-
-    cache = None if cfg.text.cache_dir is None else paths.resolve(cfg.text.cache_dir)
-    return Prompter(load_encoder(cfg.text.encoder, cfg.text.fallback), cache)
-
-
 @app.command()
 def train(
     profile: Optional[str] = typer.Option(None, help="training profile in params.yaml (default: train.profile)"),
@@ -159,16 +148,17 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="continue the interrupted run of this profile from weights/last.pt"),
     metrics: Optional[Path] = typer.Option(None, help="write the run summary as JSON here (for DVC)"),
     params: Optional[Path] = ParamsOpt,
+    trust: bool = TrustOpt,
     set_: list[str] = SetOpt,
 ) -> None:
     """Fine-tune YOLO-World on Omnis with the configured text encoder (or the closed-set baseline)."""
-    from medrov import tracking
+    _trust(trust)
+    from medrov import steps
     from medrov.config import load_params
 
     cfg = load_params(params, set_)
-    info = tracking.train(cfg, profile=profile, closed_set=closed_set, resume=resume)
-    _write_metrics(metrics, {"kind": info["kind"], "epochs": info["epochs_done"], "seconds": info["seconds"],
-                             "encoder": info.get("encoder", {}).get("identity"), **info["val"]})
+    info = steps.train(cfg, profile=profile, closed_set=closed_set, resume=resume)
+    _write_metrics(metrics, metric_files.train(info))  # the full summary: runs/<profile>/medrov.json
     typer.echo(f"trained {info['kind']} model: {info['weights']} ({info['epochs_done']} epochs, {info['seconds']} s)")
     if "mlflow" in info:
         typer.echo(f"mlflow run {info['mlflow']['run_id']} in {info['mlflow']['tracking_uri']} (model {info['mlflow']['model_uri']})")
@@ -179,19 +169,25 @@ def evaluate(
     weights: Optional[Path] = typer.Option(None, help="model to evaluate (default: the active profile's best.pt)"),
     closed_set: bool = typer.Option(False, "--closed-set", help="default to the closed-set baseline's weights"),
     split: Optional[str] = typer.Option(None, help="train, val or test (default: evaluate.split)"),
-    metrics: Optional[Path] = typer.Option(None, help="metrics JSON (default: evaluate.metrics)"),
+    metrics: Optional[Path] = typer.Option(None, help="headline metrics JSON (default: evaluate.metrics; the whole result: evaluate.detail)"),
     plots: Optional[Path] = typer.Option(None, help="folder for PR-curve and per-modality PNGs (default: evaluate.plots)"),
     params: Optional[Path] = ParamsOpt,
+    trust: bool = TrustOpt,
     set_: list[str] = SetOpt,
 ) -> None:
     """mAP50 and mAP50-95 for base, novel and base+novel classes, per modality and per source."""
-    from medrov import tracking
+    _trust(trust)
+    from medrov import steps
     from medrov.config import load_params
+    from medrov.steps.common import default_weights
 
     cfg = load_params(params, set_)
-    w = _weights_or_default(weights, cfg, closed_set)
-    result = tracking.evaluate(w, cfg, split=split, out_metrics=paths.resolve(metrics) if metrics else None,
-                               plots_dir=paths.resolve(plots) if plots else None)
+    w = default_weights(cfg, weights, closed_set)
+    # the whole result goes to evaluate.detail, the DVC metric file gets its headline
+    headline = paths.resolve(metrics) if metrics else (paths.resolve(cfg.evaluate.metrics) if cfg.evaluate.metrics else None)
+    detail = paths.resolve(cfg.evaluate.detail) if cfg.evaluate.detail else None
+    result = steps.evaluate(w, cfg, split=split, out_metrics=detail, plots_dir=paths.resolve(plots) if plots else None)
+    metric_files.write(headline, metric_files.evaluate(result))
     for group in ("all", "base", "novel"):
         if group in result:
             typer.echo(f"{group:>6}: mAP50 {result[group]['map50']:.4f}  mAP50-95 {result[group]['map50_95']:.4f}  ({result[group]['classes']} classes)")
@@ -213,34 +209,18 @@ def predict(
     modality: str = typer.Option("auto", help="auto, ct or mri: intensity normalisation of volumes"),
     threads: Optional[int] = typer.Option(None, min=1, help="CPU threads for inference (default: every core)"),
     params: Optional[Path] = ParamsOpt,
+    trust: bool = TrustOpt,
     set_: list[str] = SetOpt,
 ) -> None:
     """Detect the prompted objects; volumes also get 3D boxes linked across slices."""
+    _trust(trust)
+    from medrov import steps
     from medrov.config import load_params
-    from medrov.model.detector import Detector
-    from medrov.model.predict import predict_path
 
-    cfg = load_params(params, set_)
-    if not weights:  # the registry's champion when there is one, else the latest model of the active profile
-        from medrov import tracking
-
-        weights = tracking.champion_uri(cfg)
-    if weights and weights.startswith(("models:/", "runs:/")):
-        from medrov import tracking
-
-        detector = tracking.load_detector(cfg, weights)  # its prompts come from the model's embedding table
-    else:
-        detector = Detector(_weights_or_default(Path(weights) if weights else None, cfg), threads=threads)
-        weights = str(detector.weights)
-        if detector.open_vocabulary:
-            detector.prompter = _prompter(cfg)
-    if threads:  # also for a registry model, whose Detector was built without it
-        from medrov.model.detector import set_inference_threads
-
-        set_inference_threads(threads)
-    summary = predict_path(detector, paths.resolve(path, Path.cwd()), list(prompt), paths.resolve(out, Path.cwd()),
-                           imgsz=imgsz, conf=conf, modality=modality)
-    typer.echo(json.dumps({"model": weights, **summary}, indent=2, default=str))
+    summary = steps.predict(load_params(params, set_), paths.resolve(path, Path.cwd()), list(prompt),
+                            paths.resolve(out, Path.cwd()), weights=weights, conf=conf, imgsz=imgsz, modality=modality,
+                            threads=threads)
+    typer.echo(json.dumps(summary, indent=2, default=str))
 
 
 @app.command()
@@ -251,35 +231,43 @@ def export(
     imgsz: int = typer.Option(640, min=32, help="input size of the exported model"),
     fold: bool = typer.Option(False, "--fold", help="fold the prompts into the weights (closed-set speed; also writes the folded .pt)"),
     params: Optional[Path] = ParamsOpt,
+    trust: bool = TrustOpt,
     set_: list[str] = SetOpt,
 ) -> None:
     """Export to ONNX with a fixed vocabulary (--fold: folded into the weights, at YOLOv8 cost)."""
+    _trust(trust)
     from medrov.config import load_params
     from medrov.model.export import export_onnx, read_sidecar
+    from medrov.steps.common import default_weights, prompter
 
     cfg = load_params(params, set_)
-    w = _weights_or_default(weights, cfg)
-    written = export_onnx(w, list(prompt), _prompter(cfg) if prompt else None, paths.resolve(out, Path.cwd()), imgsz=imgsz,
-                          fold=fold)
+    w = default_weights(cfg, weights)
+    written = export_onnx(w, list(prompt), prompter(cfg) if prompt else None, paths.resolve(out, Path.cwd()),
+                          imgsz=imgsz, fold=fold)
     meta = read_sidecar(written)
-    typer.echo(f"exported: {written}" + (f" (folded; PyTorch form {written.with_name(meta['pytorch'])})" if meta.get("folded") else ""))
+    folded = f" (folded; PyTorch form {written.with_name(meta['pytorch'])})" if meta.get("folded") else ""
+    typer.echo(f"exported: {written}{folded}")
 
 
 @app.command()
 def promote(
     run_id: Optional[str] = typer.Option(None, "--run-id", help="train run whose model to promote (default: the active profile's latest)"),
     split: Optional[str] = typer.Option(None, help="split of the gating metrics (default: promote.split)"),
-    metrics: Optional[Path] = typer.Option(None, help="write the decision as JSON here (for DVC)"),
+    metrics: Optional[Path] = typer.Option(None, help="write the decision's headline as JSON here (the DVC metric)"),
+    detail: Optional[Path] = typer.Option(None, help="write the whole decision (both sides' figures) as JSON here"),
     params: Optional[Path] = ParamsOpt,
+    trust: bool = TrustOpt,
     set_: list[str] = SetOpt,
 ) -> None:
     """Register a run's model as `challenger`; move `champion` to it only if it beats the champion on the gate."""
-    from medrov import tracking
+    _trust(trust)
+    from medrov import steps
     from medrov.config import load_params
 
     cfg = load_params(params, set_)
-    result = tracking.promote(cfg, run_id=run_id, split=split)
-    _write_metrics(metrics, result)
+    result = steps.promote(cfg, run_id=run_id, split=split)
+    _write_metrics(metrics, metric_files.promote(result))
+    metric_files.write(detail, result)
     ch, cp = result["challenger"], result["champion"]
     typer.echo(f"{result['model']} v{result['version']} (run {result['run_id']}): {result['decision'].upper()}")
     if ch:
@@ -293,21 +281,21 @@ def promote(
 @app.command()
 def rollback(params: Optional[Path] = ParamsOpt, set_: list[str] = SetOpt) -> None:
     """Point `champion` back at the version the current champion replaced."""
-    from medrov import tracking
+    from medrov import steps
     from medrov.config import load_params
 
-    result = tracking.rollback(load_params(params, set_))
+    result = steps.rollback(load_params(params, set_))
     typer.echo(f"{result['model']}: champion v{result['from_version']} -> v{result['to_version']} (run {result['run_id']})")
 
 
 @app.command()
 def models(params: Optional[Path] = ParamsOpt, set_: list[str] = SetOpt) -> None:
     """List the registered versions with their aliases, gating metrics and source runs."""
-    from medrov import tracking
+    from medrov import steps, tracking
     from medrov.config import load_params
 
     cfg = load_params(params, set_)
-    rows = tracking.list_models(cfg)
+    rows = steps.list_models(cfg)
     uri = tracking.tracking_uri(cfg.tracking)
     if not rows:
         typer.echo(f"no versions of {cfg.promote.model_name!r} in {uri}")
@@ -356,9 +344,13 @@ def main() -> None:
         app(standalone_mode=False)
     except MedrovError as exc:
         typer.secho(f"error: {type(exc).__name__}: {exc}", fg="red", err=True)
-        raise SystemExit(2) from None
+        raise SystemExit(exc.exit_code) from None
     except typer.Abort:
         raise SystemExit(130) from None
+    except KeyboardInterrupt as exc:  # SIGINT, or SIGTERM during a step run (which then ended KILLED)
+        terminated = type(exc).__name__ == "Terminated"
+        typer.secho(f"error: {'terminated (SIGTERM)' if terminated else 'interrupted'}", fg="red", err=True)
+        raise SystemExit(143 if terminated else 130) from None
     except Exception as exc:  # click usage errors and friends
         import click
 

@@ -15,16 +15,13 @@ import logging
 from pathlib import Path
 from typing import Any, Sequence
 
-from medrov.errors import MedrovError
+from medrov.errors import ModelError  # noqa: F401  (re-exported for callers of the model layer)
+from medrov.prompts import prompt_name, prompt_names  # noqa: F401  (re-exported: the model code's names)
 
 log = logging.getLogger(__name__)
 
 TEXT_DIM = 512
 SCALES = ("n", "s", "m", "l", "x")
-
-
-class ModelError(MedrovError):
-    """A model cannot be built, loaded or given prompts."""
 
 
 def fit_text_dim(embeddings, dim: int = TEXT_DIM):
@@ -58,7 +55,9 @@ def build_world(model: str = "n", nc: int = 80, verbose: bool = False):
         ModelError: a checkpoint path that does not exist (names like ``yolov8l-worldv2.pt`` would be downloaded
             by ultralytics; we refuse instead, offline).
     """
-    from ultralytics.nn.tasks import WorldModel, load_checkpoint
+    from ultralytics.nn.tasks import WorldModel
+
+    from medrov.model.weights import load_checkpoint
 
     src = model_source(model)
     if src.endswith((".yaml", ".yml")):
@@ -66,7 +65,7 @@ def build_world(model: str = "n", nc: int = 80, verbose: bool = False):
     path = Path(src)
     if not path.is_file():
         raise ModelError(f"{src}: checkpoint not found (give a local path; nothing is downloaded)")
-    loaded, _ = load_checkpoint(str(path), device="cpu")
+    loaded = load_checkpoint(path)
     if type(loaded).__name__ != "WorldModel":
         raise ModelError(f"{src}: not a YOLO-World checkpoint ({type(loaded).__name__})")
     return loaded
@@ -110,7 +109,3 @@ class Prompter:
     def describe(self) -> dict[str, Any]:
         return self.encoder.describe()
 
-
-def prompt_name(vocab_name: str) -> str:
-    """The prompt of a vocabulary entry ``name/synonym/...`` at inference: its canonical name."""
-    return vocab_name.split("/", 1)[0].strip()

@@ -196,6 +196,12 @@ def fold(model: Any, names: Sequence[str] | None = None) -> nn.Module:
     return folded
 
 
+def allow_folded_checkpoints() -> None:
+    """Let restricted (``weights_only``) loads rebuild folded networks: their two layer classes hold only tensors and
+    stock submodules, like ultralytics' own layers that its restricted loader allows."""
+    torch.serialization.add_safe_globals([FoldedC2fAttn, FoldedMaxSigmoidAttn])
+
+
 def save_folded(folded: nn.Module, path: str | Path, train_args: dict[str, Any] | None = None) -> Path:
     """Save the PyTorch form of a folded network as an ultralytics checkpoint (``YOLO(path)`` loads it).
 

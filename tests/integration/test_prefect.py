@@ -78,10 +78,9 @@ def server(tmp_path_factory):
 @pytest.fixture
 def settings(server):
     """This test process talks to the test server too (in-process flow runs, the client)."""
-    from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
-
     from prefect.events.worker import EventsWorker
     from prefect.logging.handlers import APILogWorker
+    from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
 
     with temporary_settings({PREFECT_API_URL: server["url"], PREFECT_HOME: str(server["home"])}):
         yield server
@@ -98,20 +97,6 @@ def _client_call(func):
             return await func(client)
 
     return asyncio.run(main())
-
-
-def _create_pools(names: list[str]) -> None:
-    """Process work pools made from the worker's own template (the CLI would fetch a catalogue from GitHub)."""
-    from prefect.client.schemas.actions import WorkPoolCreate
-    from prefect.workers.process import ProcessWorker
-
-    async def create(client):
-        for name in names:
-            await client.create_work_pool(WorkPoolCreate(name=name, type="process",
-                                                         base_job_template=ProcessWorker.get_default_base_job_template()),
-                                          overwrite=True)
-
-    _client_call(create)
 
 
 def _wait_final(flow_run_id, timeout: float):
@@ -131,13 +116,25 @@ def _artifacts(flow_run_id):
 
 
 def test_deployments_are_scheduled_and_a_worker_completes_a_triggered_pipeline_run(settings, tmp_path):
-    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId, FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
+    from prefect.client.schemas.filters import (
+        DeploymentFilter,
+        DeploymentFilterId,
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
     from prefect.client.schemas.objects import StateType
 
     project = tmp_path / "proj"
     env = {**copy_project(project, tmp_path / "no-shared-data"), **settings["env"]}
-    _create_pools(["medrov", "medrov-gpu"])
-    run_ok([*PREFECT, "--no-prompt", "deploy", "--all"], project, env, timeout=300)
+    # one machine, a bare server: `python -m flows.pools` makes the pools prefect.yaml names, then deploy --all works
+    made = run_ok([sys.executable, "-m", "flows.pools"], project, env, timeout=120).stdout
+    assert "work pool medrov: created (process)" in made and "work pool medrov-gpu: created (process)" in made, made
+    assert "deployments train-paper; its runs wait for a worker on a GPU machine" in made, made
+    again = run_ok([sys.executable, "-m", "flows.pools"], project, env, timeout=120).stdout
+    assert "work pool medrov: exists" in again and "created" not in again, again
+    deployed = run_ok([*PREFECT, "--no-prompt", "deploy", "--all"], project, env, timeout=300)
+    assert deployed.returncode == 0
 
     deployments = {d.name: d for d in _client_call(lambda c: c.read_deployments())}
     assert set(deployments) == {"nightly", "weekly-sweep", "convert", "train-paper"}
@@ -163,7 +160,7 @@ def test_deployments_are_scheduled_and_a_worker_completes_a_triggered_pipeline_r
                               stdout=worker_log, stderr=subprocess.STDOUT)
     try:
         run = _client_call(lambda c: c.create_flow_run_from_deployment(
-            deployments["nightly"].id, parameters={"targets": ["validate"], "promote_model": False}))
+            deployments["nightly"].id, parameters={"targets": ["validate"]}))
         final = _wait_final(run.id, timeout=420)
     finally:
         _stop(worker)
@@ -184,7 +181,16 @@ def test_deployments_are_scheduled_and_a_worker_completes_a_triggered_pipeline_r
     summary = artifacts["pipeline-summary"]
     assert summary.type == "markdown"
     assert "| dvc repro | ran demo_sources, convert, validate |" in summary.data
-    assert f"| converted | {convert['converted']} |" in summary.data and "| success | True |" in summary.data
+    assert f"| images | {convert['images']} |" in summary.data and "| success | True |" in summary.data
+    assert "**convert.json** (this run)" in summary.data and "**validate.json** (this run)" in summary.data
+
+    # the run log carries one line of figures per stage that ran
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    logs = [entry.message for entry in _client_call(lambda c: c.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id]))))]
+    detail = json.loads((project / "data" / "omnis" / "convert_summary.json").read_text())
+    assert f"convert: {detail['converted']} of {detail['total']} inputs converted, 0 quarantined" in "\n".join(logs), logs
+    assert any(m.startswith("validate: passed, ") for m in logs), logs
 
 
 def test_a_failing_step_fails_the_flow_run_with_the_steps_error(settings, tmp_path, monkeypatch):
@@ -201,7 +207,7 @@ def test_a_failing_step_fails_the_flow_run_with_the_steps_error(settings, tmp_pa
     monkeypatch.chdir(project)
     monkeypatch.delenv("MEDROV_ROOT", raising=False)
 
-    state = pipeline(targets=["convert"], pull=False, push=False, promote_model=False, return_state=True)
+    state = pipeline(targets=["convert"], pull=False, push=False, return_state=True)
     assert state.is_failed()
     stored = _client_call(lambda c: c.read_flow_run(state.state_details.flow_run_id))
     assert stored.state.type == StateType.FAILED

@@ -1,15 +1,17 @@
-"""The env contract of infra/README.md against real servers: only environment variables switch the project from
-the embedded defaults to team servers.
+"""The team stack of infra/compose.yaml, really running on 127.0.0.1: PostgreSQL, an S3 endpoint, the MLflow server
+on PostgreSQL with S3 artifacts and the Prefect server on PostgreSQL; clients switch over with the env contract.
 
-Started here on 127.0.0.1 free ports: a real ``mlflow server --workers 1`` (SQLite backend standing in for
-Postgres, artifacts proxied to S3), a real ``prefect server start`` and an S3 endpoint (moto's server standing in
-for MinIO, which cannot be installed here; both speak the S3 API that botocore, DVC and MLflow use). The
-client processes get a minimal environment plus exactly the variables of ``infra/team.env.example`` and must
-land their data on those servers, leaving no embedded store behind.
+PostgreSQL 15 is a throwaway cluster started by ``infra/postgres/local.sh`` (the command infra/README.md gives for
+a host without Docker; ``.ci/run`` installs Debian's postgresql when missing). The MLflow and Prefect servers get
+the command and environment of their services in ``infra/compose.yaml`` (interpolated with ``infra/.env.example``
+and test secrets), only with the in-network names (``postgres:5432``, ``minio:9000``) and ports turned into this
+machine's loopback ones. moto's server stands in for MinIO (both speak the S3 API botocore, DVC and MLflow use).
+Client processes get a minimal environment plus exactly the variables of ``infra/team.env.example``.
 
-The client is a Prefect flow whose task logs a step run through ``medrov.tracking`` (the code ``medrov train``
-uses) with the project's params.yaml, then ``medrov models`` in the same checkout; DVC is driven through
-``infra/dvc-remote.sh`` and ``dvc push/pull``.
+Checked here: the databases start empty and are migrated by the servers; Prefect flows and MLflow runs land on
+the servers; two clients in their own work trees train, log and promote at the same time while a third predicts
+with the champion; ``make registry-backup`` / ``registry-restore`` round-trip the registry into a fresh database
+and bucket; DVC's S3 remote from the environment alone.
 """
 
 from __future__ import annotations
@@ -21,18 +23,23 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.integration
 
 S3_KEY, S3_SECRET = "medrov-service", "test-only-secret"
+PG_PASSWORD = "test-only-db-password"
 BIN = Path(sys.executable).parent
+PG_BINDIRS = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
 
 
 def free_port() -> int:
@@ -96,9 +103,85 @@ def base_env(home: Path) -> dict[str, str]:
     return env
 
 
+class Postgres:
+    """A throwaway PostgreSQL cluster on 127.0.0.1, started and stopped with infra/postgres/local.sh."""
+
+    def __init__(self, env: dict[str, str]):
+        # outside pytest's private tmp: as root the server runs as `postgres`, which must reach its folder
+        self.dir = Path(tempfile.mkdtemp(prefix="medrov-pg-"))
+        self.port = free_port()
+        self.env = {**env, "PGPORT": str(self.port), "POSTGRES_USER": "medrov", "POSTGRES_PASSWORD": PG_PASSWORD}
+
+    def script(self, action: str) -> str:
+        done = subprocess.run(["sh", str(ROOT / "infra" / "postgres" / "local.sh"), action, str(self.dir)],
+                              env=self.env, capture_output=True, text=True, timeout=180)
+        assert done.returncode == 0, f"local.sh {action}: {done.stdout}\n{done.stderr}"
+        return done.stdout
+
+    def url(self, db: str, driver: str = "") -> str:
+        return f"postgresql{driver}://medrov:{PG_PASSWORD}@127.0.0.1:{self.port}/{db}"
+
+    def connect(self, db: str):
+        import psycopg2
+
+        return psycopg2.connect(self.url(db))
+
+    def query(self, db: str, sql: str) -> list[tuple]:
+        with self.connect(db) as conn, conn.cursor() as cur:
+            cur.execute(sql)
+            rows = cur.fetchall() if cur.description else []
+        conn.close()
+        return rows
+
+    def create_database(self, db: str) -> None:
+        conn = self.connect("postgres")
+        conn.autocommit = True  # CREATE DATABASE cannot run inside a transaction
+        with conn.cursor() as cur:
+            cur.execute(f'CREATE DATABASE "{db}" OWNER medrov')
+        conn.close()
+
+
+def compose_services(settings: dict[str, str]) -> dict:
+    """infra/compose.yaml's services as Compose would see them with ``settings`` as infra/.env."""
+    from tests.infra.test_infra import interpolate
+
+    return yaml.safe_load(interpolate((ROOT / "infra" / "compose.yaml").read_text(), settings))["services"]
+
+
+def on_loopback(service: dict, ports: dict[str, int], urls: dict[str, str]) -> tuple[list[str], dict[str, str]]:
+    """A compose service's command and environment with this machine's ports for the in-network names."""
+    env = {}
+    for key, value in service["environment"].items():
+        value = str(value).replace("@postgres:5432/", f"@127.0.0.1:{ports['postgres']}/")
+        for name, url in urls.items():
+            value = value.replace(name, url)
+        env[key] = value
+    cmd = [str(x) for x in service["command"]]
+    cmd[0] = str(BIN / cmd[0])
+    cmd[cmd.index("--host") + 1] = "127.0.0.1"
+    cmd[cmd.index("--port") + 1] = str(ports[service["command"][0]])
+    return cmd, env
+
+
+def alembic_head(db_url: str) -> str | None:
+    """The alembic revision a database is at (None: not migrated)."""
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(db_url)
+    try:
+        with engine.connect() as conn:
+            return conn.execute(sqlalchemy.text("select version_num from alembic_version")).scalar()
+    except sqlalchemy.exc.ProgrammingError:
+        return None
+    finally:
+        engine.dispose()
+
+
 @pytest.fixture(scope="module")
 def team(tmp_path_factory):
-    """S3, MLflow and Prefect servers on loopback; yields their URLs and the client-side contract values."""
+    """PostgreSQL, S3, MLflow and Prefect on loopback; yields their URLs and the client-side contract values."""
+    if not PG_BINDIRS:
+        pytest.skip("PostgreSQL is not installed (.ci/run installs Debian's postgresql: apt-get install postgresql)")
     from medrov.env import OFFLINE_ENV
 
     root = tmp_path_factory.mktemp("team")
@@ -108,10 +191,28 @@ def team(tmp_path_factory):
     s3_url = f"http://127.0.0.1:{s3_port}"
     server_env = {**base_env(root / "server-home"), **OFFLINE_ENV}
     s3_creds = {"AWS_ACCESS_KEY_ID": S3_KEY, "AWS_SECRET_ACCESS_KEY": S3_SECRET, "AWS_EC2_METADATA_DISABLED": "true"}
+    # infra/.env as an operator makes it: .env.example with its placeholders replaced
+    settings = {**read_env_file(ROOT / "infra" / ".env.example"), "POSTGRES_PASSWORD": PG_PASSWORD,
+                "S3_ACCESS_KEY": S3_KEY, "S3_SECRET_KEY": S3_SECRET, "MINIO_ROOT_PASSWORD": "test-only-root",
+                "MLFLOW_WORKERS": "1"}  # two cores here
+    assert "change-me" not in {v for k, v in settings.items() if k in ("POSTGRES_PASSWORD", "S3_SECRET_KEY")}
+    services = compose_services(settings)
 
-    servers = [Server("s3", [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(s3_port)], server_env,
-                      f"{s3_url}/moto-api/", logs)]
+    pg = Postgres({**server_env, "MLFLOW_DB": settings["MLFLOW_DB"], "PREFECT_DB": settings["PREFECT_DB"]})
+    servers: list[Server] = []
     try:
+        started = time.monotonic()
+        said = pg.script("start")
+        pg_seconds = time.monotonic() - started
+        assert f"127.0.0.1:{pg.port}" in said
+        # the cluster listens on loopback only
+        assert pg.query("postgres", "show listen_addresses") == [("127.0.0.1",)]
+        empty = {db: pg.query(db, "select count(*) from information_schema.tables where table_schema = 'public'")[0][0]
+                 for db in ("mlflow", "prefect")}
+        assert empty == {"mlflow": 0, "prefect": 0}
+
+        servers.append(Server("s3", [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(s3_port)], server_env,
+                              f"{s3_url}/moto-api/", logs))
         servers[0].wait_healthy(60)
         import boto3
 
@@ -120,22 +221,22 @@ def team(tmp_path_factory):
                           aws_secret_access_key=S3_SECRET)
         for bucket in ("mlflow", "dvc"):
             s3.create_bucket(Bucket=bucket)
-        # the same settings as the mlflow service of infra/compose.yaml, SQLite in place of Postgres
-        mlflow_env = {**server_env, **s3_creds, "MLFLOW_S3_ENDPOINT_URL": s3_url,
-                      "MLFLOW_BACKEND_STORE_URI": f"sqlite:///{root / 'mlflow-server.db'}",
-                      "MLFLOW_ARTIFACTS_DESTINATION": "s3://mlflow/"}
-        servers.append(Server("mlflow", [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port",
-                                         str(mlflow_port), "--workers", "1"], mlflow_env,
+        ports = {"postgres": pg.port, "mlflow": mlflow_port, "prefect": prefect_port}
+        urls = {"http://minio:9000": s3_url}
+        mlflow_cmd, mlflow_env = on_loopback(services["mlflow"], ports, urls)
+        prefect_cmd, prefect_env = on_loopback(services["prefect-server"], ports, urls)
+        assert mlflow_env["MLFLOW_BACKEND_STORE_URI"] == pg.url("mlflow", "+psycopg2")
+        assert prefect_env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] == pg.url("prefect", "+asyncpg")
+        servers.append(Server("mlflow", mlflow_cmd, {**server_env, **mlflow_env},
                               f"http://127.0.0.1:{mlflow_port}/health", logs))
-        prefect_env = {**server_env, "PREFECT_HOME": str(root / "prefect-server-home"),
-                       "PREFECT_SERVER_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{root / 'prefect-server.db'}"}
-        servers.append(Server("prefect", [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port",
-                                          str(prefect_port), "--no-ui", "--analytics-off"], prefect_env,
+        servers.append(Server("prefect", prefect_cmd, {**server_env, **prefect_env,
+                                                       "PREFECT_HOME": str(root / "prefect-server-home")},
                               f"http://127.0.0.1:{prefect_port}/api/health", logs))
         startup = {s.name: round(s.wait_healthy(), 1) for s in servers[1:]}
-        print(f"servers healthy after {startup} s")
+        print(f"postgres started in {pg_seconds:.1f} s; servers healthy after {startup} s")
         yield {
-            "s3": s3,
+            "s3": s3, "s3_url": s3_url, "pg": pg, "logs": logs, "settings": settings, "services": services,
+            "server_env": server_env, "mlflow_env": mlflow_env, "pg_seconds": pg_seconds,
             "mlflow": f"http://127.0.0.1:{mlflow_port}",
             "prefect": f"http://127.0.0.1:{prefect_port}/api",
             "contract": {  # infra/team.env.example's variables, with this test's servers as values
@@ -149,6 +250,26 @@ def team(tmp_path_factory):
     finally:
         for server in reversed(servers):
             server.stop()
+        if (pg.dir / "data" / "PG_VERSION").is_file():
+            pg.script("stop")
+        shutil.rmtree(pg.dir, ignore_errors=True)
+
+
+def test_servers_migrate_empty_postgres_databases(team):
+    """Both servers started on the empty databases local.sh made and brought them to their newest schema."""
+    from mlflow.store.db.utils import _get_alembic_config
+    from alembic.script import ScriptDirectory
+
+    mlflow_head = ScriptDirectory.from_config(_get_alembic_config(team["pg"].url("mlflow"))).get_current_head()
+    assert alembic_head(team["pg"].url("mlflow", "+psycopg2")) == mlflow_head
+    import prefect.server.database as prefect_db
+
+    migrations = Path(prefect_db.__file__).parent / "_migrations"
+    prefect_heads = ScriptDirectory(str(migrations), version_locations=[str(migrations / "versions" / "postgresql")]).get_heads()
+    assert alembic_head(team["pg"].url("prefect", "+psycopg2")) in prefect_heads
+    tables = {r[0] for r in team["pg"].query("mlflow", "select table_name from information_schema.tables "
+                                                       "where table_schema = 'public'")}
+    assert {"runs", "registered_models", "model_versions", "registered_model_aliases"} <= tables
 
 
 def test_contract_is_exactly_team_env_example(team):

@@ -5,9 +5,10 @@ object of the artifact bucket, taken together so run records and artifacts match
     python infra/registry_backup.py restore DIR    # make registry-restore BACKUP_DIR=... (into an empty database)
 
 Reads the MLflow server's own settings (the environment of the ``mlflow`` service in infra/compose.yaml):
-``MLFLOW_BACKEND_STORE_URI`` (``postgresql[+driver]://user:password@host:port/db``), ``MLFLOW_ARTIFACTS_DESTINATION``
-(``s3://bucket/[prefix]``), ``MLFLOW_S3_ENDPOINT_URL`` and ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``. A restore
-writes into the database and bucket these name, so pointing them at a fresh database and bucket restores a copy.
+``MLFLOW_BACKEND_STORE_URI`` (a ``postgresql[+driver]`` URL with user, password, host, port and database),
+``MLFLOW_ARTIFACTS_DESTINATION`` (``s3://bucket/[prefix]``), ``MLFLOW_S3_ENDPOINT_URL`` and
+``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``. A restore writes into the database and bucket these name, so
+pointing them at a fresh database and bucket restores a copy.
 Needs ``pg_dump``/``pg_restore`` (Debian's postgresql-client) and boto3.
 """
 

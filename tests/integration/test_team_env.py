@@ -472,6 +472,12 @@ def medrov(args: list[str], cwd: Path, env: dict[str, str], timeout: float = 900
                           timeout=timeout)
 
 
+def printed_json(stdout: str) -> dict:
+    """The JSON summary ``medrov predict`` prints last (libraries may print lines before it)."""
+    lines = stdout.splitlines()
+    return json.loads("\n".join(lines[len(lines) - 1 - lines[::-1].index("{"):]))
+
+
 def work_tree(dest: Path, omnis: Path) -> Path:
     """A colleague's checkout: the project's params.yaml, shrunk (1 epoch at 64 px, MiniLM), with its own data."""
     dest.mkdir(parents=True)
@@ -510,6 +516,12 @@ class Colleague(threading.Thread):
             started = time.monotonic()
             self.promote = medrov(["promote"], self.tree, self.env)
             self.seconds["promote"] = round(time.monotonic() - started, 1)
+
+    def save_logs(self, folder: Path) -> None:
+        for step in ("train", "promote"):
+            done = getattr(self, step)
+            if done is not None:
+                (folder / f"{self.name}-{step}.log").write_text(f"{done.stdout}\n{done.stderr}")
 
     def decision(self) -> dict[str, str]:
         import re
@@ -568,6 +580,8 @@ def two_colleagues(team, tiny_omnis, tmp_path_factory):
         for c in colleagues:
             c.join(900)
         viewer_thread.join(900)
+        for c in colleagues:
+            c.save_logs(team["logs"])
         print(f"trainings done after {trained_s:.0f} s; per colleague {[c.seconds for c in colleagues]}; "
               f"promotions overlapped: {waiting >= 2}; {len(predictions)} predictions by c "
               f"({sum(f for _, f in predictions)} while promotions ran)")
@@ -605,7 +619,7 @@ def test_two_colleagues_train_and_promote_while_a_third_predicts(team, two_colle
     predictions = two_colleagues["predictions"]
     ok = [p for p, _ in predictions if p.returncode == 0]
     assert ok, predictions[-1][0].stderr[-3000:]
-    assert json.loads(ok[0].stdout)["model"] == "models:/medrov@champion"
+    assert printed_json(ok[0].stdout)["model"] == "models:/medrov@champion"
     for failed, _ in [(p, f) for p, f in predictions if p.returncode != 0]:
         assert "no trained model" in failed.stderr.splitlines()[-1], failed.stderr[-3000:]
     assert any(in_flight for p, in_flight in predictions), "c predicted only after the promotions"

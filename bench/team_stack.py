@@ -77,12 +77,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=1)
     args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="medrov-bench-pg-"))  # reachable by the `postgres` user when run as root
+    work = Path(tempfile.mkdtemp(prefix="medrov-bench-"))
+    clusters: list[Path] = []
     times: dict[str, list[float]] = {}
     port = free_port()
     try:
         for i in range(args.repeats):
-            folder = work / f"pg{i}"
+            folder = Path(tempfile.mkdtemp(prefix="medrov-bench-pg-"))  # reachable by `postgres` when run as root
+            clusters.append(folder)
             times.setdefault("postgres start (initdb, start, 2 databases)", []).append(local_sh("start", folder, port))
             pg = f"medrov:{PASSWORD}@127.0.0.1:{port}"
             for mode in (["sqlite", "postgres"] if i % 2 == 0 else ["postgres", "sqlite"]):
@@ -106,9 +108,10 @@ def main() -> None:
                     f"http://127.0.0.1:{p}/api/health", work / f"prefect-{mode}-{i}.log"))
             times.setdefault("postgres stop", []).append(local_sh("stop", folder, port))
     finally:
-        for folder in work.glob("pg*"):
+        for folder in clusters:
             if (folder / "data" / "postmaster.pid").is_file():
                 local_sh("stop", folder, port)
+            shutil.rmtree(folder, ignore_errors=True)
         shutil.rmtree(work, ignore_errors=True)
     median = {k: statistics.median(v) for k, v in times.items()}
     print(f"| step (median of {args.repeats}) | seconds | vs SQLite |")

@@ -20,7 +20,10 @@ data=$dir/data
 as_owner() {
   if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
 }
-[ "$(id -u)" = 0 ] && chown postgres: "$dir"
+if [ "$(id -u)" = 0 ]; then
+  chown postgres: "$dir"
+  as_owner test -w "$dir" || { echo "local.sh: $dir: not writable by the postgres user (is a parent folder private?)" >&2; exit 2; }
+fi
 
 case $cmd in
 start)

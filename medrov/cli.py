@@ -15,9 +15,11 @@ from typing import Optional
 import typer
 
 from medrov import paths
+from medrov.cli_sources import sources_app
 from medrov.errors import MedrovError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="MedROV: open-vocabulary detection for medical images.")
+app.add_typer(sources_app, name="sources")
 
 ParamsOpt = typer.Option(None, "--params", help="params file (default: the project's params.yaml)")
 SetOpt = typer.Option([], "--set", "-S", help="dotted override, e.g. data.workers=1 (repeatable)")

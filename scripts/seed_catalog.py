@@ -68,9 +68,9 @@ SOURCES: dict[str, dict] = {
         title="BHSD: 3D Brain Hemorrhage Segmentation Dataset (head CT)", modality="ct", format="nifti", licence=SEE,
         homepage="https://github.com/White65534/BHSD"),
     "BOrg": dict(
-        title="BOrg: brain organoid mitosis dataset (confocal microscopy)", modality="microscopy", format="csv",
+        title="BOrg: brain organoid mitosis dataset (confocal microscopy)", modality="microscopy", format="coco",
         licence=SEE, homepage="https://github.com/awaisrauf/borg",
-        note="sparse point annotations of mitotic cells; native file format not verified (csv is a guess)."),
+        note="COCO JSON per split, 50 px boxes around point annotations (recipes.yaml, CATALOG-LAYOUTS.md)."),
     "BUSI": dict(
         title="BUSI: Breast Ultrasound Images", modality="ultrasound", format="mask2d", licence=SEE,
         homepage="https://scholar.cu.edu.eg/?q=afahmy/pages/dataset"),
@@ -111,13 +111,13 @@ SOURCES: dict[str, dict] = {
         homepage="https://datasets.simula.no/kvasir-seg/",
         note="masks plus a bounding-box json (kavsir_bboxes.json)."),
     "M5HCM": dict(
-        title="M5 malaria dataset, high-cost microscope images", modality="microscopy", format="coco", licence=SEE,
+        title="M5 malaria dataset, high-cost microscope images", modality="microscopy", format="voc", licence=SEE,
         homepage="https://github.com/intelligentMachines-ITU/LowCostmalariaDetection_CVPR_2022",
-        note="HCM/LCM = high-/low-cost microscope halves of one source; native box file format not verified."),
+        note="HCM/LCM = high-/low-cost microscope halves of one source; Pascal VOC XML per image (recipes.yaml)."),
     "M5LCM": dict(
-        title="M5 malaria dataset, low-cost microscope images", modality="microscopy", format="coco", licence=SEE,
+        title="M5 malaria dataset, low-cost microscope images", modality="microscopy", format="voc", licence=SEE,
         homepage="https://github.com/intelligentMachines-ITU/LowCostmalariaDetection_CVPR_2022",
-        note="see M5HCM; native box file format not verified."),
+        note="see M5HCM; Pascal VOC XML per image (recipes.yaml)."),
     "MMWHSCT": dict(
         title="MM-WHS 2017: multi-modality whole heart segmentation (CT part)", modality="ct", format="nifti",
         licence=SEE, homepage="https://zmiclab.github.io/zxh/0/mmwhs/"),

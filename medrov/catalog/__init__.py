@@ -3,7 +3,8 @@
 ``vocabulary.yaml`` holds canonical class names, synonyms, the modalities a class can appear in and the
 base/novel split; ``sources.yaml`` holds the public sources MedROV merged (modality, format, licence,
 homepage, the row of the paper's presence matrix and, where needed, the native label map). Both are seeded by
-``scripts/seed_catalog.py`` from MedROV's released presence matrix.
+``scripts/seed_catalog.py`` from MedROV's released presence matrix. ``recipes.yaml`` (read by
+:mod:`medrov.catalog.recipes`) says how each source is read from its official download.
 """
 
 from __future__ import annotations

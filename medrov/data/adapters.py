@@ -177,6 +177,18 @@ def load_volume(source: ResolvedSource, item: Item, params: DataParams) -> tuple
     image_path, label_path = Path(item.inputs[0]), Path(item.inputs[1])
     image = reorient(read_volume(image_path))
     label = reorient(read_volume(label_path))
+    return volume_samples(source, image, label, params)
+
+
+def volume_samples(
+    source: ResolvedSource, image, label, params: DataParams, class_map: dict[str, str | None] | None = None
+) -> tuple[list[Sample], list[dict]]:
+    """Slices and boxes of an image volume and its label volume (both already read and reoriented).
+
+    ``class_map`` (native id -> class) defaults to the source's; recipes that merge per-structure masks pass their own.
+    """
+    image_path, label_path = image.path, label.path
+    class_map = source.class_map if class_map is None else class_map
     if image.array.shape != label.array.shape:
         raise SourceReadError(
             f"image/mask shape mismatch: image {image.array.shape} vs mask {label.array.shape} ({label_path.name})",
@@ -200,10 +212,10 @@ def load_volume(source: ResolvedSource, item: Item, params: DataParams) -> tuple
     ids = np.flatnonzero(counts[1:]) + 1
     if ids.size == 0:
         raise SourceReadError("empty mask: the label volume has no foreground voxels", label_path)
-    unknown = [int(i) for i in ids if str(int(i)) not in source.class_map]
+    unknown = [int(i) for i in ids if str(int(i)) not in class_map]
     if unknown:
         raise SourceReadError(f"unknown label ids {unknown} (not in the label map of source {source.name})", label_path)
-    ignored = [int(i) for i in ids if source.class_map[str(int(i))] is None]
+    ignored = [int(i) for i in ids if class_map[str(int(i))] is None]
     if ignored:
         lab = np.where(np.isin(lab, ignored), 0, lab)
     spec = source.spec
@@ -220,7 +232,7 @@ def load_volume(source: ResolvedSource, item: Item, params: DataParams) -> tuple
     boxes_by_slice = slice_boxes(lab, mode, params.connectivity, params.min_box_pixels)
     samples = []
     for k in range(lab.shape[0]):
-        boxes = [Box(source.class_map[str(idx)], b.x0, b.y0, b.x1, b.y1) for idx, b in boxes_by_slice.get(k, [])]
+        boxes = [Box(class_map[str(idx)], b.x0, b.y0, b.x1, b.y1) for idx, b in boxes_by_slice.get(k, [])]
         if skip_empty and not boxes:
             continue
         samples.append(Sample(f"_z{k:04d}", pixels[k], boxes, k, (sx, sy, sz)))
@@ -536,3 +548,20 @@ ADAPTERS = {
     "csv": (enumerate_csv, load_csv),
     "yolo": (enumerate_yolo, load_yolo),
 }
+
+
+
+def _enumerate_recipe(source: ResolvedSource) -> tuple[list[Item], list[Skipped]]:
+    # recipes (official download layouts) build on the adapters above: imported on use, not at import time
+    from medrov.data.recipe_adapter import enumerate_recipe
+
+    return enumerate_recipe(source)
+
+
+def _load_recipe(source: ResolvedSource, item: Item, params: DataParams) -> tuple[list[Sample], list[dict]]:
+    from medrov.data.recipe_adapter import load_recipe
+
+    return load_recipe(source, item, params)
+
+
+ADAPTERS["recipe"] = (_enumerate_recipe, _load_recipe)

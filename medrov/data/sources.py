@@ -16,10 +16,11 @@ from pydantic import Field, ValidationError, field_validator
 
 from medrov import paths
 from medrov.catalog import MODALITIES, CatalogSource, Vocabulary, load_catalog
+from medrov.catalog.recipes import Recipe, recipe_for_source
 from medrov.config import Section
 from medrov.errors import ConfigError
 
-Format = Literal["volume", "mask2d", "voc", "coco", "csv", "yolo"]
+Format = Literal["volume", "mask2d", "voc", "coco", "csv", "yolo", "recipe"]
 # catalogue formats name the file family; converters are per annotation family
 _FORMAT_ALIASES = {"nifti": "volume", "dicom": "volume", "nii": "volume"}
 
@@ -64,6 +65,11 @@ class SourceSpec(Section):
     boxes: Literal["components", "slice"] | None = None
     skip_empty_slices: bool | None = None
     presence: dict[str, Literal[-1, 0, 1]] = {}
+    # official download layouts (catalog/recipes.yaml): a catalogue name with only a root uses its recipe;
+    # ``recipe`` borrows another row's, ``layout`` follows a shared layout, ``overrides`` changes recipe fields
+    recipe: str | None = None
+    layout: str | None = None
+    overrides: dict[str, Any] = {}
 
     @field_validator("format", mode="before")
     @classmethod
@@ -86,6 +92,7 @@ class ResolvedSource(Section):
     dims: int
     class_map: dict[str, str | None]
     catalog_presence: dict[str, int] | None = None
+    recipe: Recipe | None = None
 
     @property
     def name(self) -> str:
@@ -130,13 +137,16 @@ def load_sources_file(path: str | Path) -> tuple[list[SourceSpec], Path]:
 def resolve_source(spec: SourceSpec, base: Path, vocab: Vocabulary, where: Path) -> ResolvedSource:
     """Fill catalogue defaults and check modality, format and every class name against the vocabulary."""
     known: CatalogSource | None = load_catalog().get(spec.name)
-    modality = spec.modality or (known.modality if known else None)
-    fmt = spec.format or (_FORMAT_ALIASES.get(known.format, known.format) if known else None)
+    recipe = recipe_for_source(spec, where)
+    if recipe is not None and known is None and spec.recipe:
+        known = load_catalog().get(recipe.row)
+    modality = spec.modality or (recipe.modality if recipe else None) or (known.modality if known else None)
+    fmt = "recipe" if recipe else spec.format or (_FORMAT_ALIASES.get(known.format, known.format) if known else None)
     if modality not in MODALITIES:
         raise ConfigError(f"source {spec.name}: modality {modality!r} is not one of {list(MODALITIES)}", where)
     if fmt is None:
         raise ConfigError(f"source {spec.name}: no format given and not in the catalogue", where)
-    class_map: dict[str, str | None] = dict(known.labels) if known else {}
+    class_map: dict[str, str | None] = dict(recipe.labels) if recipe else dict(known.labels) if known else {}
     class_map.update(spec.label_map)
     for cls in spec.classes:
         class_map.setdefault(cls, cls)
@@ -157,9 +167,10 @@ def resolve_source(spec: SourceSpec, base: Path, vocab: Vocabulary, where: Path)
         root=paths.resolve(expand(spec.root), base),
         modality=modality,
         format=fmt,
-        dims=3 if fmt == "volume" else 2,
+        dims=(recipe.dims if recipe else 3 if fmt == "volume" else 2),
         class_map=resolved_map,
         catalog_presence=dict(known.presence) if known else None,
+        recipe=recipe,
     )
 
 

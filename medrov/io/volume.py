@@ -176,7 +176,7 @@ def read_dicom_series(path: str | Path) -> Volume:
 
 
 def read_volume(path: str | Path) -> Volume:
-    """Read a NIfTI file or a DICOM series folder (or a single DICOM file), chosen by the path."""
+    """Read a NIfTI, MetaImage or NRRD file or a DICOM series folder (or a single DICOM file), chosen by the path."""
     path = Path(path)
     if not path.exists():
         raise SourceReadError("file not found", path)
@@ -187,4 +187,10 @@ def read_volume(path: str | Path) -> Volume:
         return read_nifti(path)
     if name.endswith(".dcm"):
         return read_dicom_series(path)
-    raise SourceReadError("unknown volume format (expected .nii, .nii.gz, a .dcm file or a DICOM folder)", path)
+    from medrov.io.sitk import is_sitk_file, read_sitk
+
+    if is_sitk_file(path):
+        return read_sitk(path)
+    raise SourceReadError(
+        "unknown volume format (expected .nii, .nii.gz, .mha, .mhd, .nrrd, a .dcm file or a DICOM folder)", path
+    )

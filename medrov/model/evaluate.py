@@ -27,55 +27,102 @@ log = logging.getLogger(__name__)
 IOUV = np.linspace(0.5, 0.95, 10)
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.clip(rb - lt, 0, None).prod(2)
-    area_a = (a[:, 2:] - a[:, :2]).prod(1)
-    area_b = (b[:, 2:] - b[:, :2]).prod(1)
-    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
+def match(pred_boxes, pred_conf, pred_cls, gt_boxes, gt_cls, iouv: np.ndarray = IOUV) -> np.ndarray:
+    """(n_pred, len(iouv)) true-positive matrix of one image, matched as COCO does.
 
+    Predictions are taken in descending confidence; each takes the unmatched ground-truth box of its class with
+    the highest IoU at or above the threshold, so a weak near-duplicate can never steal the box of a confident
+    prediction (pycocotools ``COCOeval.evaluateImg``; ultralytics' ``match_predictions`` is close to it).
+    """
+    import torch
+    from torchvision.ops import box_iou
 
-def match(pred_boxes, pred_cls, gt_boxes, gt_cls) -> np.ndarray:
-    """(n_pred, 10) true-positive matrix at IoU 0.5:0.95: each GT matched at most once, best IoU first
-    (the COCO/ultralytics rule)."""
-    tp = np.zeros((len(pred_boxes), len(IOUV)), dtype=bool)
-    if not len(pred_boxes) or not len(gt_boxes):
+    n_pred, n_gt = len(pred_boxes), len(gt_boxes)
+    tp = np.zeros((n_pred, len(iouv)), dtype=bool)
+    if not n_pred or not n_gt:
         return tp
-    iou = _iou(np.asarray(gt_boxes, float), np.asarray(pred_boxes, float)) * (np.asarray(gt_cls)[:, None] == np.asarray(pred_cls)[None, :])
-    for k, thr in enumerate(IOUV):
-        gi, pi = np.nonzero(iou >= thr)
-        if not len(gi):
-            continue
-        order = np.argsort(-iou[gi, pi], kind="stable")
-        gi, pi = gi[order], pi[order]
-        _, first_p = np.unique(pi, return_index=True)
-        keep = np.sort(first_p)
-        gi, pi = gi[keep], pi[keep]
-        order = np.argsort(-iou[gi, pi], kind="stable")
-        gi, pi = gi[order], pi[order]
-        _, first_g = np.unique(gi, return_index=True)
-        tp[pi[first_g], k] = True
+    iou = box_iou(torch.as_tensor(np.asarray(pred_boxes, float)), torch.as_tensor(np.asarray(gt_boxes, float))).numpy()
+    iou = iou * (np.asarray(pred_cls)[:, None] == np.asarray(gt_cls)[None, :])
+    # only predictions that reach the lowest threshold with some box can be true positives
+    order = [p for p in np.argsort(-np.asarray(pred_conf, float), kind="mergesort") if iou[p].max() >= iouv.min()]
+    for k, thr in enumerate(iouv):
+        free = np.ones(n_gt, dtype=bool)
+        for p in order:
+            cand = np.where(free, iou[p], -1.0)
+            g = int(cand.argmax())
+            if cand[g] >= thr:
+                tp[p, k] = True
+                free[g] = False
     return tp
+
+
+RECALL_POINTS = np.linspace(0.0, 1.0, 101)
+
+
+def ap_per_class(tp: np.ndarray, conf: np.ndarray, pred_cls: np.ndarray, target_cls: np.ndarray):
+    """COCO average precision per class that has ground truth.
+
+    Detections of a class are ranked by confidence over all images; precision is made monotone (the envelope) and
+    read at 101 recall points (pycocotools ``COCOeval.accumulate``), never linearly interpolated.
+
+    Returns:
+        ``classes`` (n,), ``ap`` (n, len(iouv)) and ``precision`` (n, 101) at IoU 0.5 on ``RECALL_POINTS``.
+    """
+    classes, n_gt = np.unique(target_cls, return_counts=True)
+    ap = np.zeros((len(classes), tp.shape[1]))
+    curve = np.zeros((len(classes), len(RECALL_POINTS)))
+    for i, (c, npos) in enumerate(zip(classes, n_gt)):
+        sel = pred_cls == c
+        if not sel.any():
+            continue
+        order = np.argsort(-conf[sel], kind="mergesort")
+        hits = tp[sel][order]
+        tps = np.cumsum(hits, axis=0)
+        fps = np.cumsum(~hits, axis=0)
+        recall = tps / npos
+        precision = tps / np.maximum(tps + fps, np.finfo(float).eps)
+        envelope = np.maximum.accumulate(precision[::-1], axis=0)[::-1]
+        for k in range(tp.shape[1]):
+            idx = np.searchsorted(recall[:, k], RECALL_POINTS, side="left")
+            q = np.where(idx < len(recall), envelope[np.minimum(idx, len(recall) - 1), k], 0.0)
+            ap[i, k] = q.mean()
+            if k == 0:
+                curve[i] = q
+    return classes, ap, curve
 
 
 def summarise(stats: list[dict[str, np.ndarray]], novel: set[int]) -> dict[str, Any]:
     """mAP50 / mAP50-95 over all, base and novel classes that have ground truth in ``stats``."""
-    from ultralytics.utils.metrics import ap_per_class
-
     target = np.concatenate([s["target"] for s in stats]) if stats else np.zeros(0)
     if not len(target):
         return {"images": len(stats), "boxes": 0}
     tp = np.concatenate([s["tp"] for s in stats])
     conf = np.concatenate([s["conf"] for s in stats])
     pred = np.concatenate([s["pred"] for s in stats])
-    *_, ap, classes, _p, _r, _f1, x, prec = ap_per_class(tp, conf, pred, target)
+    classes, ap, curve = ap_per_class(tp, conf, pred, target)
     out: dict[str, Any] = {"images": len(stats), "boxes": int(len(target)), "classes": int(len(classes))}
     for group, mask in (("all", np.ones(len(classes), bool)), ("base", ~np.isin(classes, list(novel))), ("novel", np.isin(classes, list(novel)))):
         if mask.any():
             out[group] = {"map50": float(ap[mask, 0].mean()), "map50_95": float(ap[mask].mean()), "classes": int(mask.sum())}
-    out["_curves"] = {"x": x, "prec": prec, "classes": classes, "ap50": ap[:, 0]}
+    out["_curves"] = {"x": RECALL_POINTS, "prec": curve, "classes": classes, "ap50": ap[:, 0]}
     return out
+
+
+def to_coco(records: dict[str, dict[str, np.ndarray]], names: dict[int, str]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Ground truth and detections of an evaluation in COCO's formats (boxes as pixel x, y, w, h), so any COCO tool
+    (pycocotools, faster-coco-eval) can recompute the figures from the same predictions."""
+    images, annotations, detections = [], [], []
+    for image_id, (image, r) in enumerate(sorted(records.items()), start=1):
+        images.append({"id": image_id, "file_name": image})
+        for (x0, y0, x1, y1), c in zip(r["gt_boxes"], r["target"]):
+            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": int(c), "iscrowd": 0,
+                                "bbox": [float(x0), float(y0), float(x1 - x0), float(y1 - y0)],
+                                "area": float((x1 - x0) * (y1 - y0))})
+        for (x0, y0, x1, y1), score, c in zip(r["boxes"], r["conf"], r["pred"]):
+            detections.append({"image_id": image_id, "category_id": int(c), "score": float(score),
+                               "bbox": [float(x0), float(y0), float(x1 - x0), float(y1 - y0)]})
+    categories = [{"id": int(c), "name": n} for c, n in sorted(names.items())]
+    return {"images": images, "annotations": annotations, "categories": categories}, detections
 
 
 def _strip(summary: dict[str, Any]) -> dict[str, Any]:
@@ -83,11 +130,14 @@ def _strip(summary: dict[str, Any]) -> dict[str, Any]:
 
 
 def evaluate(weights: str | Path, params: Params, split: str | None = None, out_metrics: str | Path | None = None,
-             plots_dir: str | Path | None = None, imgsz: int | None = None, prompter=None) -> dict[str, Any]:
+             plots_dir: str | Path | None = None, imgsz: int | None = None, prompter=None,
+             coco_dir: str | Path | None = None, prompts: dict[str, str] | None = None) -> dict[str, Any]:
     """Evaluate ``weights`` on a split of the Omnis dataset named by ``params.train.data``.
 
     ``prompter`` reuses an already loaded text encoder (the trainer's, for per-epoch evaluation); by default the
-    encoder of ``params.text`` is loaded.
+    encoder of ``params.text`` is loaded. ``coco_dir`` receives the ground truth and the predictions in COCO's
+    formats (``coco_gt.json``, ``coco_dt.json``) for a cross-check with a COCO tool. ``prompts`` replaces the
+    prompt of a class (canonical name -> text, e.g. ``{"red blood cell": "erythrocyte"}``) to test open vocabulary.
     """
     from medrov.model.build import Prompter, prompt_name
     from medrov.text import load_encoder
@@ -118,6 +168,7 @@ def evaluate(weights: str | Path, params: Params, split: str | None = None, out_
     size = imgsz or _train_imgsz(weights) or 640
     gt = {img: g for img, g in boxes.groupby("image")}
     stats: dict[str, dict[str, np.ndarray]] = {}
+    records: dict[str, dict[str, np.ndarray]] = {}
     start = time.time()
     for source, rows in manifest.groupby("source"):
         row = presence.loc[source] if source in presence.index else None
@@ -126,7 +177,9 @@ def evaluate(weights: str | Path, params: Params, split: str | None = None, out_
         if not class_ids:
             log.warning("evaluate: source %s annotates no vocabulary class; skipped", source)
             continue
-        detector.set_vocabulary([names[c] for c in class_ids])
+        vocabulary = [(prompts or {}).get(prompt_name(names[c]), names[c]) for c in class_ids]
+        detector.set_vocabulary(vocabulary)
+        prompt_class = {prompt_name(v): c for v, c in zip(vocabulary, class_ids)}
         images = list(rows["image"])
         dets = detector.predict([data_dir / p for p in images], imgsz=size, conf=ep.conf, iou=ep.iou, max_det=ep.max_det)
         for img, det in zip(images, dets):
@@ -134,8 +187,11 @@ def evaluate(weights: str | Path, params: Params, split: str | None = None, out_
             g = g[g["class_id"].isin(class_ids)] if g is not None else None
             gt_boxes = g[["x0", "y0", "x1", "y1"]].to_numpy(float) if g is not None else np.zeros((0, 4))
             gt_cls = g["class_id"].to_numpy(int) if g is not None else np.zeros(0, int)
-            pred_cls = np.array([by_name[n] for n in det.names], dtype=int)
-            stats[img] = {"tp": match(det.boxes, pred_cls, gt_boxes, gt_cls), "conf": det.scores, "pred": pred_cls, "target": gt_cls}
+            pred_cls = np.array([prompt_class[n] for n in det.names], dtype=int)
+            stats[img] = {"tp": match(det.boxes, det.scores, pred_cls, gt_boxes, gt_cls), "conf": det.scores, "pred": pred_cls, "target": gt_cls}
+            if coco_dir is not None:
+                records[img] = {"boxes": np.asarray(det.boxes, float).reshape(-1, 4), "conf": det.scores, "pred": pred_cls,
+                                "gt_boxes": gt_boxes, "target": gt_cls}
     seconds = time.time() - start
     info = manifest.set_index("image")
     result: dict[str, Any] = {"split": split, "weights": str(weights), "open_vocabulary": detector.open_vocabulary,
@@ -149,6 +205,11 @@ def evaluate(weights: str | Path, params: Params, split: str | None = None, out_
         result["class"] = {prompt_name(names[int(c)]): float(ap) for c, ap in zip(curves["classes"], curves["ap50"])}
     result["modality"] = {m: _strip(summarise([stats[i] for i in g.index if i in stats], novel)) for m, g in info.groupby("modality")}
     result["source"] = {s: _strip(summarise([stats[i] for i in g.index if i in stats], novel)) for s, g in info.groupby("source")}
+    if coco_dir is not None:
+        gt_json, dt_json = to_coco(records, names)
+        Path(coco_dir).mkdir(parents=True, exist_ok=True)
+        (Path(coco_dir) / "coco_gt.json").write_text(json.dumps(gt_json))
+        (Path(coco_dir) / "coco_dt.json").write_text(json.dumps(dt_json))
     if out_metrics or ep.metrics:
         path = Path(out_metrics or root / ep.metrics)
         path.parent.mkdir(parents=True, exist_ok=True)

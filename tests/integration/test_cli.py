@@ -59,3 +59,16 @@ def test_help_lists_the_commands():
     result = medrov("--help")
     assert result.returncode == 0
     assert "convert" in result.stdout and "demo-sources" in result.stdout
+
+
+def test_sources_check_exit_codes(tmp_path):
+    from tests.data.recipe_fixtures import BUILDERS
+
+    BUILDERS["PROMISE"](tmp_path / "promise")
+    found = medrov("sources", "check", "PROMISE", str(tmp_path / "promise"))
+    assert found.returncode == 0 and "items (images with their labels): 1" in found.stdout
+    (tmp_path / "empty").mkdir()
+    empty = medrov("sources", "check", "PROMISE", str(tmp_path / "empty"))
+    assert empty.returncode == 1 and "nothing matches" in empty.stdout
+    unknown = medrov("sources", "check", "NoSuch", str(tmp_path))
+    assert unknown.returncode == 2 and "no catalogue recipe named NoSuch" in unknown.stderr

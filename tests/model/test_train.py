@@ -14,6 +14,7 @@ import yaml
 
 from medrov.config import load_params
 from tests.conftest import ROOT
+from tests.unit.test_metric_coco import coco_reference_from_json
 
 
 def test_train_then_evaluate_round_trip(train_overrides, tiny_omnis, tmp_path):
@@ -29,8 +30,22 @@ def test_train_then_evaluate_round_trip(train_overrides, tiny_omnis, tmp_path):
     assert (weights.parents[1] / "results.csv").is_file()  # ultralytics' own per-epoch log and plots
     assert list((tmp_path / "text-cache").glob("text-minilm*.pt")), "text embeddings were not cached"
 
-    result = evaluate(weights, params, split="train", out_metrics=tmp_path / "eval.json", plots_dir=tmp_path / "plots")
+    # a 1-epoch model scores below the default conf 0.001: go lower so there are predictions to cross-check
+    low_conf = load_params(ROOT / "params.yaml", [*train_overrides, "evaluate.conf=0.00001"])
+    result = evaluate(weights, low_conf, split="train", out_metrics=tmp_path / "eval.json", plots_dir=tmp_path / "plots",
+                      coco_dir=tmp_path / "coco")
     stored = json.loads((tmp_path / "eval.json").read_text())
+    # the same predictions through pycocotools: mAP over the classes with ground truth agrees within 0.005
+    gt_json = json.loads((tmp_path / "coco" / "coco_gt.json").read_text())
+    dt_json = json.loads((tmp_path / "coco" / "coco_dt.json").read_text())
+    assert len(gt_json["annotations"]) > 0 and len(dt_json) > len(gt_json["images"])
+    ref = coco_reference_from_json(gt_json, dt_json, max_dets=params.evaluate.max_det)
+    assert len(ref) == stored["all"]["classes"]
+    assert abs(np.mean([a50 for a50, _ in ref.values()]) - stored["all"]["map50"]) <= 0.005
+    assert abs(np.mean([a for _, a in ref.values()]) - stored["all"]["map50_95"]) <= 0.005
+    # another prompt for a class (open vocabulary): its predictions are still scored as that class
+    swapped = evaluate(weights, low_conf, split="train", prompts={"liver": "hepar"})
+    assert set(swapped["class"]) == set(result["class"]) and "liver" in swapped["class"]
     assert stored["images"] == result["images"] > 0
     assert {"all", "base"} <= set(stored) and {"ct", "mri"} <= set(stored["modality"])
     for group in ("all", "base"):

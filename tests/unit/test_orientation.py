@@ -178,10 +178,13 @@ def test_inf_voxels_raise(tmp_path):
 def test_missing_and_unknown_and_corrupt_files_raise(tmp_path):
     with pytest.raises(SourceReadError, match="not found"):
         read_volume(tmp_path / "missing.nii.gz")
-    other = tmp_path / "vol.mha"
+    other = tmp_path / "vol.vtk"
     other.write_bytes(b"xx")
     with pytest.raises(SourceReadError, match="unknown volume format"):
         read_volume(other)
+    # a MetaImage name is read by SimpleITK, which names the file it cannot parse
+    with pytest.raises(SourceReadError, match="cannot read MetaImage/NRRD"):
+        read_volume(other.rename(tmp_path / "vol.mha"))
     corrupt = tmp_path / "corrupt.nii.gz"
     corrupt.write_bytes(b"this is not a nifti file")
     with pytest.raises(SourceReadError, match="cannot read NIfTI"):

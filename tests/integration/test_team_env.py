@@ -257,8 +257,8 @@ def team(tmp_path_factory):
 
 def test_servers_migrate_empty_postgres_databases(team):
     """Both servers started on the empty databases local.sh made and brought them to their newest schema."""
-    from mlflow.store.db.utils import _get_alembic_config
     from alembic.script import ScriptDirectory
+    from mlflow.store.db.utils import _get_alembic_config
 
     mlflow_head = ScriptDirectory.from_config(_get_alembic_config(team["pg"].url("mlflow"))).get_current_head()
     assert alembic_head(team["pg"].url("mlflow", "+psycopg2")) == mlflow_head
@@ -463,6 +463,7 @@ def test_convert_runs_on_the_cluster_ray_address_names(tmp_path):
 
 # ------------------------------------------------------------------------------------ several users at once
 PROMPTS = ["liver", "right kidney", "colon polyp"]
+PROMPT_ARGS = [arg for prompt in PROMPTS for arg in ("-p", prompt)]
 DECISION = r"^(?P<model>\S+) v(?P<version>\d+) \(run (?P<run>\w+)\): (?P<decision>.+)$"
 
 
@@ -526,7 +527,7 @@ class Colleague(threading.Thread):
     def decision(self) -> dict[str, str]:
         import re
 
-        (line,) = [m.groupdict() for m in map(lambda x: re.match(DECISION, x), self.promote.stdout.splitlines()) if m]
+        (line,) = [m.groupdict() for m in (re.match(DECISION, x) for x in self.promote.stdout.splitlines()) if m]
         return {**line, "stdout": self.promote.stdout}
 
 
@@ -547,7 +548,7 @@ def two_colleagues(team, tiny_omnis, tmp_path_factory):
         cur.execute("LOCK TABLE registered_model_aliases IN EXCLUSIVE MODE")
     colleagues = [Colleague(n, work_tree(root / n, tiny_omnis), env) for n in ("a", "b")]
     viewer = work_tree(root / "c", tiny_omnis)
-    image = sorted((viewer / "data" / "omnis" / "images").rglob("*.png"))[0]
+    image = min((viewer / "data" / "omnis" / "images").rglob("*.png"))
     predictions: list[tuple[subprocess.CompletedProcess, bool]] = []
     try:
         started = time.monotonic()
@@ -560,7 +561,7 @@ def two_colleagues(team, tiny_omnis, tmp_path_factory):
         def predict_meanwhile() -> None:  # the third colleague, while the promotions are in flight
             for i in range(30):
                 in_flight = any(c.is_alive() for c in colleagues)
-                done = medrov(["predict", str(image), *sum((["-p", p] for p in PROMPTS), []), "--out",
+                done = medrov(["predict", str(image), *PROMPT_ARGS, "--out",
                                str(root / f"pred-{i}"), "--conf", "1e-6", "--imgsz", "64"], viewer, env)
                 predictions.append((done, in_flight))
                 if done.returncode == 0 and not in_flight:
@@ -700,7 +701,7 @@ def test_registry_backup_restores_into_a_fresh_database_and_bucket(team, two_col
             listed = medrov(["models"], viewer, client_env)
             assert listed.returncode == 0, listed.stderr[-3000:]
             out = tmp_path / f"pred-{name}"
-            predicted = medrov(["predict", str(two_colleagues["image"]), *sum((["-p", p] for p in PROMPTS), []),
+            predicted = medrov(["predict", str(two_colleagues["image"]), *PROMPT_ARGS,
                                 "--weights", "models:/medrov@champion", "--out", str(out), "--conf", "1e-6",
                                 "--imgsz", "64"], viewer, client_env)
             assert predicted.returncode == 0, predicted.stderr[-3000:]

@@ -7,20 +7,14 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
 
-# keep every tool off the network (the same switches medrov/env.py sets for the CLI)
-export YOLO_OFFLINE=1
-export YOLO_CONFIG_DIR=$(CURDIR)/.ultralytics
-export MLFLOW_DISABLE_TELEMETRY=true
-export MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false
-export PREFECT_SERVER_ANALYTICS_ENABLED=false
-export DVC_NO_ANALYTICS=1
-export RAY_USAGE_STATS_ENABLED=0
-export RAY_USAGE_STATS_REPORT_URL=http://127.0.0.1:9/
-export GX_ANALYTICS_ENABLED=false
-export HF_HUB_OFFLINE=1
-export DO_NOT_TRACK=1
+# keep every tool off the network: the switches of medrov/env.py (OFFLINE_ENV, the one list; python -m medrov.env
+# prints them, with the system python: the module needs only the standard library), exported to every recipe
+$(foreach kv,$(shell PYTHONPATH=$(CURDIR) $(PYTHON) -m medrov.env),$(eval export $(kv)))
+ifndef YOLO_OFFLINE
+$(error the offline switches of medrov/env.py could not be read with $(PYTHON))
+endif
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test test-fast lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +35,14 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# the inner loop: the unit and data tiers only (markers applied by folder in tests/conftest.py), under 3 minutes
+test-fast: install
+	$(BIN)/python -m pytest -q -m "unit or data" $(PYTEST_ARGS)
+
+# ruff lint (configured in pyproject.toml); .ci/run runs it before the tests
+lint: install
+	$(BIN)/ruff check .
 
 bench: install
 	$(BIN)/python bench/convert.py

@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> None:
     for group in ("base", "novel", "all"):
         if group in base:
             print(f"  {group:6s} {base[group]['map50']:.4f} / {swapped.get(group, {}).get('map50', float('nan')):.4f}")
-    print(f"\n| class | split | prompt | AP50 | AP50 swapped | change |\n|---|---|---|---|---|---|")
+    print("\n| class | split | prompt | AP50 | AP50 swapped | change |\n|---|---|---|---|---|---|")
     for r in rows:
         change = r["ap50_swapped"] - r["ap50"] if r["prompt"] != r["class"] else 0.0
         print(f"| {r['class']} | {'novel' if r['novel'] else 'base'} | {r['prompt']} | {r['ap50']:.4f} | "

@@ -8,7 +8,7 @@ the same stages of dvc.yaml to the same outputs:
 - in-process: one Python process calls every stage's CLI function in turn; the gap to ``commands`` is the price of
   one process per step (imports, warm-up), which every stage of dvc.yaml pays with or without an orchestrator;
 - dvc: ``dvc repro`` (one process per stage, dependency hashing, cache, lock file);
-- prefect: the ``pipeline`` flow (``dvc repro`` as a task, no pull/push/promote) against a Prefect server started
+- prefect: the ``pipeline`` flow (``dvc repro`` as a task, no pull/push) against a Prefect server started
   beforehand on 127.0.0.1 (a deployment's server is always up, so its start is not counted).
 
 Prints wall seconds per mode and per stage, the overheads against both baselines, the Prefect cost on top of DVC,
@@ -67,7 +67,7 @@ print("STAGES " + json.dumps(seconds), flush=True)
 PREFECT_FLOW = """
 import sys
 from flows.pipeline import pipeline
-state = pipeline(pull=False, push=False, promote_model=False, return_state=True)
+state = pipeline(pull=False, push=False, return_state=True)
 print(state.result()["steps"] if state.is_completed() else state.message)
 sys.exit(0 if state.is_completed() else 1)
 """

@@ -104,7 +104,8 @@ def main() -> None:
                 p = free_port()
                 times.setdefault(f"prefect server healthy ({mode})", []).append(healthy_after(
                     [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(p), "--no-ui"],
-                    {"PREFECT_SERVER_DATABASE_CONNECTION_URL": prefect_store, "PREFECT_HOME": str(work / f"ph-{mode}-{i}")},
+                    {"PREFECT_SERVER_DATABASE_CONNECTION_URL": prefect_store,
+                     "PREFECT_HOME": str(work / f"ph-{mode}-{i}")},
                     f"http://127.0.0.1:{p}/api/health", work / f"prefect-{mode}-{i}.log"))
             times.setdefault("postgres stop", []).append(local_sh("stop", folder, port))
     finally:

@@ -1,7 +1,8 @@
-"""The full pipeline as a Prefect flow: ``dvc pull`` (when a remote is set), ``dvc repro``, ``dvc push``,
-``medrov promote``, and a Markdown artifact with the run summary and the metrics of ``metrics/*.json``.
+"""The full pipeline as a Prefect flow: ``dvc pull`` (when a remote is set), ``dvc repro``, ``dvc push``, and a
+Markdown artifact with the run summary and the metrics of ``metrics/*.json``.
 
-The steps themselves are the DVC stages (the ``medrov`` CLI); this flow only sequences and reports them.
+The steps themselves are the DVC stages (the ``medrov`` CLI); this flow only sequences and reports them. Promotion
+is the ``promote`` stage of ``dvc.yaml``, so it runs once, inside ``dvc repro``, when its inputs changed.
 """
 
 from __future__ import annotations
@@ -52,29 +53,15 @@ def dvc_push() -> dict[str, Any]:
     return {"step": "dvc push", "result": f"to {remote}", "seconds": round(time.perf_counter() - started, 1)}
 
 
-@task(task_run_name="promote")
-def promote() -> dict[str, Any]:
-    from medrov import pipeline
-
-    started = time.perf_counter()
-    output = pipeline.promote()
-    if output is None:
-        get_run_logger().info("promote: skipped, this medrov has no `promote` command yet")
-        return {"step": "promote", "result": "skipped: no promote command"}
-    last = output.strip().splitlines()[-1] if output.strip() else "done"
-    return {"step": "promote", "result": last, "seconds": round(time.perf_counter() - started, 1)}
-
-
 @flow(name="pipeline", log_prints=True)
-def pipeline(targets: list[str] | None = None, pull: bool = True, push: bool = True, promote_model: bool = True,
-             force: bool = False) -> dict[str, Any]:
-    """Pull, reproduce, push, promote; the run summary and metrics become the ``pipeline-summary`` artifact.
+def pipeline(targets: list[str] | None = None, pull: bool = True, push: bool = True, force: bool = False) -> dict[str, Any]:
+    """Pull, reproduce (promotion included: the ``promote`` stage), push; the run summary and metrics become the
+    ``pipeline-summary`` artifact.
 
     Args:
         targets: DVC stages to reproduce (with what they depend on); default the whole pipeline.
         pull: ``dvc pull`` first when a default remote is configured.
         push: ``dvc push`` the results when a default remote is configured.
-        promote_model: run ``medrov promote`` (MLflow registry) after a successful repro.
         force: re-run the stages even when they are up to date.
     """
     from medrov import paths
@@ -90,8 +77,6 @@ def pipeline(targets: list[str] | None = None, pull: bool = True, push: bool = T
     done.append(dvc_repro(targets, force))
     if push:
         done.append(dvc_push())
-    if promote_model:
-        done.append(promote())
     metrics = steps.read_metrics(root)
     create_markdown_artifact(key="pipeline-summary", markdown=steps.summary_markdown(done, metrics, f"medrov pipeline run in {root}"),
                              description="steps run and the headline metrics of metrics/*.json")

@@ -11,12 +11,12 @@ from prefect.artifacts import create_markdown_artifact
 
 @task(task_run_name="train-{profile}")
 def train_task(profile: str, devices: str | None, params_file: str | None, overrides: list[str], resume: bool) -> dict[str, Any]:
-    from medrov import tracking
+    from medrov import steps
     from medrov.config import load_params
 
     extra = [f"train.profiles.{profile}.device={devices}"] if devices else []
     # the same tracked training as `medrov train`: an MLflow run with the logged model, ready for `medrov promote`
-    return tracking.train(load_params(params_file, [*overrides, *extra]), profile=profile, resume=resume)
+    return steps.train(load_params(params_file, [*overrides, *extra]), profile=profile, resume=resume)
 
 
 @flow(name="train", log_prints=True)

@@ -43,9 +43,11 @@ def database() -> tuple[dict[str, str], str]:
     """libpq connection variables (the password stays out of the command line) and a printable name."""
     url = urlsplit(_required("MLFLOW_BACKEND_STORE_URI"))
     if not url.scheme.startswith("postgresql"):
-        raise BackupError(f"MLFLOW_BACKEND_STORE_URI is {url.scheme}://...: only a PostgreSQL store is backed up here")
-    env = {"PGHOST": url.hostname or "127.0.0.1", "PGPORT": str(url.port or 5432), "PGUSER": unquote(url.username or ""),
-           "PGPASSWORD": unquote(url.password or ""), "PGDATABASE": url.path.lstrip("/")}
+        raise BackupError(f"MLFLOW_BACKEND_STORE_URI is {url.scheme}://...: "
+                          "only a PostgreSQL store is backed up here")
+    env = {"PGHOST": url.hostname or "127.0.0.1", "PGPORT": str(url.port or 5432),
+           "PGUSER": unquote(url.username or ""), "PGPASSWORD": unquote(url.password or ""),
+           "PGDATABASE": url.path.lstrip("/")}
     return env, f"{env['PGUSER']}@{env['PGHOST']}:{env['PGPORT']}/{env['PGDATABASE']}"
 
 
@@ -55,7 +57,8 @@ def bucket():
 
     dest = urlsplit(_required("MLFLOW_ARTIFACTS_DESTINATION"))
     if dest.scheme != "s3":
-        raise BackupError(f"MLFLOW_ARTIFACTS_DESTINATION is {dest.geturl()}: only an s3:// destination is backed up here")
+        raise BackupError(f"MLFLOW_ARTIFACTS_DESTINATION is {dest.geturl()}: "
+                          "only an s3:// destination is backed up here")
     endpoint = os.environ.get("MLFLOW_S3_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_S3")
     client = boto3.client("s3", endpoint_url=endpoint, region_name=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"))
     prefix = dest.path.lstrip("/")
@@ -125,7 +128,8 @@ def restore(src: Path) -> dict:
                           dbname=pg["PGDATABASE"], connect_timeout=10) as conn, conn.cursor() as cur:
         cur.execute("select count(*) from information_schema.tables where table_schema = 'public'")
         if cur.fetchone()[0]:
-            raise BackupError(f"{db_name}: database is not empty (restore into a fresh one: createdb, or drop it first)")
+            raise BackupError(f"{db_name}: database is not empty "
+                              "(restore into a fresh one: createdb, or drop it first)")
     conn.close()
     _run(["pg_restore", "--no-owner", "--no-privileges", "--exit-on-error", "-d", pg["PGDATABASE"], str(src / DUMP)],
          pg, f"restore into {db_name}")

@@ -87,6 +87,7 @@ def validate(
     """Run the Great Expectations gate on a converted dataset; exit 1 when a hard expectation fails."""
     from medrov.config import load_params
     from medrov.data import validate as step
+    from medrov.errors import ValidationFailed
 
     cfg = load_params(params, set_)
     report_dir = report or (Path(cfg.validate_.report) if cfg.validate_.report else None)
@@ -97,7 +98,8 @@ def validate(
     if report_dir:
         typer.echo(f"report: {paths.resolve(report_dir) / 'index.html'}")
     if not summary["success"]:
-        raise SystemExit(1)
+        raise ValidationFailed(f"{summary['failed']} hard expectation(s) failed (listed above)",
+                               paths.resolve(data or cfg.validate_.data))
 
 
 @app.command()
@@ -131,27 +133,6 @@ def demo_sources(
     typer.echo(f"wrote {sum(written.values())} demo inputs: " + ", ".join(f"{k} {v}" for k, v in written.items()))
 
 
-def _weights_or_default(weights: Optional[Path], cfg, closed_set: bool = False) -> Path:
-    """Explicit weights, else the latest model of the active training profile."""
-    from medrov.model.train import run_dir
-
-    if weights:
-        return paths.resolve(weights)
-    run = run_dir(cfg, closed_set=closed_set) / "weights"
-    for name in ("best.pt", "last.pt"):
-        if (run / name).is_file():
-            return run / name
-    raise MedrovError(f"no trained model in {run} (run `medrov train` or pass --weights)")
-
-
-def _prompter(cfg):
-    from medrov.model.build import Prompter
-    from medrov.text import load_encoder
-
-    cache = None if cfg.text.cache_dir is None else paths.resolve(cfg.text.cache_dir)
-    return Prompter(load_encoder(cfg.text.encoder, cfg.text.fallback), cache)
-
-
 @app.command()
 def train(
     profile: Optional[str] = typer.Option(None, help="training profile in params.yaml (default: train.profile)"),
@@ -162,11 +143,11 @@ def train(
     set_: list[str] = SetOpt,
 ) -> None:
     """Fine-tune YOLO-World on Omnis with the configured text encoder (or the closed-set baseline)."""
-    from medrov import tracking
+    from medrov import steps
     from medrov.config import load_params
 
     cfg = load_params(params, set_)
-    info = tracking.train(cfg, profile=profile, closed_set=closed_set, resume=resume)
+    info = steps.train(cfg, profile=profile, closed_set=closed_set, resume=resume)
     _write_metrics(metrics, {"kind": info["kind"], "epochs": info["epochs_done"], "seconds": info["seconds"],
                              "encoder": info.get("encoder", {}).get("identity"), **info["val"]})
     typer.echo(f"trained {info['kind']} model: {info['weights']} ({info['epochs_done']} epochs, {info['seconds']} s)")
@@ -185,12 +166,13 @@ def evaluate(
     set_: list[str] = SetOpt,
 ) -> None:
     """mAP50 and mAP50-95 for base, novel and base+novel classes, per modality and per source."""
-    from medrov import tracking
+    from medrov import steps
     from medrov.config import load_params
+    from medrov.steps.common import default_weights
 
     cfg = load_params(params, set_)
-    w = _weights_or_default(weights, cfg, closed_set)
-    result = tracking.evaluate(w, cfg, split=split, out_metrics=paths.resolve(metrics) if metrics else None,
+    w = default_weights(cfg, weights, closed_set)
+    result = steps.evaluate(w, cfg, split=split, out_metrics=paths.resolve(metrics) if metrics else None,
                                plots_dir=paths.resolve(plots) if plots else None)
     for group in ("all", "base", "novel"):
         if group in result:
@@ -216,31 +198,13 @@ def predict(
     set_: list[str] = SetOpt,
 ) -> None:
     """Detect the prompted objects; volumes also get 3D boxes linked across slices."""
+    from medrov import steps
     from medrov.config import load_params
-    from medrov.model.detector import Detector
-    from medrov.model.predict import predict_path
 
-    cfg = load_params(params, set_)
-    if not weights:  # the registry's champion when there is one, else the latest model of the active profile
-        from medrov import tracking
-
-        weights = tracking.champion_uri(cfg)
-    if weights and weights.startswith(("models:/", "runs:/")):
-        from medrov import tracking
-
-        detector = tracking.load_detector(cfg, weights)  # its prompts come from the model's embedding table
-    else:
-        detector = Detector(_weights_or_default(Path(weights) if weights else None, cfg), threads=threads)
-        weights = str(detector.weights)
-        if detector.open_vocabulary:
-            detector.prompter = _prompter(cfg)
-    if threads:  # also for a registry model, whose Detector was built without it
-        from medrov.model.detector import set_inference_threads
-
-        set_inference_threads(threads)
-    summary = predict_path(detector, paths.resolve(path, Path.cwd()), list(prompt), paths.resolve(out, Path.cwd()),
-                           imgsz=imgsz, conf=conf, modality=modality)
-    typer.echo(json.dumps({"model": weights, **summary}, indent=2, default=str))
+    summary = steps.predict(load_params(params, set_), paths.resolve(path, Path.cwd()), list(prompt),
+                            paths.resolve(out, Path.cwd()), weights=weights, conf=conf, imgsz=imgsz, modality=modality,
+                            threads=threads)
+    typer.echo(json.dumps(summary, indent=2, default=str))
 
 
 @app.command()
@@ -255,10 +219,11 @@ def export(
     """Export to ONNX with a fixed vocabulary."""
     from medrov.config import load_params
     from medrov.model.export import export_onnx
+    from medrov.steps.common import default_weights, prompter
 
     cfg = load_params(params, set_)
-    w = _weights_or_default(weights, cfg)
-    written = export_onnx(w, list(prompt), _prompter(cfg) if prompt else None, paths.resolve(out, Path.cwd()), imgsz=imgsz)
+    w = default_weights(cfg, weights)
+    written = export_onnx(w, list(prompt), prompter(cfg) if prompt else None, paths.resolve(out, Path.cwd()), imgsz=imgsz)
     typer.echo(f"exported: {written}")
 
 
@@ -271,11 +236,11 @@ def promote(
     set_: list[str] = SetOpt,
 ) -> None:
     """Register a run's model as `challenger`; move `champion` to it only if it beats the champion on the gate."""
-    from medrov import tracking
+    from medrov import steps
     from medrov.config import load_params
 
     cfg = load_params(params, set_)
-    result = tracking.promote(cfg, run_id=run_id, split=split)
+    result = steps.promote(cfg, run_id=run_id, split=split)
     _write_metrics(metrics, result)
     ch, cp = result["challenger"], result["champion"]
     typer.echo(f"{result['model']} v{result['version']} (run {result['run_id']}): {result['decision'].upper()}")
@@ -290,21 +255,21 @@ def promote(
 @app.command()
 def rollback(params: Optional[Path] = ParamsOpt, set_: list[str] = SetOpt) -> None:
     """Point `champion` back at the version the current champion replaced."""
-    from medrov import tracking
+    from medrov import steps
     from medrov.config import load_params
 
-    result = tracking.rollback(load_params(params, set_))
+    result = steps.rollback(load_params(params, set_))
     typer.echo(f"{result['model']}: champion v{result['from_version']} -> v{result['to_version']} (run {result['run_id']})")
 
 
 @app.command()
 def models(params: Optional[Path] = ParamsOpt, set_: list[str] = SetOpt) -> None:
     """List the registered versions with their aliases, gating metrics and source runs."""
-    from medrov import tracking
+    from medrov import steps, tracking
     from medrov.config import load_params
 
     cfg = load_params(params, set_)
-    rows = tracking.list_models(cfg)
+    rows = steps.list_models(cfg)
     uri = tracking.tracking_uri(cfg.tracking)
     if not rows:
         typer.echo(f"no versions of {cfg.promote.model_name!r} in {uri}")
@@ -353,7 +318,7 @@ def main() -> None:
         app(standalone_mode=False)
     except MedrovError as exc:
         typer.secho(f"error: {type(exc).__name__}: {exc}", fg="red", err=True)
-        raise SystemExit(2) from None
+        raise SystemExit(exc.exit_code) from None
     except typer.Abort:
         raise SystemExit(130) from None
     except Exception as exc:  # click usage errors and friends

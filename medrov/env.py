@@ -1,7 +1,8 @@
 """Keep every tool the project drives off the network: telemetry off, offline modes on.
 
 Values are defaults (``setdefault``): an operator can still override any of them. Called explicitly by the
-CLI and the test session, never at import time.
+CLI and the test session, never at import time. :data:`OFFLINE_ENV` is the one list: the Makefile exports what
+``python -m medrov.env`` prints (``KEY=VALUE`` lines).
 """
 
 from __future__ import annotations
@@ -35,12 +36,17 @@ OFFLINE_ENV: dict[str, str] = {
 }
 
 
+def offline_env() -> dict[str, str]:
+    """The switches with their values, ``YOLO_CONFIG_DIR`` (ultralytics' settings, kept in the project) included."""
+    return {**OFFLINE_ENV, "YOLO_CONFIG_DIR": str(paths.project_root() / ".ultralytics")}
+
+
 def apply_offline_env() -> dict[str, str]:
     """Set the offline switches that are not already set; returns what is in force."""
-    os.environ.setdefault("YOLO_CONFIG_DIR", str(paths.project_root() / ".ultralytics"))
-    for key, value in OFFLINE_ENV.items():
+    switches = offline_env()
+    for key, value in switches.items():
         os.environ.setdefault(key, value)
-    return {key: os.environ[key] for key in (*OFFLINE_ENV, "YOLO_CONFIG_DIR")}
+    return {key: os.environ[key] for key in switches}
 
 
 _RAY_HOME: list[str] = []
@@ -91,3 +97,7 @@ def init_local_ray(num_cpus: int, **kwargs) -> None:
             os.environ.pop("HOME", None)
         else:
             os.environ["HOME"] = saved_home
+
+
+if __name__ == "__main__":  # for the Makefile: one KEY=VALUE per line
+    print("\n".join(f"{key}={value}" for key, value in offline_env().items()))

@@ -6,7 +6,12 @@ from pathlib import Path
 
 
 class MedrovError(Exception):
-    """Base class: ``str(err)`` is one readable line naming the file (when there is one) and the reason."""
+    """Base class: ``str(err)`` is one readable line naming the file (when there is one) and the reason.
+
+    ``exit_code`` is the status the ``medrov`` command exits with when this error ends it.
+    """
+
+    exit_code = 2
 
     def __init__(self, reason: str, path: str | Path | None = None):
         self.reason = reason
@@ -23,7 +28,9 @@ class SourceReadError(MedrovError):
 
 
 class ValidationFailed(MedrovError):
-    """The converted dataset failed hard data-quality expectations."""
+    """The converted dataset failed hard data-quality expectations (the gate: ``medrov validate`` exits 1)."""
+
+    exit_code = 1
 
 
 class TrackingError(MedrovError):
@@ -32,3 +39,15 @@ class TrackingError(MedrovError):
 
 class StepFailed(MedrovError):
     """A pipeline step run as a command (``dvc repro``, a ``medrov`` subcommand) exited with an error."""
+
+
+class ModelError(MedrovError):
+    """A model cannot be built, loaded or given prompts."""
+
+
+class EncoderError(MedrovError):
+    """A text/image encoder cannot be loaded or cannot do what was asked."""
+
+
+class TuneFailed(MedrovError):
+    """The sweep could not run, or no trial reported the metric."""

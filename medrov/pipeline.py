@@ -1,4 +1,4 @@
-"""The DVC pipeline as functions: pull, repro, push, promote, and a summary of its metrics.
+"""The DVC pipeline as functions: pull, repro, push, and a summary of its metrics.
 
 What the Prefect pipeline flow and ``bench/orchestration.py`` call (no Prefect here). Each command runs in the
 project root with this interpreter's environment, one at a time (two ``dvc repro`` in one workspace fail on
@@ -75,21 +75,6 @@ def repro(root: Path | None = None, targets: list[str] | None = None, force: boo
     output = dvc(["repro", *(["--force"] if force else []), *(targets or [])], root)
     ran = re.findall(r"Running stage '([^']+)'", output)
     return {"stages_run": ran, "up_to_date": not ran, "seconds": round(time.perf_counter() - started, 2)}
-
-
-def promote_available() -> bool:
-    """Whether this medrov has a ``promote`` command (the MLflow registry step)."""
-    from medrov.cli import app
-
-    return any((c.name or c.callback.__name__) == "promote" for c in app.registered_commands)
-
-
-def promote(root: Path | None = None) -> str | None:
-    """``medrov promote``; returns its output, or None (logged) when this medrov has no such command."""
-    if not promote_available():
-        log.info("promote: skipped, this medrov has no `promote` command (the MLflow registry step)")
-        return None
-    return run_command([sys.executable, "-m", "medrov", "promote"], root, what="medrov promote")
 
 
 def read_metrics(root: Path | None = None) -> dict[str, dict[str, Any]]:

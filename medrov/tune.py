@@ -1,10 +1,10 @@
 """The ``tune`` step: a Ray Tune sweep over params keys (default: the pseudo-label thresholds T and C).
 
-Each trial is a short training through :func:`medrov.model.train.train` (the code of ``medrov train``) with the
-trial's values applied as dotted overrides, in its own run folder (absolute paths: Ray changes the working
-directory of trials). The validation metric is reported every epoch from an ultralytics ``on_fit_epoch_end``
-callback, so ASHA stops weak trials early. Every trial is an MLflow run nested under one ``tune`` parent run
-(``mlflow.parentRunId``: Ray's MLflow logger cannot nest, see FACTS.md). The best config is written as a
+Each trial is :func:`medrov.steps.tune_trial`: a short tracked training through the train step (the code of
+``medrov train``) with the trial's values applied as dotted overrides, in its own run folder. The validation
+metric is reported every epoch, so ASHA stops weak trials early. Every trial is a train run (flattened params,
+git/DVC provenance) nested under one ``tune`` parent run (``mlflow.parentRunId``: Ray's MLflow logger cannot
+nest, see FACTS.md). The best config is written as a
 params.yaml fragment and returned with the ``dvc exp run -S`` flags that apply it.
 """
 
@@ -22,13 +22,10 @@ import yaml
 
 from medrov import paths
 from medrov.config import Params, TuneParams, with_overrides
-from medrov.errors import ConfigError, MedrovError
+from medrov.errors import ConfigError, TuneFailed
+from medrov.steps.tuning import override, tune_trial
 
 log = logging.getLogger(__name__)
-
-
-class TuneFailed(MedrovError):
-    """The sweep could not run, or no trial reported the metric."""
 
 
 def search_space(space: dict[str, dict[str, list[Any]]]) -> dict[str, Any]:
@@ -57,75 +54,6 @@ def check_space(params: Params, space: dict[str, dict[str, list[Any]]]) -> None:
                 with_overrides(params, [override(key, value)])
             except ConfigError as exc:
                 raise ConfigError(f"tune.space.{key}: {kind} {values} is not valid for params ({exc})") from exc
-
-
-def override(key: str, value: Any) -> str:
-    """A dotted override whose value reads back as the same YAML scalar (JSON is YAML)."""
-    return f"{key}={json.dumps(value)}"
-
-
-def start_trial_run(tracking_uri: str, experiment_id: str, parent_run_id: str, name: str, config: dict[str, Any]) -> str:
-    """The MLflow child run of one trial (plain MlflowClient: explicit run ids, no process-wide active run)."""
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking_uri)
-    run = client.create_run(experiment_id, run_name=name, tags={"mlflow.parentRunId": parent_run_id, "medrov.step": "tune-trial"})
-    for key, value in config.items():
-        client.log_param(run.info.run_id, key, value)
-    return run.info.run_id
-
-
-def metric_name(key: str) -> str:
-    """An ultralytics metric key as MLflow accepts it (no parentheses: ``metrics/mAP50(B)`` -> ``metrics/mAP50B``,
-    the name ultralytics' own MLflow logger uses)."""
-    return key.replace("(", "").replace(")", "")
-
-
-def _trial(config: dict[str, Any], *, base: dict[str, Any], root: str, profile: str, epochs: int, metric: str,
-           device: str, tracking: dict[str, str]) -> None:
-    """One Ray Tune trial: train ``profile`` for ``epochs`` with the trial's overrides, report ``metric`` per epoch."""
-    if Path(root).is_dir():  # Ray starts trials in their own folder: relative params paths mean the driver's project
-        os.environ["MEDROV_ROOT"] = root
-    from mlflow import MlflowClient
-    from ray import tune
-
-    from medrov.env import apply_offline_env
-    from medrov.model.train import train
-
-    apply_offline_env()
-    context = tune.get_context()
-    trial_dir = Path(context.get_trial_dir()).resolve()
-    overrides = [
-        *(override(k, v) for k, v in config.items()),
-        f"train.profile={profile}",
-        f"train.project={trial_dir}",
-        f"train.profiles.{profile}.epochs={epochs}",
-        # never the profile's own device list: Ray assigned this trial its GPUs (CUDA_VISIBLE_DEVICES), or none
-        f"train.profiles.{profile}.device={device}",
-    ]
-    params = with_overrides(Params.model_validate(base), overrides)
-    client = MlflowClient(tracking["uri"])
-    run_id = start_trial_run(tracking["uri"], tracking["experiment_id"], tracking["parent_run_id"], context.get_trial_name(), config)
-
-    def report(trainer) -> None:
-        values = {k: float(v) for k, v in (trainer.metrics or {}).items()}
-        if metric not in values:
-            raise TuneFailed(f"the trainer reported no {metric!r} (it has {sorted(values)})")
-        epoch = int(trainer.epoch) + 1
-        for key, value in values.items():
-            client.log_metric(run_id, metric_name(key), value, step=epoch)
-        tune.report({"objective": values[metric], "epoch": epoch, "mlflow_run_id": run_id})
-
-    try:
-        train(params, profile=profile, callbacks={"on_fit_epoch_end": [report]})
-    except SystemExit:  # Ray ends a trial it stops (ASHA, or max_t reached) with sys.exit(0) inside report()
-        client.set_tag(run_id, "tune.stopped_by_scheduler", "true")
-        client.set_terminated(run_id, "FINISHED")
-        raise
-    except BaseException:
-        client.set_terminated(run_id, "FAILED")
-        raise
-    client.set_terminated(run_id, "FINISHED")
 
 
 def _init_ray(cfg: TuneParams, address: str | None) -> bool:
@@ -213,7 +141,9 @@ def _run(params: Params, address: str | None = None, num_samples: int | None = N
     client = trk.connect(params.tracking)  # the project's store and experiment, as train/evaluate/promote use
     uri = trk.tracking_uri(params.tracking)
     experiment_id = trk.experiment_id(client, params.tracking)
-    parent = client.create_run(experiment_id, run_name="tune", tags={"medrov.step": "tune", "medrov.profile": profile})
+    # the sweep's run carries the provenance of every step run (git, data); its trials are train runs under it
+    parent = client.create_run(experiment_id, run_name="tune",
+                               tags={**trk.run_tags(params, "tune"), "medrov.profile": profile})
     parent_id = parent.info.run_id
     for key, value in {"tune.profile": profile, "tune.epochs": cfg.epochs, "tune.num_samples": samples,
                        "tune.resources": json.dumps(cfg.resources.model_dump()), "tune.space": json.dumps(cfg.space),
@@ -225,9 +155,9 @@ def _run(params: Params, address: str | None = None, num_samples: int | None = N
     try:
         owns_ray = _init_ray(cfg, address or cfg.ray_address)
         trainable = tune.with_parameters(
-            _trial, base=params.model_dump(mode="json", by_alias=True), root=str(root), profile=profile, epochs=cfg.epochs,
+            tune_trial, base=params.model_dump(mode="json", by_alias=True), root=str(root), profile=profile, epochs=cfg.epochs,
             metric=cfg.metric, device="''" if cfg.resources.gpu > 0 else "cpu",
-            tracking={"uri": uri, "experiment_id": experiment_id, "parent_run_id": parent_id},
+            tracking={"uri": uri, "parent_run_id": parent_id},
         )
         trainable = tune.with_resources(trainable, {"cpu": cfg.resources.cpu, "gpu": cfg.resources.gpu})
         scheduler = ASHAScheduler(time_attr="training_iteration", max_t=cfg.epochs, grace_period=min(cfg.grace_period, cfg.epochs),
@@ -285,7 +215,7 @@ def _run(params: Params, address: str | None = None, num_samples: int | None = N
     )
     for key, value in best_config.items():
         client.log_param(parent_id, f"best.{key}", value)
-    client.log_metric(parent_id, f"best.{metric_name(cfg.metric)}", best_score)
+    client.log_metric(parent_id, f"best.{trk.metric_key(cfg.metric)}", best_score)
     client.log_artifact(parent_id, str(best_path))
     client.set_terminated(parent_id, "FINISHED")
     summary = {

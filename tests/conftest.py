@@ -12,10 +12,27 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("MEDROV_SHARED_DATA", ROOT.parent / "shared" / "data")).resolve()
 
 
+# the tier of a test is its folder (tests/infra reads files only: unit); `make test-fast` runs unit and data
+TIERS = {"unit": "unit", "infra": "unit", "data": "data", "model": "model", "integration": "integration"}
+
+
 def pytest_configure(config: pytest.Config) -> None:
     from medrov.env import apply_offline_env
 
     apply_offline_env()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test with the tier of its folder, unless it carries an explicit tier marker already."""
+    tests = Path(__file__).resolve().parent
+    for item in items:
+        try:
+            folder = Path(str(item.path)).resolve().relative_to(tests).parts[0]
+        except ValueError:
+            continue
+        own = {m.name for m in item.iter_markers()} & set(TIERS.values())
+        if folder in TIERS and not own:
+            item.add_marker(getattr(pytest.mark, TIERS[folder]))
 
 
 @pytest.fixture

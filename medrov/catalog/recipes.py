@@ -256,7 +256,9 @@ def recipe_for_source(spec: Any, where: Path | None = None) -> Recipe | None:
     """
     describes_itself = bool(spec.format or spec.images or spec.annotations or spec.cases)
     if describes_itself and (spec.layout or spec.recipe):
-        raise ConfigError(f"source {spec.name}: give either format/images/annotations/cases or recipe/layout, not both", where)
+        raise ConfigError(
+            f"source {spec.name}: give either format/images/annotations/cases or recipe/layout, not both", where
+        )
     if spec.layout and spec.recipe:
         raise ConfigError(f"source {spec.name}: give either recipe or layout, not both", where)
     if spec.layout:
@@ -264,13 +266,17 @@ def recipe_for_source(spec: Any, where: Path | None = None) -> Recipe | None:
     elif spec.recipe:
         recipes = load_recipes()
         if spec.recipe not in recipes:
-            raise ConfigError(f"source {spec.name}: no recipe {spec.recipe!r} (known: {', '.join(sorted(recipes))})", where)
+            raise ConfigError(
+                f"source {spec.name}: no recipe {spec.recipe!r} (known: {', '.join(sorted(recipes))})", where
+            )
         recipe = recipes[spec.recipe]
     elif not describes_itself and spec.name in load_recipes():
         recipe = load_recipes()[spec.name]
     else:
         if spec.overrides:
-            raise ConfigError(f"source {spec.name}: 'overrides' needs a recipe (a catalogue name, recipe or layout)", where)
+            raise ConfigError(
+                f"source {spec.name}: 'overrides' needs a recipe (a catalogue name, recipe or layout)", where
+            )
         return None
     if spec.overrides:
         merged = _merge(recipe.model_dump(exclude_none=True), _patterns(dict(spec.overrides)))
@@ -298,7 +304,9 @@ def presence_mismatches(recipe: Recipe, presence: dict[str, int], vocab: Any) ->
             continue
         mapped.add(cls.name)
         if presence.get(cls.name, -1) != 1:
-            problems.append(f"{recipe.row}: label {native!r} maps to {cls.name!r}, coded {presence.get(cls.name, -1)} (not 1) in the presence row")
+            problems.append(
+                f"{recipe.row}: label {native!r} maps to {cls.name!r}, coded {presence.get(cls.name, -1)} (not 1) in the presence row"  # noqa: E501
+            )
     absent = {}
     for name, reason in recipe.not_in_release.items():
         cls = vocab.lookup(name)

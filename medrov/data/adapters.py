@@ -548,20 +548,3 @@ ADAPTERS = {
     "csv": (enumerate_csv, load_csv),
     "yolo": (enumerate_yolo, load_yolo),
 }
-
-
-
-def _enumerate_recipe(source: ResolvedSource) -> tuple[list[Item], list[Skipped]]:
-    # recipes (official download layouts) build on the adapters above: imported on use, not at import time
-    from medrov.data.recipe_adapter import enumerate_recipe
-
-    return enumerate_recipe(source)
-
-
-def _load_recipe(source: ResolvedSource, item: Item, params: DataParams) -> tuple[list[Sample], list[dict]]:
-    from medrov.data.recipe_adapter import load_recipe
-
-    return load_recipe(source, item, params)
-
-
-ADAPTERS["recipe"] = (_enumerate_recipe, _load_recipe)

@@ -12,10 +12,9 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import time
 import traceback
-from collections import Counter, defaultdict
+from collections import Counter
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from functools import lru_cache
 from pathlib import Path
@@ -28,7 +27,8 @@ from tqdm.auto import tqdm
 from medrov import paths
 from medrov.catalog import Vocabulary, load_vocabulary
 from medrov.config import DataParams
-from medrov.data.adapters import ADAPTERS, Item, Sample, Skipped
+from medrov.data.adapters import Item, Sample, Skipped
+from medrov.data.formats import ADAPTERS
 from medrov.data.presence import presence_matrix
 from medrov.data.sources import ResolvedSource, resolve_sources
 from medrov.data.splits import SPLITS, split_of

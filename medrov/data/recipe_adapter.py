@@ -43,8 +43,26 @@ from medrov.errors import SourceReadError
 log = logging.getLogger(__name__)
 
 # compound suffixes first: "case_OAR_Brainstem.seg.nrrd" has the stem "case_OAR_Brainstem"
-SUFFIXES = (".nii.gz", ".seg.nrrd", ".nii", ".nrrd", ".mha", ".mhd", ".png", ".jpg", ".jpeg", ".bmp", ".gif",
-            ".tif", ".tiff", ".mat", ".xml", ".json", ".csv", ".dcm")
+SUFFIXES = (
+    ".nii.gz",
+    ".seg.nrrd",
+    ".nii",
+    ".nrrd",
+    ".mha",
+    ".mhd",
+    ".png",
+    ".jpg",
+    ".jpeg",
+    ".bmp",
+    ".gif",
+    ".tif",
+    ".tiff",
+    ".mat",
+    ".xml",
+    ".json",
+    ".csv",
+    ".dcm",
+)
 
 
 def strip_suffix(name: str) -> str:
@@ -84,12 +102,16 @@ def _fill(template: str, groups: dict[str, str], recipe: Recipe, as_glob: bool =
     try:
         return template.format(**groups)
     except (KeyError, IndexError) as exc:
-        raise SourceReadError(f"recipe {recipe.name}: template {template!r} uses {exc} which the match regex does not give", None) from exc
+        raise SourceReadError(
+            f"recipe {recipe.name}: template {template!r} uses {exc} which the match regex does not give", None
+        ) from exc
 
 
 def _glob(root: Path, pattern: str) -> list[Path]:
     # glob.escape on the root: official folder names contain brackets and spaces ("benign (1).png")
-    return sorted(Path(p) for p in glob.glob(glob.escape(str(root)) + "/" + pattern, recursive=True) if Path(p).is_file())
+    return sorted(
+        Path(p) for p in glob.glob(glob.escape(str(root)) + "/" + pattern, recursive=True) if Path(p).is_file()
+    )
 
 
 def _norm_key(value: Any) -> str:
@@ -121,9 +143,13 @@ class _Tables:
                     with open(file, newline="", encoding="utf-8-sig") as fh:
                         reader = csv.DictReader(fh, delimiter=sep)
                         if key_column not in (reader.fieldnames or []):
-                            raise SourceReadError(f"CSV has no column {key_column!r} (columns {reader.fieldnames})", file)
+                            raise SourceReadError(
+                                f"CSV has no column {key_column!r} (columns {reader.fieldnames})", file
+                            )
                         for row in reader:
-                            rows[_norm_key(row[key_column])] = {k.strip(): (v or "").strip() for k, v in row.items() if k}
+                            rows[_norm_key(row[key_column])] = {
+                                k.strip(): (v or "").strip() for k, v in row.items() if k
+                            }
                 except (OSError, UnicodeDecodeError) as exc:
                     raise SourceReadError(f"cannot read metadata CSV ({exc})", file) from exc
             self._cache[key] = rows
@@ -161,7 +187,9 @@ def _keep_one(rule: FilterRule, groups: dict[str, str], tables: _Tables) -> tupl
     return True, None
 
 
-def _split(rule: SplitRule | None, pattern: Pattern, groups: dict[str, str], tables: _Tables, lists: dict[str, str]) -> str | None:
+def _split(
+    rule: SplitRule | None, pattern: Pattern, groups: dict[str, str], tables: _Tables, lists: dict[str, str]
+) -> str | None:
     if pattern.split:
         return pattern.split
     if rule is None:
@@ -180,7 +208,7 @@ def _split(rule: SplitRule | None, pattern: Pattern, groups: dict[str, str], tab
 
 def _split_lists(rule: SplitRule | None, root: Path) -> dict[str, str]:
     out: dict[str, str] = {}
-    for split, pattern in (rule.lists.items() if rule else ()):
+    for split, pattern in rule.lists.items() if rule else ():
         for file in _glob(root, pattern):
             try:
                 for line in file.read_text().split():
@@ -226,7 +254,13 @@ def warn_unverified(source: ResolvedSource) -> None:
     """One log line naming the UNVERIFIED facts the source's recipe relies on."""
     recipe = recipe_of(source)
     if recipe.unverified:
-        log.warning("%s: recipe %s relies on %d UNVERIFIED fact(s): %s", source.name, recipe.name, len(recipe.unverified), "; ".join(recipe.unverified))
+        log.warning(
+            "%s: recipe %s relies on %d UNVERIFIED fact(s): %s",
+            source.name,
+            recipe.name,
+            len(recipe.unverified),
+            "; ".join(recipe.unverified),
+        )
 
 
 def enumerate_recipe(source: ResolvedSource) -> tuple[list[Item], list[Skipped]]:
@@ -256,7 +290,9 @@ def enumerate_recipe(source: ResolvedSource) -> tuple[list[Item], list[Skipped]]
                 continue
             groups = path_groups(rel, pattern.match)
             if groups is None:
-                skipped.append(Skipped(str(file), f"does not match the layout of recipe {recipe.name} ({pattern.match})"))
+                skipped.append(
+                    Skipped(str(file), f"does not match the layout of recipe {recipe.name} ({pattern.match})")
+                )
                 continue
             keep, why = _keep(recipe.filter, groups, tables)
             if why:
@@ -277,8 +313,21 @@ def enumerate_recipe(source: ResolvedSource) -> tuple[list[Item], list[Skipped]]
             group = _patient(recipe, rel, groups)
             base_id = safe_id(groups["stem"]) if recipe.annotation == "voc" else safe_id(strip_suffix(rel))
             for index in indices:
-                suffix = "" if index is None else f"_{'t' if recipe.select and recipe.select.axis == 'time' else 'c'}{index:02d}"
-                items.append(Item(source.name, base_id + suffix, inputs, group, {**spec, "index": index, "recipe": digest}, split=split))
+                suffix = (
+                    ""
+                    if index is None
+                    else f"_{'t' if recipe.select and recipe.select.axis == 'time' else 'c'}{index:02d}"
+                )
+                items.append(
+                    Item(
+                        source.name,
+                        base_id + suffix,
+                        inputs,
+                        group,
+                        {**spec, "index": index, "recipe": digest},
+                        split=split,
+                    )
+                )
     return items, skipped
 
 
@@ -325,8 +374,12 @@ def _pair(source: ResolvedSource, recipe: Recipe, pattern: Pattern, file: Path, 
 
 def _boxes_source(source: ResolvedSource, recipe: Recipe, annotations: str, images: str) -> ResolvedSource:
     spec = source.spec.model_copy(
-        update={"annotations": annotations, "images": images, "csv_box": recipe.csv_box,
-                "csv_columns": CsvColumns(**recipe.csv_columns) if recipe.csv_columns else source.spec.csv_columns}
+        update={
+            "annotations": annotations,
+            "images": images,
+            "csv_box": recipe.csv_box,
+            "csv_columns": CsvColumns(**recipe.csv_columns) if recipe.csv_columns else source.spec.csv_columns,
+        }
     )
     return source.model_copy(update={"spec": spec})
 
@@ -364,7 +417,9 @@ def load_recipe(source: ResolvedSource, item: Item, params: DataParams) -> tuple
     if kind == "coco":
         return load_coco(source, item, params)
     if kind == "csv":
-        return load_csv(_boxes_source(source, recipe, source.spec.annotations or "", source.spec.images or "."), item, params)
+        return load_csv(
+            _boxes_source(source, recipe, source.spec.annotations or "", source.spec.images or "."), item, params
+        )
     if recipe.dims == 3:
         return _load_volume(source, recipe, item, params)
     return _load_plane(source, recipe, item, params)
@@ -379,7 +434,9 @@ def _label_frame(path: str, index: int | None) -> int | None:
     return index if frame_count(path) > 1 else None
 
 
-def _load_volume(source: ResolvedSource, recipe: Recipe, item: Item, params: DataParams) -> tuple[list[Sample], list[dict]]:
+def _load_volume(
+    source: ResolvedSource, recipe: Recipe, item: Item, params: DataParams
+) -> tuple[list[Sample], list[dict]]:
     from medrov.io.frames import read_volume_frame
     from medrov.io.volume import Volume, reorient
 
@@ -397,7 +454,9 @@ def _load_volume(source: ResolvedSource, recipe: Recipe, item: Item, params: Dat
     masks = item.spec["masks"]
     unknown = sorted(t for t in masks if t not in order)
     if unknown:
-        raise SourceReadError(f"unknown structure names {unknown} (not in the label map of source {source.name})", item.inputs[0])
+        raise SourceReadError(
+            f"unknown structure names {unknown} (not in the label map of source {source.name})", item.inputs[0]
+        )
     merged = None
     first = None
     class_map: dict[str, str | None] = {}
@@ -407,7 +466,9 @@ def _load_volume(source: ResolvedSource, recipe: Recipe, item: Item, params: Dat
             # int16 holds every structure id (TotalSegmentator has 117) at half the memory of int32
             first, merged = mask, np.zeros(mask.array.shape, dtype=np.int16 if len(masks) < 2**15 else np.int32)
         elif mask.array.shape != first.array.shape or not np.allclose(mask.affine, first.affine, atol=1e-3):
-            raise SourceReadError(f"mask {Path(masks[token]).name} is not on the grid of {first.path.name}", masks[token])
+            raise SourceReadError(
+                f"mask {Path(masks[token]).name} is not on the grid of {first.path.name}", masks[token]
+            )
         merged[np.asarray(mask.array) > 0] = native_id
         class_map[str(native_id)] = source.class_map[token]
     label = Volume(merged, first.affine, first.path, {"format": "structures"})
@@ -418,7 +479,9 @@ def _as_label(array: np.ndarray, path: str) -> np.ndarray:
     if array.ndim == 3:
         # colour masks: foreground is any non-black colour; an alpha channel is opacity, not foreground
         array = array[..., :3].max(axis=2)
-    if np.issubdtype(array.dtype, np.floating) and (not np.all(np.isfinite(array)) or not np.array_equal(array, np.round(array))):
+    if np.issubdtype(array.dtype, np.floating) and (
+        not np.all(np.isfinite(array)) or not np.array_equal(array, np.round(array))
+    ):
         raise SourceReadError("label image has non-integer values (set a threshold for lossy masks)", path)
     if array.dtype.kind not in "iub" and not np.issubdtype(array.dtype, np.floating):
         raise SourceReadError(f"label image has unsupported type {array.dtype}", path)
@@ -428,7 +491,9 @@ def _as_label(array: np.ndarray, path: str) -> np.ndarray:
     return array
 
 
-def _load_plane(source: ResolvedSource, recipe: Recipe, item: Item, params: DataParams) -> tuple[list[Sample], list[dict]]:
+def _load_plane(
+    source: ResolvedSource, recipe: Recipe, item: Item, params: DataParams
+) -> tuple[list[Sample], list[dict]]:
     from medrov.io.planar import read_plane
 
     image_path = item.inputs[0]
@@ -446,17 +511,24 @@ def _load_plane(source: ResolvedSource, recipe: Recipe, item: Item, params: Data
         for key, mask_file in item.spec["masks"].items():
             token = key.split("#")[0] if recipe.class_from else key
             if token not in source.class_map:
-                raise SourceReadError(f"unknown label {token!r} (source {source.name} maps {sorted(source.class_map)})", mask_file)
+                raise SourceReadError(
+                    f"unknown label {token!r} (source {source.name} maps {sorted(source.class_map)})", mask_file
+                )
             target = source.class_map[token]
             mask = checked(_as_label(read_plane(mask_file, as_mask=True).array, mask_file), mask_file)
             if target is None:
                 continue
             binary = (mask > (recipe.threshold or 0)).astype(np.uint8)
-            boxes += [Box(target, b.x0, b.y0, b.x1, b.y1) for _, b in mask_to_boxes(binary, mode, params.connectivity, params.min_box_pixels)]
+            boxes += [
+                Box(target, b.x0, b.y0, b.x1, b.y1)
+                for _, b in mask_to_boxes(binary, mode, params.connectivity, params.min_box_pixels)
+            ]
     else:
         label_file = item.spec["label"]
         if recipe.label_key or not recipe.instance_key:
-            lab = checked(_as_label(read_plane(label_file, key=recipe.label_key, as_mask=True).array, label_file), label_file)
+            lab = checked(
+                _as_label(read_plane(label_file, key=recipe.label_key, as_mask=True).array, label_file), label_file
+            )
         else:
             lab = None
         if lab is not None and recipe.threshold is not None:
@@ -468,15 +540,22 @@ def _load_plane(source: ResolvedSource, recipe: Recipe, item: Item, params: Data
             ids = [int(i) for i in np.unique(lab) if i]
             unknown = [i for i in ids if str(i) not in source.class_map]
             if unknown:
-                raise SourceReadError(f"unknown label ids {unknown} (not in the label map of source {source.name})", label_file)
+                raise SourceReadError(
+                    f"unknown label ids {unknown} (not in the label map of source {source.name})", label_file
+                )
             keep = [i for i in ids if source.class_map[str(i)] is not None]
             mapped = np.where(np.isin(lab, keep), lab, 0)
-            boxes = [Box(source.class_map[str(i)], b.x0, b.y0, b.x1, b.y1) for i, b in mask_to_boxes(mapped, mode, params.connectivity, params.min_box_pixels)]
+            boxes = [
+                Box(source.class_map[str(i)], b.x0, b.y0, b.x1, b.y1)
+                for i, b in mask_to_boxes(mapped, mode, params.connectivity, params.min_box_pixels)
+            ]
     _require_objects(boxes, image_path, params, "every mask is empty")
     return [Sample("", pixels, boxes)], []
 
 
-def _instance_boxes(source: ResolvedSource, inst: np.ndarray, types: np.ndarray | None, where: str, params: DataParams) -> list[Box]:
+def _instance_boxes(
+    source: ResolvedSource, inst: np.ndarray, types: np.ndarray | None, where: str, params: DataParams
+) -> list[Box]:
     """One box per instance id; its class is the most frequent type id under it (or "1" without a type map)."""
     from scipy import ndimage
 
@@ -497,10 +576,20 @@ def _instance_boxes(source: ResolvedSource, inst: np.ndarray, types: np.ndarray 
                 raise SourceReadError(f"instance {idx} has no type in the type map", where)
             native = int(np.bincount(values).argmax())
         if str(native) not in source.class_map:
-            raise SourceReadError(f"unknown type id {native} of instance {idx} (not in the label map of source {source.name})", where)
+            raise SourceReadError(
+                f"unknown type id {native} of instance {idx} (not in the label map of source {source.name})", where
+            )
         target = source.class_map[str(native)]
         if target is None:
             continue
         rows, cols = np.nonzero(region)
-        boxes.append(Box(target, int(sl[1].start + cols.min()), int(sl[0].start + rows.min()), int(sl[1].start + cols.max() + 1), int(sl[0].start + rows.max() + 1)))
+        boxes.append(
+            Box(
+                target,
+                int(sl[1].start + cols.min()),
+                int(sl[0].start + rows.min()),
+                int(sl[1].start + cols.max() + 1),
+                int(sl[0].start + rows.max() + 1),
+            )
+        )
     return boxes

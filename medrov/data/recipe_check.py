@@ -46,15 +46,21 @@ class CheckReport:
     def lines(self, examples: int = 5) -> list[str]:
         """The report as one-line facts."""
         out = [f"{self.source}: recipe {self.recipe} under {self.root}"]
-        out.append(f"  items (images with their labels): {self.items} from {self.inputs} image file(s); splits {json.dumps(self.splits)}")
+        out.append(
+            f"  items (images with their labels): {self.items} from {self.inputs} image file(s); splits {json.dumps(self.splits)}"  # noqa: E501
+        )
         out.append(f"  unpaired or unusable inputs: {len(self.unpaired)}")
         out += [f"    {path}: {reason}" for path, reason in self.unpaired[:examples]]
         out.append(f"  label files scanned: {self.scanned}; native labels found {json.dumps(self.native_labels)}")
-        out.append(f"  unknown labels (not in the recipe's map): {json.dumps(self.unknown_labels) if self.unknown_labels else 'none'}")
+        out.append(
+            f"  unknown labels (not in the recipe's map): {json.dumps(self.unknown_labels) if self.unknown_labels else 'none'}"  # noqa: E501
+        )
         out += [f"    unreadable {path}: {reason}" for path, reason in self.unreadable[:examples]]
         if self.declared_file:
             out.append(f"  labels declared in {self.declared_file}: {json.dumps(self.declared)}")
-            out += [f"    {problem}" for problem in self.declared_mismatch] or ["    every declared id is in the recipe's map"]
+            out += [f"    {problem}" for problem in self.declared_mismatch] or [
+                "    every declared id is in the recipe's map"
+            ]
         out += [f"  UNVERIFIED: {fact}" for fact in self.unverified]
         if not self.ok:
             out.append("  nothing matches this recipe's layout under the root")
@@ -113,7 +119,9 @@ def check_source(name: str, root: str | Path, limit: int = 0) -> CheckReport:
     from medrov.data.recipe_adapter import enumerate_recipe
 
     if name not in load_recipes():
-        raise ConfigError(f"no catalogue recipe named {name} (known: {', '.join(sorted(load_recipes(), key=str.lower))})")
+        raise ConfigError(
+            f"no catalogue recipe named {name} (known: {', '.join(sorted(load_recipes(), key=str.lower))})"
+        )
     source = resolve_one(name, root)
     if source.recipe is None:
         raise SourceReadError(f"catalogue source {name} has no recipe", root)
@@ -192,29 +200,59 @@ def recipe_table() -> list[dict[str, Any]]:
         recipe = recipes.get(name)
         ones = sorted(k for k, v in catalog[name].presence.items() if v == 1)
         if recipe is None:
-            rows.append({"source": name, "status": "no recipe", "recipe": "", "layout": "", "annotation": "", "formats": "",
-                         "classes": f"0/{len(ones)}", "unverified": 0, "modality": catalog[name].modality})
+            rows.append(
+                {
+                    "source": name,
+                    "status": "no recipe",
+                    "recipe": "",
+                    "layout": "",
+                    "annotation": "",
+                    "formats": "",
+                    "classes": f"0/{len(ones)}",
+                    "unverified": 0,
+                    "modality": catalog[name].modality,
+                }
+            )
             continue
         vocab = load_vocabulary()
         mapped = {vocab.lookup(t).name for t in recipe.labels.values() if t and vocab.lookup(t)}
-        formats = sorted({_suffix(p.images) for p in recipe.patterns} | {_suffix(p.label or p.masks or p.image or "") for p in recipe.patterns} - {""})
-        rows.append({
-            "source": name,
-            "status": "fixture-tested" + (", real download checked" if recipe.real_data_checked else ""),
-            "recipe": recipe.name,
-            "layout": recipe.layout or "own",
-            "annotation": recipe.annotation,
-            "formats": " ".join(formats),
-            "classes": f"{len(mapped & set(ones))}/{len(ones)}",
-            "unverified": len(recipe.unverified),
-            "modality": recipe.modality or catalog[name].modality,
-        })
+        formats = sorted(
+            {_suffix(p.images) for p in recipe.patterns}
+            | {_suffix(p.label or p.masks or p.image or "") for p in recipe.patterns} - {""}
+        )
+        rows.append(
+            {
+                "source": name,
+                "status": "fixture-tested" + (", real download checked" if recipe.real_data_checked else ""),
+                "recipe": recipe.name,
+                "layout": recipe.layout or "own",
+                "annotation": recipe.annotation,
+                "formats": " ".join(formats),
+                "classes": f"{len(mapped & set(ones))}/{len(ones)}",
+                "unverified": len(recipe.unverified),
+                "modality": recipe.modality or catalog[name].modality,
+            }
+        )
     return rows
 
 
 def _suffix(pattern: str) -> str:
     name = pattern.rsplit("/", 1)[-1].lower()
-    for suffix in (".nii.gz", ".seg.nrrd", ".nrrd", ".mhd", ".mha", ".png", ".jpg", ".tif", ".gif", ".mat", ".xml", ".json", ".csv"):
+    for suffix in (
+        ".nii.gz",
+        ".seg.nrrd",
+        ".nrrd",
+        ".mhd",
+        ".mha",
+        ".png",
+        ".jpg",
+        ".tif",
+        ".gif",
+        ".mat",
+        ".xml",
+        ".json",
+        ".csv",
+    ):
         if name.endswith(suffix):
             return suffix.lstrip(".")
     return ""
@@ -229,7 +267,7 @@ def recipe_markdown() -> str:
     recipes = load_recipes()
     lines = [
         TABLE_START,
-        "| source (row) | modality | recipe (layout) | annotation | formats | classes mapped | status | UNVERIFIED facts |",
+        "| source (row) | modality | recipe (layout) | annotation | formats | classes mapped | status | UNVERIFIED facts |",  # noqa: E501
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in recipe_table():

@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 
 from medrov.errors import SourceReadError
-from medrov.io.volume import Volume, _check_finite, read_volume
+from medrov.io.geometry import Volume, check_finite
+from medrov.io.volume import read_volume
 
 
 def frame_count(path: str | Path) -> int:
@@ -75,7 +76,7 @@ def _read_nifti_frame(path: Path, index: int | None) -> Volume:
         raise
     except Exception as exc:
         raise SourceReadError(f"cannot read NIfTI ({type(exc).__name__}: {exc})", path) from exc
-    _check_finite(array, path)
+    check_finite(array, path)
     affine = np.asarray(img.affine, dtype=np.float64)
     if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-9:
         raise SourceReadError("affine is singular or not finite", path)

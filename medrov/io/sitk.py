@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from medrov.errors import SourceReadError
-from medrov.io.volume import Volume, _check_finite
+from medrov.io.geometry import Volume, check_finite
 
 SITK_SUFFIXES = (".mha", ".mhd", ".nrrd", ".nhdr")
 
@@ -79,7 +79,7 @@ def read_sitk(path: str | Path, index: int | None = None) -> Volume:
         raise SourceReadError(f"frame/channel {index} requested but the file is a single 3D volume", path)
     # (k, j, i) -> (i, j, k): the affine's columns then follow the array axes, as for NIfTI
     array = np.ascontiguousarray(array.transpose(2, 1, 0))
-    _check_finite(array, path)
+    check_finite(array, path)
     lps = np.eye(4)
     d3 = np.eye(3)
     d3[: min(dim, 3), : min(dim, 3)] = direction[:3, :3] if dim >= 3 else direction

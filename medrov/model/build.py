@@ -15,16 +15,13 @@ import logging
 from pathlib import Path
 from typing import Any, Sequence
 
-from medrov.errors import MedrovError
+from medrov.errors import ModelError  # noqa: F401  (re-exported for callers of the model layer)
+from medrov.prompts import prompt_name, prompt_names  # noqa: F401  (re-exported: the model code's names)
 
 log = logging.getLogger(__name__)
 
 TEXT_DIM = 512
 SCALES = ("n", "s", "m", "l", "x")
-
-
-class ModelError(MedrovError):
-    """A model cannot be built, loaded or given prompts."""
 
 
 def fit_text_dim(embeddings, dim: int = TEXT_DIM):
@@ -110,7 +107,3 @@ class Prompter:
     def describe(self) -> dict[str, Any]:
         return self.encoder.describe()
 
-
-def prompt_name(vocab_name: str) -> str:
-    """The prompt of a vocabulary entry ``name/synonym/...`` at inference: its canonical name."""
-    return vocab_name.split("/", 1)[0].strip()

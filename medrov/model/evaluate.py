@@ -20,6 +20,7 @@ import yaml
 
 from medrov import paths
 from medrov.config import EvaluateParams, Params
+from medrov.data.presence import annotated_classes, read_presence
 from medrov.errors import ConfigError
 from medrov.model.detector import Detector
 
@@ -158,8 +159,8 @@ def evaluate(weights: str | Path, params: Params, split: str | None = None, out_
         raise ConfigError(f"{data_dir}: the {split} split has no images")
     boxes = pd.read_parquet(data_dir / "boxes.parquet")
     boxes = boxes[boxes["image"].isin(set(manifest["image"]))]
-    presence = pd.read_csv(data_dir / "presence.csv", index_col=0)
-    by_name = {n.split("/", 1)[0]: i for i, n in names.items()}
+    presence = read_presence(data_dir / "presence.csv")
+    by_name = {prompt_name(n): i for i, n in names.items()}
 
     cache = None if params.text.cache_dir is None else (root / params.text.cache_dir)
     detector = Detector(weights)
@@ -171,8 +172,7 @@ def evaluate(weights: str | Path, params: Params, split: str | None = None, out_
     records: dict[str, dict[str, np.ndarray]] = {}
     start = time.time()
     for source, rows in manifest.groupby("source"):
-        row = presence.loc[source] if source in presence.index else None
-        annotated = [c for c in row.index[row.values == 1]] if row is not None else []
+        annotated = annotated_classes(presence, source)
         class_ids = sorted(by_name[c] for c in annotated if c in by_name)
         if not class_ids:
             log.warning("evaluate: source %s annotates no vocabulary class; skipped", source)

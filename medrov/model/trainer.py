@@ -22,6 +22,7 @@ from ultralytics.models.yolo.world.train import on_pretrain_routine_end as stock
 from ultralytics.utils import RANK
 from ultralytics.utils.torch_utils import unwrap_model
 
+from medrov.data.presence import image_sources
 from medrov.model.build import Prompter, prompt_name, set_prompts
 
 log = logging.getLogger(__name__)
@@ -93,18 +94,6 @@ class SourceTiles:
         return labels
 
 
-def image_sources(data: dict[str, Any]) -> tuple[dict[str, int], list[str]]:
-    """Image path -> source index (row of presence.csv), read from the Omnis manifest, and the source names."""
-    import pandas as pd
-
-    root = Path(data["path"])
-    order = pd.read_csv(root / "presence.csv", usecols=[0]).iloc[:, 0].astype(str).tolist()
-    index = {name: i for i, name in enumerate(order)}
-    manifest = pd.read_parquet(root / "manifest.parquet", columns=["image", "source"])
-    mapping = {str((root / img).resolve()): index.get(str(src), -1) for img, src in zip(manifest["image"], manifest["source"])}
-    return mapping, order
-
-
 class OmnisTrainDataset(_HoldOut, YOLOMultiModalDataset):
     """Training images with per-image prompts (synonyms picked at random by ultralytics) and our sampler.
 
@@ -118,7 +107,7 @@ class OmnisTrainDataset(_HoldOut, YOLOMultiModalDataset):
         if not self.data.get("track_sources"):
             return super().update_labels_info(label)
         if not hasattr(self, "_sources"):
-            self._sources, self._source_names = image_sources(self.data)
+            self._sources, self._source_names = image_sources(self.data["path"])
         nc = int(self.data["nc"])
         source = self._sources.get(str(Path(label["im_file"]).resolve()), -1)
         if source >= 0:

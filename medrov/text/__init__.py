@@ -2,7 +2,16 @@
 embedding cache. Nothing is loaded at import time."""
 
 from medrov.text.cache import cache_file, encode_cached
-from medrov.text.encoders import BIOMEDCLIP, MINILM, Encoder, EncoderError, MiniLMEncoder, OpenClipEncoder, build_encoder, load_encoder
+from medrov.text.encoders import (
+    BIOMEDCLIP,
+    MINILM,
+    Encoder,
+    EncoderError,
+    MiniLMEncoder,
+    OpenClipEncoder,
+    build_encoder,
+    load_encoder,
+)
 
 __all__ = [
     "BIOMEDCLIP",

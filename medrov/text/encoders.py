@@ -22,7 +22,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from medrov.errors import MedrovError
+from medrov.errors import EncoderError
 
 log = logging.getLogger(__name__)
 
@@ -30,12 +30,7 @@ BIOMEDCLIP = "hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"
 MINILM = "minilm"
 
 
-class EncoderError(MedrovError):
-    """A text/image encoder cannot be loaded or cannot do what was asked."""
-
-
 def _normalise(features):
-    import torch
 
     features = features.detach().float().cpu()
     return features / features.norm(dim=-1, keepdim=True).clamp_min(1e-12)

@@ -10,8 +10,8 @@ test folders, cases of the other presence row.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 
@@ -107,7 +107,10 @@ def voc(path: Path, filename: str, objects: list[tuple[str, tuple[int, int, int,
         f"<object><name>{name}</name><bndbox><xmin>{a}</xmin><ymin>{b}</ymin><xmax>{c}</xmax><ymax>{d}</ymax></bndbox></object>"
         for name, (a, b, c, d) in objects
     )
-    return text(path, f"<annotation><filename>{filename}</filename><size><width>{SIZE}</width><height>{SIZE}</height></size>{body}</annotation>")
+    return text(
+        path,
+        f"<annotation><filename>{filename}</filename><size><width>{SIZE}</width><height>{SIZE}</height></size>{body}</annotation>",
+    )
 
 
 def mat(path: Path, **arrays: np.ndarray) -> Path:
@@ -159,7 +162,10 @@ def _acdc(root: Path) -> dict[str, int]:
 def _amos(root: Path, row: str) -> dict[str, int]:
     top = root / "amos22"
     text(top / "dataset.json", json.dumps({"name": "AMOS", "licence": "CC-BY-SA 4.0"}))
-    text(top / "labeled_data_meta_0000_0599.csv", "amos_id,Patient's Sex,Patient's Age\n1,F,040Y\n2,M,061Y\n3,F,033Y\n507,F,050Y\n")
+    text(
+        top / "labeled_data_meta_0000_0599.csv",
+        "amos_id,Patient's Sex,Patient's Age\n1,F,040Y\n2,M,061Y\n3,F,033Y\n507,F,050Y\n",
+    )
     pair(top / "imagesTr" / "amos_0001.nii.gz", top / "labelsTr" / "amos_0001.nii.gz", [6, 15])
     pair(top / "imagesTr" / "amos_0002.nii.gz", top / "labelsTr" / "amos_0002.nii.gz", [6, 15])
     pair(top / "imagesTr" / "amos_0507.nii.gz", top / "labelsTr" / "amos_0507.nii.gz", [6])  # MRI: not these rows
@@ -172,7 +178,10 @@ def _amos(root: Path, row: str) -> dict[str, int]:
 
 @builds("BCCD")
 def _bccd(root: Path) -> dict[str, int]:
-    for n, objects in (("00000", [("RBC", (1, 1, 5, 5)), ("RBC", (6, 6, 9, 9)), ("WBC", (2, 8, 8, 15))]), ("00001", [("Platelets", (3, 3, 6, 6))])):
+    for n, objects in (
+        ("00000", [("RBC", (1, 1, 5, 5)), ("RBC", (6, 6, 9, 9)), ("WBC", (2, 8, 8, 15))]),
+        ("00001", [("Platelets", (3, 3, 6, 6))]),
+    ):
         photo(root / "JPEGImages" / f"BloodImage_{n}.jpg")
         voc(root / "Annotations" / f"BloodImage_{n}.xml", f"BloodImage_{n}.jpg", objects)
     text(root / "ImageSets" / "Main" / "train.txt", "BloodImage_00000\n")
@@ -192,11 +201,17 @@ def _bhsd(root: Path) -> dict[str, int]:
 def _borg(root: Path) -> dict[str, int]:
     proj = root / "data" / "max_projection"
     cats = [{"id": i, "name": n} for i, n in enumerate(["Prophase", "Metaphase", "Anaphase", "Telophase"], start=1)]
-    for split, name, anns in (("train", "phase_1_new_v10_frame_02.png", [(1, [1, 1, 5, 5]), (3, [8, 8, 5, 5])]), ("val", "phase_2_new_v11_frame_07.png", [(2, [2, 2, 6, 6])])):
+    for split, name, anns in (
+        ("train", "phase_1_new_v10_frame_02.png", [(1, [1, 1, 5, 5]), (3, [8, 8, 5, 5])]),
+        ("val", "phase_2_new_v11_frame_07.png", [(2, [2, 2, 6, 6])]),
+    ):
         photo(proj / "images" / split / name)
         doc = {
             "images": [{"id": 1, "file_name": f"images/{split}/{name}", "width": SIZE, "height": SIZE}],
-            "annotations": [{"id": i, "image_id": 1, "category_id": c, "bbox": b, "area": b[2] * b[3], "iscrowd": 0} for i, (c, b) in enumerate(anns)],
+            "annotations": [
+                {"id": i, "image_id": 1, "category_id": c, "bbox": b, "area": b[2] * b[3], "iscrowd": 0}
+                for i, (c, b) in enumerate(anns)
+            ],
             "categories": cats,
         }
         text(proj / f"organoid_coco_{split}.json", json.dumps(doc))
@@ -227,7 +242,11 @@ def _consep(root: Path) -> dict[str, int]:
     mat(top / "Train" / "Labels" / "train_1.mat", inst_map=inst, type_map=types)
     photo(top / "Train" / "Overlay" / "train_1.png")
     photo(top / "Test" / "Images" / "test_1.png")
-    mat(top / "Test" / "Labels" / "test_1.mat", inst_map=(inst == 3).astype(np.int32), type_map=(inst == 3).astype(np.int32) * 6)
+    mat(
+        top / "Test" / "Labels" / "test_1.mat",
+        inst_map=(inst == 3).astype(np.int32),
+        type_map=(inst == 3).astype(np.int32) * 6,
+    )
     return {"epithelial": 2, "inflammatory": 1, "fibroblast": 1}
 
 
@@ -237,7 +256,11 @@ def _covid(root: Path) -> dict[str, int]:
     masks = root / "Lung_and_Infection_Mask"
     pair(images / "coronacases_org_001.nii.gz", masks / "coronacases_001.nii.gz", [1, 2, 3])
     # not in HU: filtered out by the recipe
-    pair(images / "radiopaedia_org_covid-19-pneumonia-10_85902_1-dcm.nii.gz", masks / "radiopaedia_10_85902_1.nii.gz", [1])
+    pair(
+        images / "radiopaedia_org_covid-19-pneumonia-10_85902_1-dcm.nii.gz",
+        masks / "radiopaedia_10_85902_1.nii.gz",
+        [1],
+    )
     return {"left lung": 2, "right lung": 2, "lung infection": 2}
 
 
@@ -263,11 +286,17 @@ def _crossmoda(root: Path) -> dict[str, int]:
 def _cxr8(root: Path) -> dict[str, int]:
     for name in ("00000001_000.png", "00000002_000.png"):
         png(root / "images" / name, np.random.default_rng(2).integers(0, 255, (SIZE, SIZE), dtype=np.uint8))
-    text(root / "BBox_List_2017.csv", "Image Index,Finding Label,Bbox [x,y,w,h],,,\n"
-         "00000001_000.png,Atelectasis,1.5,2.0,5.0,4.0,,,\n00000001_000.png,Infiltrate,8,8,4,4,,,\n00000002_000.png,Mass,3,3,6,6,,,\n")
+    text(
+        root / "BBox_List_2017.csv",
+        "Image Index,Finding Label,Bbox [x,y,w,h],,,\n"
+        "00000001_000.png,Atelectasis,1.5,2.0,5.0,4.0,,,\n00000001_000.png,Infiltrate,8,8,4,4,,,\n00000002_000.png,Mass,3,3,6,6,,,\n",
+    )
     text(root / "train_val_list.txt", "00000001_000.png\n")
     text(root / "test_list.txt", "00000002_000.png\n")
-    text(root / "Data_Entry_2017.csv", "Image Index,Finding Labels,Follow-up #,Patient ID\n00000001_000.png,Atelectasis|Infiltration,0,1\n")
+    text(
+        root / "Data_Entry_2017.csv",
+        "Image Index,Finding Labels,Follow-up #,Patient ID\n00000001_000.png,Atelectasis|Infiltration,0,1\n",
+    )
     return {"atelectasis": 1, "infiltrate": 1, "lung mass": 1}
 
 
@@ -322,7 +351,10 @@ def _kvasir(root: Path) -> dict[str, int]:
 @builds("M5HCM", "M5LCM")
 def _m5(root: Path, row: str) -> dict[str, int]:
     top = root / "M5-Malaria Dataset"
-    for mic, split, objects in (("HCM", "train", [("ring", (1, 1, 5, 5)), ("gametocyte", (6, 6, 12, 12))]), ("LCM", "val", [("schizont", (2, 2, 9, 9))])):
+    for mic, split, objects in (
+        ("HCM", "train", [("ring", (1, 1, 5, 5)), ("gametocyte", (6, 6, 12, 12))]),
+        ("LCM", "val", [("schizont", (2, 2, 9, 9))]),
+    ):
         stem = "0001_1000x"
         voc(top / "Annotations" / mic / split / "1000x" / f"{stem}.xml", f"{stem}.png", objects)
         text(top / "Annotations" / mic / split / f"{split}.txt", "0001\n")
@@ -345,7 +377,10 @@ def _mmwhs(root: Path, row: str) -> dict[str, int]:
 @builds("MnMs")
 def _mnms(root: Path) -> dict[str, int]:
     top = root / "OpenDataset"
-    text(top / "211230_M&Ms_Dataset_information_diagnosis_opendataset.csv", "External code,VendorName,Vendor,Centre,ED,ES\nA0S9V9,Siemens,A,1,0,3\n")
+    text(
+        top / "211230_M&Ms_Dataset_information_diagnosis_opendataset.csv",
+        "External code,VendorName,Vendor,Centre,ED,ES\nA0S9V9,Siemens,A,1,0,3\n",
+    )
     case = top / "Training" / "Labeled" / "A0S9V9"
     nii(case / "A0S9V9_sa.nii.gz", image_volume(shape=(SIZE, SIZE, 2, 5)))
     gt = np.zeros((SIZE, SIZE, 2, 5), dtype=np.int16)
@@ -359,11 +394,35 @@ def _mnms(root: Path) -> dict[str, int]:
 
 
 _MSD = {
-    "MSD_Brain": ("Task01_BrainTumour", "BRATS_001", [1, 2, 3], 4, {"cerebral edema": 2, "non-enhancing brain tumor": 2, "enhancing brain tumor": 2}),
+    "MSD_Brain": (
+        "Task01_BrainTumour",
+        "BRATS_001",
+        [1, 2, 3],
+        4,
+        {"cerebral edema": 2, "non-enhancing brain tumor": 2, "enhancing brain tumor": 2},
+    ),
     "MSD_Heart": ("Task02_Heart", "la_003", [1], None, {"left atrium": 2}),
-    "MSD_Hippocampus": ("Task04_Hippocampus", "hippocampus_001", [1, 2], None, {"anterior hippocampus": 2, "posterior hippocampus": 2}),
-    "MSD_Prostate": ("Task05_Prostate", "prostate_00", [1, 2], 2, {"prostate peripheral zone": 2, "prostate transitional zone": 2}),
-    "MSD_HepaticVessel": ("Task08_HepaticVessel", "hepaticvessel_001", [1, 2], None, {"hepatic vessel": 2, "hepatic vessel tumor": 2}),
+    "MSD_Hippocampus": (
+        "Task04_Hippocampus",
+        "hippocampus_001",
+        [1, 2],
+        None,
+        {"anterior hippocampus": 2, "posterior hippocampus": 2},
+    ),
+    "MSD_Prostate": (
+        "Task05_Prostate",
+        "prostate_00",
+        [1, 2],
+        2,
+        {"prostate peripheral zone": 2, "prostate transitional zone": 2},
+    ),
+    "MSD_HepaticVessel": (
+        "Task08_HepaticVessel",
+        "hepaticvessel_001",
+        [1, 2],
+        None,
+        {"hepatic vessel": 2, "hepatic vessel tumor": 2},
+    ),
     "MSD_Spleen": ("Task09_Spleen", "spleen_2", [1], None, {"spleen": 2}),
     "MSD_Colon": ("Task10_Colon", "colon_001", [1], None, {"colon cancer primaries": 2}),
 }

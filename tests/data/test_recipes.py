@@ -85,14 +85,18 @@ def test_recipe_official_splits(row, split_of, tmp_path):
 )
 def test_recipe_reports_unpaired_inputs(row, unpaired, reason, tmp_path):
     _, skipped, _ = convert_in_process(_built(row, tmp_path))
-    assert [s.reason for s in skipped if s.input.endswith(unpaired)] and reason in next(s.reason for s in skipped if s.input.endswith(unpaired))
+    assert [s.reason for s in skipped if s.input.endswith(unpaired)] and reason in next(
+        s.reason for s in skipped if s.input.endswith(unpaired)
+    )
 
 
 def test_recipe_skips_macos_metadata_and_other_rows(tmp_path):
     items, skipped, _ = convert_in_process(_built("MSD_Spleen", tmp_path))
     assert [Path(i.inputs[0]).name for i in items] == ["spleen_2.nii.gz"] and not skipped
     items, _, _ = convert_in_process(_built("AMOSM", tmp_path / "amos"))
-    assert sorted(Path(i.inputs[0]).name for i in items) == ["amos_0002.nii.gz"]  # F cases and the MRI id 507 are not AMOSM
+    assert sorted(Path(i.inputs[0]).name for i in items) == [
+        "amos_0002.nii.gz"
+    ]  # F cases and the MRI id 507 are not AMOSM
 
 
 def test_recipe_4d_channel_and_frame_selection(tmp_path):
@@ -100,7 +104,9 @@ def test_recipe_4d_channel_and_frame_selection(tmp_path):
     assert sorted(i.item_id.rsplit("_", 1)[-1] for i in items) == ["t00", "t03"]  # ED and ES from the CSV
     brain = _built("MSD_Brain", tmp_path / "brain")
     assert [i.spec["index"] for i in enumerate_recipe(brain)[0]] == [0]  # FLAIR
-    every = one_line_source("MSD_Brain", tmp_path / "brain", overrides={"select": {"axis": "channel", "indices": "all"}})
+    every = one_line_source(
+        "MSD_Brain", tmp_path / "brain", overrides={"select": {"axis": "channel", "indices": "all"}}
+    )
     items, _, boxes = convert_in_process(every)
     assert [i.spec["index"] for i in items] == [0, 1, 2, 3] and boxes["cerebral edema"] == 8
 
@@ -139,7 +145,9 @@ def test_recipe_source_converts_through_convert_run(tmp_path):
     BUILDERS["ACDC"](tmp_path / "acdc")
     BUILDERS["BUSI"](tmp_path / "busi")
     sources = tmp_path / "sources.yaml"
-    sources.write_text(yaml.safe_dump({"sources": [{"name": "ACDC", "root": "acdc"}, {"name": "BUSI", "root": "busi"}]}))
+    sources.write_text(
+        yaml.safe_dump({"sources": [{"name": "ACDC", "root": "acdc"}, {"name": "BUSI", "root": "busi"}]})
+    )
     summary = convert.run(DataParams(workers=1), sources, tmp_path / "omnis", progress=False)
     assert summary["sources"]["ACDC"]["images"] == 6 and summary["sources"]["BUSI"]["images"] == 2
     manifest = pd.read_parquet(tmp_path / "omnis" / "manifest.parquet")
@@ -153,7 +161,9 @@ def test_recipe_maps_agree_with_presence_rows():
     from medrov.catalog.recipes import presence_mismatches
 
     vocab, catalog = load_vocabulary(), load_catalog()
-    problems = [p for row, recipe in load_recipes().items() for p in presence_mismatches(recipe, catalog[row].presence, vocab)]
+    problems = [
+        p for row, recipe in load_recipes().items() for p in presence_mismatches(recipe, catalog[row].presence, vocab)
+    ]
     assert problems == []
 
 
@@ -165,7 +175,9 @@ def test_recipe_presence_check_catches_a_wrong_map():
     swapped = amosf.model_copy(update={"labels": {**amosf.labels, "15": "prostate"}})  # AMOSF is the female row
     problems = presence_mismatches(swapped, catalog["AMOSF"].presence, vocab)
     assert any("'prostate', coded -1" in p for p in problems) and any("'uterus' is coded 1" in p for p in problems)
-    released = swapped.model_copy(update={"labels": {**amosf.labels, "15": None}, "not_in_release": {"uterus": "female cases removed"}})
+    released = swapped.model_copy(
+        update={"labels": {**amosf.labels, "15": None}, "not_in_release": {"uterus": "female cases removed"}}
+    )
     assert presence_mismatches(released, catalog["AMOSF"].presence, vocab) == []
 
 
@@ -176,7 +188,15 @@ def test_recipe_yaml_errors_name_the_recipe():
     with pytest.raises(ConfigError, match=r"recipe X: unknown layout 'nope'"):
         build_recipes({"recipes": {"X": {"layout": "nope"}}}, Path("recipes.yaml"))
     with pytest.raises(ConfigError, match=r"(?s)recipe Y \(row Y\).*globz.*Extra inputs"):
-        build_recipes({"layouts": {}, "recipes": {"Y": {"dims": 2, "annotation": "voc", "images": "*.xml", "image": "{stem}.jpg", "globz": 1}}}, Path("recipes.yaml"))
+        build_recipes(
+            {
+                "layouts": {},
+                "recipes": {
+                    "Y": {"dims": 2, "annotation": "voc", "images": "*.xml", "image": "{stem}.jpg", "globz": 1}
+                },
+            },
+            Path("recipes.yaml"),
+        )
 
 
 def test_recipe_table_in_readme_is_current():
@@ -185,7 +205,9 @@ def test_recipe_table_in_readme_is_current():
 
     text = (ROOT / "README.md").read_text()
     table = text[text.index(TABLE_START) : text.index(TABLE_END) + len(TABLE_END)]
-    assert table == recipe_markdown(), "README recipe table is stale: paste the output of `medrov sources list --markdown`"
+    assert table == recipe_markdown(), (
+        "README recipe table is stale: paste the output of `medrov sources list --markdown`"
+    )
     assert table.count("\n| ") == 38  # header + 37 rows
 
 
@@ -243,6 +265,16 @@ def test_recipe_entry_conflicts_are_config_errors(tmp_path):
     with pytest.raises(ConfigError, match="unknown layout 'mdd'"):
         one_line_source("Mine", tmp_path, layout="mdd", modality="ct")
     with pytest.raises(ConfigError, match="'overrides' needs a recipe"):
-        one_line_source("Mine", tmp_path, modality="ct", format="volume", images="*.nii.gz", labels="{name}", overrides={"threshold": 1})
+        one_line_source(
+            "Mine",
+            tmp_path,
+            modality="ct",
+            format="volume",
+            images="*.nii.gz",
+            labels="{name}",
+            overrides={"threshold": 1},
+        )
     borrowed = one_line_source("SpleenCopy", tmp_path, recipe="MSD_Spleen")
-    assert borrowed.recipe.row == "MSD_Spleen" and borrowed.catalog_presence["spleen"] == 1 and borrowed.modality == "ct"
+    assert (
+        borrowed.recipe.row == "MSD_Spleen" and borrowed.catalog_presence["spleen"] == 1 and borrowed.modality == "ct"
+    )

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.integration.conftest import copy_project, run_ok as _run
+from tests.integration.conftest import copy_project
+from tests.integration.conftest import run_ok as _run
 
 pytestmark = pytest.mark.integration
 

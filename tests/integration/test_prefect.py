@@ -78,10 +78,9 @@ def server(tmp_path_factory):
 @pytest.fixture
 def settings(server):
     """This test process talks to the test server too (in-process flow runs, the client)."""
-    from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
-
     from prefect.events.worker import EventsWorker
     from prefect.logging.handlers import APILogWorker
+    from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
 
     with temporary_settings({PREFECT_API_URL: server["url"], PREFECT_HOME: str(server["home"])}):
         yield server
@@ -131,7 +130,13 @@ def _artifacts(flow_run_id):
 
 
 def test_deployments_are_scheduled_and_a_worker_completes_a_triggered_pipeline_run(settings, tmp_path):
-    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId, FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
+    from prefect.client.schemas.filters import (
+        DeploymentFilter,
+        DeploymentFilterId,
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
     from prefect.client.schemas.objects import StateType
 
     project = tmp_path / "proj"
@@ -163,7 +168,7 @@ def test_deployments_are_scheduled_and_a_worker_completes_a_triggered_pipeline_r
                               stdout=worker_log, stderr=subprocess.STDOUT)
     try:
         run = _client_call(lambda c: c.create_flow_run_from_deployment(
-            deployments["nightly"].id, parameters={"targets": ["validate"], "promote_model": False}))
+            deployments["nightly"].id, parameters={"targets": ["validate"]}))
         final = _wait_final(run.id, timeout=420)
     finally:
         _stop(worker)
@@ -201,7 +206,7 @@ def test_a_failing_step_fails_the_flow_run_with_the_steps_error(settings, tmp_pa
     monkeypatch.chdir(project)
     monkeypatch.delenv("MEDROV_ROOT", raising=False)
 
-    state = pipeline(targets=["convert"], pull=False, push=False, promote_model=False, return_state=True)
+    state = pipeline(targets=["convert"], pull=False, push=False, return_state=True)
     assert state.is_failed()
     stored = _client_call(lambda c: c.read_flow_run(state.state_details.flow_run_id))
     assert stored.state.type == StateType.FAILED

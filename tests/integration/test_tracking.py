@@ -129,8 +129,7 @@ def overrides(work: Path, tiny_omnis: Path, uri: str | None) -> list[str]:
 @pytest.fixture(scope="session")
 def trained(server_process, work, tiny_omnis):
     """The one training of the session, tracked in the server: (params, train summary)."""
-    from medrov import tracking
-
+    from medrov import steps
     from medrov.text import encode_cached, load_encoder
 
     with pytest.MonkeyPatch.context() as mp:
@@ -138,7 +137,7 @@ def trained(server_process, work, tiny_omnis):
         params = load_params(ROOT / "params.yaml", overrides(work, tiny_omnis, server_process.uri))
         # the prompts the comparisons use are in the encoder's cache, which the logged model carries
         encode_cached(load_encoder("minilm"), PROMPTS, params.text.cache_dir)
-        info = tracking.train(params)
+        info = steps.train(params)
     return params, info
 
 
@@ -217,7 +216,7 @@ def _shifted(result: dict, offset: float, modality_offsets: dict[str, float] | N
 
 
 def test_promote_gate_rollback_and_the_champion_model(store, trained, tmp_path):
-    from medrov import tracking
+    from medrov import steps, tracking
     from medrov.model.build import Prompter
     from medrov.model.detector import Detector
     from medrov.text import load_encoder
@@ -229,13 +228,13 @@ def test_promote_gate_rollback_and_the_champion_model(store, trained, tmp_path):
         first = info["mlflow"]["run_id"]
     else:  # the embedded store gets the same weights as a run; the default URI lies in the project root
         assert client.tracking_uri == f"sqlite:///{store['project'] / 'mlflow.db'}"
-        first = tracking.log_weights_run(params, weights, encoder_spec="minilm")
+        first = steps.log_weights_run(params, weights, encoder_spec="minilm")
 
     # 1. the first model, champion. Its val evaluation exists once either way: the tracked training made it while
     # warm (server store), or promote makes it (the embedded store's imported run has none)
     if store["kind"] == "server":
         assert info["mlflow"]["gate_eval_run_id"]
-    one = tracking.promote(params, run_id=first)
+    one = steps.promote(params, run_id=first)
     assert one["decision"] == "first" and one["promoted"] and one["version"] == "1"
     assert str(client.get_model_version_by_alias("medrov", "champion").version) == "1"
     evaluations = client.search_runs([client.get_run(first).info.experiment_id],
@@ -245,9 +244,9 @@ def test_promote_gate_rollback_and_the_champion_model(store, trained, tmp_path):
     assert real["split"] == "val" and set(one["challenger"]["modality"]) == {m for m, s in real["modality"].items() if "all" in s}
 
     # 2. the same weights again (a real re-evaluation): no gain, refused, champion unchanged
-    same = tracking.log_weights_run(params, weights, encoder_spec="minilm", name="same")
-    tracking.evaluate(weights, params, split="val", train_run_id=same, quiet=True)
-    two = tracking.promote(params, run_id=same)
+    same = steps.log_weights_run(params, weights, encoder_spec="minilm", name="same")
+    steps.evaluate(weights, params, split="val", train_run_id=same, quiet=True)
+    two = steps.promote(params, run_id=same)
     assert two["decision"] == "refused" and not two["promoted"] and "min_gain" in two["reason"]
     assert str(client.get_model_version_by_alias("medrov", "champion").version) == "1"
     assert str(client.get_model_version_by_alias("medrov", "challenger").version) == two["version"] == "2"
@@ -256,30 +255,30 @@ def test_promote_gate_rollback_and_the_champion_model(store, trained, tmp_path):
     assert refused["medrov.promote.champion_version"] == "1" and float(refused["medrov.promote.gain"]) == pytest.approx(0, abs=1e-6)
 
     # 3. better by 0.2 everywhere: promoted, and it remembers whom it replaced
-    better = tracking.log_weights_run(params, weights, encoder_spec="minilm", name="better")
+    better = steps.log_weights_run(params, weights, encoder_spec="minilm", name="better")
     tracking.record_evaluation(params, better, _shifted(real, 0.2), "val")
-    three = tracking.promote(params, run_id=better)
+    three = steps.promote(params, run_id=better)
     assert three["decision"] == "promoted" and three["gain"] >= 0.1
     assert str(client.get_model_version_by_alias("medrov", "champion").version) == "3"
     assert client.get_model_version("medrov", "3").tags["medrov.previous_champion"] == "1"
 
     # 4. better overall but one modality collapses: refused for that modality
     modality = sorted(one["challenger"]["modality"])[0]
-    dropped = tracking.log_weights_run(params, weights, encoder_spec="minilm", name="modality-drop")
+    dropped = steps.log_weights_run(params, weights, encoder_spec="minilm", name="modality-drop")
     tracking.record_evaluation(params, dropped, _shifted(real, 0.3, {modality: -0.3}), "val")
-    four = tracking.promote(params, run_id=dropped)
+    four = steps.promote(params, run_id=dropped)
     assert four["decision"] == "refused" and f"{modality} map50 dropped" in four["reason"] and "min_gain" not in four["reason"]
     assert str(client.get_model_version_by_alias("medrov", "champion").version) == "3"
 
     # promoting the champion's run again changes nothing
-    assert tracking.promote(params, run_id=better)["decision"] == "already champion"
+    assert steps.promote(params, run_id=better)["decision"] == "already champion"
     assert len(client.search_model_versions("name = 'medrov'")) == 4
 
     # 5. rollback: the previous champion is back
-    back = tracking.rollback(params)
+    back = steps.rollback(params)
     assert (back["from_version"], back["to_version"]) == ("3", "1")
     assert str(client.get_model_version_by_alias("medrov", "champion").version) == "1"
-    rows = {r["version"]: r for r in tracking.list_models(params)}
+    rows = {r["version"]: r for r in steps.list_models(params)}
     assert rows["1"]["aliases"] == ["champion"] and rows["4"]["aliases"] == ["challenger"]
     assert rows["2"]["decision"] == "refused" and rows["3"]["decision"] == "promoted" and rows["1"]["decision"] == "first"
 
@@ -344,13 +343,13 @@ def overrides_of(params) -> list[str]:
 
 def test_mlflow_models_serve_answers_with_boxes(trained, mlflow_server, tmp_path):
     """REST scoring of the registry's champion with `mlflow models serve --env-manager local` on 127.0.0.1."""
-    from medrov import tracking
+    from medrov import steps
     from medrov.model.pyfunc import encode_image_file
 
     params, info = trained
     served = load_params(ROOT / "params.yaml", [*overrides_of(params), f"tracking.uri={mlflow_server.uri}",
                                                  "promote.model_name=medrov-serve"])
-    assert tracking.promote(served, run_id=info["mlflow"]["run_id"])["decision"] == "first"
+    assert steps.promote(served, run_id=info["mlflow"]["run_id"])["decision"] == "first"
     port = free_port()
     env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server.uri, "MLFLOW_DISABLE_TELEMETRY": "true",
            "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),  # uvicorn

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from medrov.config import load_params, with_overrides
+from medrov.config import flatten, load_params, with_overrides
 from medrov.errors import ConfigError
 from tests.conftest import ROOT
 
@@ -56,9 +56,14 @@ def test_sweep_logs_child_runs_and_writes_the_best_config(train_overrides, tmp_p
     assert len(children) == 4 and {r.info.status for r in children} == {"FINISHED"}
     assert {r.info.run_id for r in children} == {t["mlflow_run_id"] for t in summary["trials"]}
     for run in children:
-        assert set(run.data.params) == {"pseudo.iou_t", "pseudo.conf_c"}
+        trial = next(t for t in summary["trials"] if t["mlflow_run_id"] == run.info.run_id)
+        # a trial is a tracked training: every params key flattened, the trial's own values, the provenance tags
+        assert set(flatten(params)) <= set(run.data.params)
+        assert {k: float(run.data.params[k]) for k in trial["config"]} == trial["config"]
+        assert run.data.tags["medrov.step"] == "train" and run.data.tags["medrov.git_commit"]
+        assert "medrov.data.presence_md5" in run.data.tags and run.data.tags["medrov.tune_parent_run_id"] == parent[0].info.run_id
         history = client.get_metric_history(run.info.run_id, "metrics/mAP50B")
-        assert [m.step for m in history] == list(range(1, len(history) + 1)) and history
+        assert [m.step for m in history] == list(range(len(history))) and history  # epochs from 0, as every train run
 
 
 def test_space_key_that_is_not_a_param_fails_before_ray_starts(train_overrides, tmp_path):

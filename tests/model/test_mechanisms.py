@@ -28,14 +28,13 @@ def _trainer(overrides, extra=()):
 @pytest.mark.parametrize("mosaic", [0.0, 1.0])
 def test_source_tiles_follow_mosaic_and_affine(train_overrides, tiny_omnis, mosaic):
     """Every ground-truth box after augmentation lies in a tile whose source annotates its class."""
-    from medrov.model.mechanisms import presence_for
+    from medrov.data.presence import image_sources, presence_array
     from medrov.model.pseudo import source_of
-    from medrov.model.trainer import image_sources
 
     trainer, _ = _trainer(train_overrides, [f"train.profiles.demo.extra={{mosaic: {mosaic}, degrees: 10.0, fliplr: 0.5}}"])
     dataset = trainer.build_dataset(str(tiny_omnis / "train.txt"), "train", 4)
-    _, sources = image_sources(trainer.data)
-    presence = presence_for(trainer.data, sources)
+    _, sources = image_sources(trainer.data["path"])
+    presence = presence_array(tiny_omnis / "presence.csv", list(trainer.data["names"].values()), sources)
     manifest = pd.read_parquet(tiny_omnis / "manifest.parquet")
     by_image = {str((tiny_omnis / i).resolve()): s for i, s in zip(manifest["image"], manifest["source"])}
     checked = 0

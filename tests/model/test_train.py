@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 
 from medrov.config import load_params
 from tests.conftest import ROOT

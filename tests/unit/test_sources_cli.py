@@ -25,11 +25,16 @@ def test_sources_check_counts_pairs_unpaired_and_unknown_ids(tmp_path):
     BUILDERS["FLARE22"](tmp_path)
     top = tmp_path / "FLARE22Train"
     pair(top / "images" / "FLARE22_Tr_0002_0000.nii.gz", top / "labels" / "FLARE22_Tr_0002.nii.gz", [1, 14])
-    (top / "images" / "FLARE22_Tr_0003_0000.nii.gz").write_bytes((top / "images" / "FLARE22_Tr_0001_0000.nii.gz").read_bytes())
+    (top / "images" / "FLARE22_Tr_0003_0000.nii.gz").write_bytes(
+        (top / "images" / "FLARE22_Tr_0001_0000.nii.gz").read_bytes()
+    )
     result = runner.invoke(sources_app, ["check", "FLARE22", str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert "items (images with their labels): 2 from 2 image file(s)" in result.output
-    assert "unpaired or unusable inputs: 1" in result.output and "FLARE22_Tr_0003_0000.nii.gz: no label file" in result.output
+    assert (
+        "unpaired or unusable inputs: 1" in result.output
+        and "FLARE22_Tr_0003_0000.nii.gz: no label file" in result.output
+    )
     assert 'native labels found {"1": 2, "13": 1, "14": 1}' in result.output
     assert 'unknown labels (not in the recipe\'s map): {"14": 1}' in result.output
 
@@ -61,12 +66,17 @@ def test_sources_check_compares_the_declared_dataset_json_labels(tmp_path):
 
     BUILDERS["MSD_Hippocampus"](tmp_path)
     task = tmp_path / "Task04_Hippocampus"
-    (task / "dataset.json").write_text(json.dumps({"labels": {"0": "background", "1": "Anterior", "2": "Posterior", "3": "Extra"}}))
+    (task / "dataset.json").write_text(
+        json.dumps({"labels": {"0": "background", "1": "Anterior", "2": "Posterior", "3": "Extra"}})
+    )
     result = runner.invoke(sources_app, ["check", "MSD_Hippocampus", str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert '"1": "Anterior"' in result.output and "declared id 3 (Extra) is not in the recipe's map" in result.output
     (task / "dataset.json").write_text(json.dumps({"labels": {"0": "background", "1": "Anterior", "2": "Posterior"}}))
-    assert "every declared id is in the recipe's map" in runner.invoke(sources_app, ["check", "MSD_Hippocampus", str(tmp_path)]).output
+    assert (
+        "every declared id is in the recipe's map"
+        in runner.invoke(sources_app, ["check", "MSD_Hippocampus", str(tmp_path)]).output
+    )
 
 
 def test_sources_list_markdown_is_the_readme_table():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -23,6 +24,17 @@ app.add_typer(sources_app, name="sources")
 
 ParamsOpt = typer.Option(None, "--params", help="params file (default: the project's params.yaml)")
 SetOpt = typer.Option([], "--set", "-S", help="dotted override, e.g. data.workers=1 (repeatable)")
+TrustOpt = typer.Option(
+    False, "--trust-weights",
+    help="load weights that are not plain model checkpoints (arbitrary pickles can run code: only for files you trust; "
+         "also MEDROV_TRUST_WEIGHTS=1)",
+)
+
+
+def _trust(flag: bool) -> None:
+    """``--trust-weights``: read by medrov.model.weights before any load, in this process and its children."""
+    if flag:
+        os.environ["MEDROV_TRUST_WEIGHTS"] = "1"  # the name medrov.model.weights.TRUST_ENV (not imported: convert knows no model)
 
 
 def _setup(verbose: bool = False) -> None:
@@ -140,9 +152,11 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="continue the interrupted run of this profile from weights/last.pt"),
     metrics: Optional[Path] = typer.Option(None, help="write the run summary as JSON here (for DVC)"),
     params: Optional[Path] = ParamsOpt,
+    trust: bool = TrustOpt,
     set_: list[str] = SetOpt,
 ) -> None:
     """Fine-tune YOLO-World on Omnis with the configured text encoder (or the closed-set baseline)."""
+    _trust(trust)
     from medrov import steps
     from medrov.config import load_params
 
@@ -163,9 +177,11 @@ def evaluate(
     metrics: Optional[Path] = typer.Option(None, help="metrics JSON (default: evaluate.metrics)"),
     plots: Optional[Path] = typer.Option(None, help="folder for PR-curve and per-modality PNGs (default: evaluate.plots)"),
     params: Optional[Path] = ParamsOpt,
+    trust: bool = TrustOpt,
     set_: list[str] = SetOpt,
 ) -> None:
     """mAP50 and mAP50-95 for base, novel and base+novel classes, per modality and per source."""
+    _trust(trust)
     from medrov import steps
     from medrov.config import load_params
     from medrov.steps.common import default_weights
@@ -195,9 +211,11 @@ def predict(
     modality: str = typer.Option("auto", help="auto, ct or mri: intensity normalisation of volumes"),
     threads: Optional[int] = typer.Option(None, min=1, help="CPU threads for inference (default: every core)"),
     params: Optional[Path] = ParamsOpt,
+    trust: bool = TrustOpt,
     set_: list[str] = SetOpt,
 ) -> None:
     """Detect the prompted objects; volumes also get 3D boxes linked across slices."""
+    _trust(trust)
     from medrov import steps
     from medrov.config import load_params
 
@@ -214,9 +232,11 @@ def export(
     out: Path = typer.Option(Path("exports/medrov.onnx"), help="ONNX file to write (a .json sidecar lists the classes)"),
     imgsz: int = typer.Option(640, min=32, help="input size of the exported model"),
     params: Optional[Path] = ParamsOpt,
+    trust: bool = TrustOpt,
     set_: list[str] = SetOpt,
 ) -> None:
     """Export to ONNX with a fixed vocabulary."""
+    _trust(trust)
     from medrov.config import load_params
     from medrov.model.export import export_onnx
     from medrov.steps.common import default_weights, prompter
@@ -233,9 +253,11 @@ def promote(
     split: Optional[str] = typer.Option(None, help="split of the gating metrics (default: promote.split)"),
     metrics: Optional[Path] = typer.Option(None, help="write the decision as JSON here (for DVC)"),
     params: Optional[Path] = ParamsOpt,
+    trust: bool = TrustOpt,
     set_: list[str] = SetOpt,
 ) -> None:
     """Register a run's model as `challenger`; move `champion` to it only if it beats the champion on the gate."""
+    _trust(trust)
     from medrov import steps
     from medrov.config import load_params
 
@@ -321,6 +343,10 @@ def main() -> None:
         raise SystemExit(exc.exit_code) from None
     except typer.Abort:
         raise SystemExit(130) from None
+    except KeyboardInterrupt as exc:  # SIGINT, or SIGTERM during a step run (which then ended KILLED)
+        terminated = type(exc).__name__ == "Terminated"
+        typer.secho(f"error: {'terminated (SIGTERM)' if terminated else 'interrupted'}", fg="red", err=True)
+        raise SystemExit(143 if terminated else 130) from None
     except Exception as exc:  # click usage errors and friends
         import click
 

@@ -54,6 +54,7 @@ class DataParams(Section):
     ct_window: tuple[float, float] = (-500.0, 1000.0)
     mri_percentiles: tuple[float, float] = (0.5, 99.5)
     png_compress_level: int = Field(1, ge=0, le=9)
+    max_volume_bytes: int = Field(2 * 1024**3, ge=1)
     split: SplitParams = SplitParams()
 
     @model_validator(mode="after")

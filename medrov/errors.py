@@ -51,3 +51,7 @@ class EncoderError(MedrovError):
 
 class TuneFailed(MedrovError):
     """The sweep could not run, or no trial reported the metric."""
+
+
+class OutputBusy(MedrovError):
+    """Another process is writing the same output folder (it holds its lock)."""

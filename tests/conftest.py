@@ -13,7 +13,7 @@ SHARED_DATA = Path(os.environ.get("MEDROV_SHARED_DATA", ROOT.parent / "shared" /
 
 
 # the tier of a test is its folder (tests/infra reads files only: unit); `make test-fast` runs unit and data
-TIERS = {"unit": "unit", "infra": "unit", "data": "data", "model": "model", "integration": "integration"}
+TIERS = {"unit": "unit", "infra": "unit", "data": "data", "faults": "data", "model": "model", "integration": "integration"}
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -14,9 +14,10 @@ import glob
 import json
 import re
 import xml.etree.ElementTree as ET
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -81,6 +82,52 @@ def _group(source: ResolvedSource, item_id: str, fallback: str | None = None) ->
     return fallback or item_id
 
 
+OUTSIDE_ROOT = "path outside the source root"
+
+
+@contextmanager
+def entry_guard(skipped: list[Skipped], where: str | Path) -> Iterator[None]:
+    """Any error while listing one entry skips that entry only (with its reason), never the whole source."""
+    try:
+        yield
+    except SourceReadError as exc:
+        skipped.append(Skipped(str(exc.path or where), exc.reason))
+    except Exception as exc:  # an unforeseen error in one entry is still that entry's fault
+        skipped.append(Skipped(str(where), f"cannot read this entry ({type(exc).__name__}: {exc})"))
+
+
+def confined(source: ResolvedSource, path: Path, named: str, where: str | Path) -> Path:
+    """``path`` (taken from an annotation file) if it resolves inside the source root, symlinks resolved.
+
+    Raises:
+        SourceReadError: it leaves the root (absolute path, ``..``, or a symlink pointing elsewhere): an
+            annotation file must not make convert copy an arbitrary host file into the dataset.
+    """
+    try:
+        inside = path.resolve().is_relative_to(source.root.resolve())
+    except (OSError, RuntimeError) as exc:  # symlink loop
+        raise SourceReadError(f"cannot resolve {named!r} ({exc})", where) from exc
+    if not inside:
+        raise SourceReadError(f"{OUTSIDE_ROOT}: {named!r} resolves to {path.resolve()}", where)
+    return path
+
+
+def parse_xml(path: str | Path) -> ET.Element:
+    """The root element of an XML file, or :class:`SourceReadError` saying why it cannot be read."""
+    try:
+        return ET.parse(path).getroot()
+    except ET.ParseError as exc:
+        raise SourceReadError(f"malformed XML ({exc})", path) from exc
+    except (LookupError, ValueError) as exc:  # expat knows only single-byte encodings and UTF-8/16
+        raise SourceReadError(f"XML declares an encoding that cannot be read ({exc}): save it as UTF-8", path) from exc
+    except IsADirectoryError as exc:
+        raise SourceReadError("a folder, not an XML file", path) from exc
+    except FileNotFoundError as exc:
+        raise SourceReadError("file not found (a dangling symlink?)", path) from exc
+    except OSError as exc:
+        raise SourceReadError(f"cannot read XML ({exc.strerror or exc})", path) from exc
+
+
 def _glob(source: ResolvedSource, pattern: str) -> list[Path]:
     return sorted(Path(p) for p in glob.glob(str(source.root / pattern), recursive=True))
 
@@ -116,6 +163,8 @@ def _read_image(path: Path) -> np.ndarray:
             array = np.asarray(img)
     except FileNotFoundError as exc:
         raise SourceReadError("image file not found", path) from exc
+    except Image.DecompressionBombError as exc:
+        raise SourceReadError(f"image too large, refused as a possible decompression bomb ({exc})", path) from exc
     except (OSError, UnidentifiedImageError, ValueError) as exc:
         raise SourceReadError(f"cannot read image ({type(exc).__name__}: {exc})", path) from exc
     if array.ndim not in (2, 3) or array.size == 0:
@@ -157,12 +206,13 @@ def enumerate_volume(source: ResolvedSource) -> tuple[list[Item], list[Skipped]]
             rel = image.relative_to(source.root)
             pairs.append((image, source.path(_template(source.spec.labels, rel)), None))
     for image, label, patient in pairs:
-        rel = str(image.relative_to(source.root)) if image.is_relative_to(source.root) else image.name
-        item_id = safe_id(rel)
-        if not label.exists():
-            skipped.append(Skipped(str(image), f"no label volume: expected {label}"))
-            continue
-        items.append(Item(source.name, item_id, [str(image), str(label)], patient or _group(source, item_id)))
+        with entry_guard(skipped, image):
+            rel = str(image.relative_to(source.root)) if image.is_relative_to(source.root) else image.name
+            item_id = safe_id(rel)
+            if not label.exists():
+                skipped.append(Skipped(str(image), f"no label volume: expected {label}"))
+                continue
+            items.append(Item(source.name, item_id, [str(image), str(label)], patient or _group(source, item_id)))
     return items, skipped
 
 
@@ -175,8 +225,8 @@ def load_volume(source: ResolvedSource, item: Item, params: DataParams) -> tuple
     from medrov.io.volume import read_volume, reorient
 
     image_path, label_path = Path(item.inputs[0]), Path(item.inputs[1])
-    image = reorient(read_volume(image_path))
-    label = reorient(read_volume(label_path))
+    image = reorient(read_volume(image_path, params.max_volume_bytes))
+    label = reorient(read_volume(label_path, params.max_volume_bytes))
     return volume_samples(source, image, label, params)
 
 
@@ -214,7 +264,8 @@ def volume_samples(
         raise SourceReadError("empty mask: the label volume has no foreground voxels", label_path)
     unknown = [int(i) for i in ids if str(int(i)) not in class_map]
     if unknown:
-        raise SourceReadError(f"unknown label ids {unknown} (not in the label map of source {source.name})", label_path)
+        shown = f"{unknown}" if len(unknown) <= 10 else f"[{', '.join(map(str, unknown[:10]))}, ...] ({len(unknown)} ids)"
+        raise SourceReadError(f"unknown label ids {shown} (not in the label map of source {source.name})", label_path)
     ignored = [int(i) for i in ids if class_map[str(int(i))] is None]
     if ignored:
         lab = np.where(np.isin(lab, ignored), 0, lab)
@@ -252,17 +303,18 @@ def enumerate_mask2d(source: ResolvedSource) -> tuple[list[Item], list[Skipped]]
         )
     items, skipped = [], []
     for image in _glob(source, spec.images):
-        rel = image.relative_to(source.root)
-        masks = {}
-        for native in source.class_map:
-            candidate = source.path(_template(spec.labels.replace("{class}", "{{class}}"), rel).replace("{class}", native))
-            if candidate.exists():
-                masks[native] = str(candidate)
-        if not masks:
-            skipped.append(Skipped(str(image), f"no mask file matches {spec.labels}"))
-            continue
-        item_id = safe_id(str(rel))
-        items.append(Item(source.name, item_id, [str(image), *masks.values()], _group(source, item_id), {"masks": masks}))
+        with entry_guard(skipped, image):
+            rel = image.relative_to(source.root)
+            masks = {}
+            for native in source.class_map:
+                candidate = source.path(_template(spec.labels.replace("{class}", "{{class}}"), rel).replace("{class}", native))
+                if candidate.exists():
+                    masks[native] = str(candidate)
+            if not masks:
+                skipped.append(Skipped(str(image), f"no mask file matches {spec.labels}"))
+                continue
+            item_id = safe_id(str(rel))
+            items.append(Item(source.name, item_id, [str(image), *masks.values()], _group(source, item_id), {"masks": masks}))
     return items, skipped
 
 
@@ -294,7 +346,7 @@ def load_mask2d(source: ResolvedSource, item: Item, params: DataParams) -> tuple
 def _voc_image(source: ResolvedSource, xml_path: Path, filename: str | None) -> Path:
     images_dir = source.path(source.spec.images or "JPEGImages")
     if filename:
-        candidate = images_dir / filename
+        candidate = confined(source, images_dir / filename, filename, xml_path)
         if candidate.exists():
             return candidate
     for suffix in IMAGE_SUFFIXES:
@@ -325,19 +377,20 @@ def enumerate_voc(source: ResolvedSource) -> tuple[list[Item], list[Skipped]]:
     split_of = _imagesets(source) if source.spec.split == "imagesets" else {}
     seen_images = set()
     for xml_path in sorted(ann_dir.glob("*.xml")):
-        filename = None
-        try:
-            filename = (ET.parse(xml_path).getroot().findtext("filename") or "").strip() or None
-        except ET.ParseError:
-            pass  # reported by load_voc with the parser's message
-        image = _voc_image(source, xml_path, filename)
-        seen_images.add(image.resolve())
-        item_id = safe_id(xml_path.stem)
-        split = split_of.get(xml_path.stem) if split_of else None
-        if split_of and split is None:
-            skipped.append(Skipped(str(xml_path), "not listed in any ImageSets/Main split file"))
-            continue
-        items.append(Item(source.name, item_id, [str(image), str(xml_path)], _group(source, item_id), split=split))
+        with entry_guard(skipped, xml_path):
+            try:
+                filename = (parse_xml(xml_path).findtext("filename") or "").strip() or None
+            except SourceReadError:
+                filename = None  # the entry stays one item: load_voc quarantines it with the parser's reason
+            image = _voc_image(source, xml_path, filename)
+            seen_images.add(image.resolve())
+            confined(source, image, image.name, xml_path)
+            item_id = safe_id(xml_path.stem)
+            split = split_of.get(xml_path.stem) if split_of else None
+            if split_of and split is None:
+                skipped.append(Skipped(str(xml_path), "not listed in any ImageSets/Main split file"))
+                continue
+            items.append(Item(source.name, item_id, [str(image), str(xml_path)], _group(source, item_id), split=split))
     images_dir = source.path(source.spec.images or "JPEGImages")
     for image in sorted(images_dir.glob("*")) if images_dir.is_dir() else []:
         if image.suffix.lower() in IMAGE_SUFFIXES and image.resolve() not in seen_images:
@@ -347,10 +400,7 @@ def enumerate_voc(source: ResolvedSource) -> tuple[list[Item], list[Skipped]]:
 
 def load_voc(source: ResolvedSource, item: Item, params: DataParams) -> tuple[list[Sample], list[dict]]:
     image_path, xml_path = Path(item.inputs[0]), item.inputs[1]
-    try:
-        root = ET.parse(xml_path).getroot()
-    except ET.ParseError as exc:
-        raise SourceReadError(f"malformed XML ({exc})", xml_path) from exc
+    root = parse_xml(xml_path)
     pixels = to_uint8_image(_read_image(image_path), params.mri_percentiles)
     height, width = pixels.shape[:2]
     raw = []
@@ -386,27 +436,34 @@ def enumerate_coco(source: ResolvedSource) -> tuple[list[Item], list[Skipped]]:
     try:
         data = json.loads(ann_file.read_text())
         categories = {str(c["id"]): str(c["name"]) for c in data.get("categories", [])}
-        images = {int(im["id"]): im for im in data["images"]}
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+        entries = list(data["images"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise SourceReadError(f"cannot read COCO JSON ({type(exc).__name__}: {exc})", ann_file) from exc
+    skipped: list[Skipped] = []
+    images: dict[int, dict] = {}
+    for index, meta in enumerate(entries):
+        with entry_guard(skipped, f"{ann_file}#images[{index}]"):
+            images[int(meta["id"])] = meta
     per_image: dict[int, list[dict]] = {i: [] for i in images}
-    skipped = []
-    for ann in data.get("annotations", []):
-        image_id = ann.get("image_id")
-        if image_id not in per_image:
-            skipped.append(Skipped(f"{ann_file}#annotation{ann.get('id')}", f"refers to unknown image id {image_id}"))
-            continue
-        per_image[image_id].append(
-            # an unknown or malformed category id stays as its text: the image is then quarantined naming it
-            {"category": categories.get(str(ann.get("category_id")), str(ann.get("category_id"))), "bbox": ann.get("bbox")}
-        )
+    for index, ann in enumerate(data.get("annotations", [])):
+        with entry_guard(skipped, f"{ann_file}#annotations[{index}]"):
+            image_id = ann.get("image_id")
+            if image_id not in per_image:
+                skipped.append(Skipped(f"{ann_file}#annotation{ann.get('id')}", f"refers to unknown image id {image_id}"))
+                continue
+            per_image[image_id].append(
+                # an unknown or malformed category id stays as its text: the image is then quarantined naming it
+                {"category": categories.get(str(ann.get("category_id")), str(ann.get("category_id"))), "bbox": ann.get("bbox")}
+            )
     images_dir = source.path(source.spec.images or "images")
     items = []
     for image_id, meta in sorted(images.items()):
         file_name = str(meta.get("file_name", ""))
-        item_id = safe_id(file_name)
-        spec = {"annotations": per_image[image_id], "width": meta.get("width"), "height": meta.get("height")}
-        items.append(Item(source.name, item_id, [str(images_dir / file_name)], _group(source, item_id), spec))
+        with entry_guard(skipped, images_dir / file_name):
+            path = confined(source, images_dir / file_name, file_name, ann_file)
+            item_id = safe_id(file_name)
+            spec = {"annotations": per_image[image_id], "width": meta.get("width"), "height": meta.get("height")}
+            items.append(Item(source.name, item_id, [str(path)], _group(source, item_id), spec))
     return items, skipped
 
 
@@ -464,8 +521,10 @@ def enumerate_csv(source: ResolvedSource) -> tuple[list[Item], list[Skipped]]:
     images_dir = source.path(source.spec.images or ".")
     items = []
     for name, rows in sorted(rows_by_image.items()):
-        item_id = safe_id(name)
-        items.append(Item(source.name, item_id, [str(images_dir / name)], _group(source, item_id), {"rows": rows, "csv": str(csv_file)}))
+        with entry_guard(skipped, images_dir / name):
+            path = confined(source, images_dir / name, name, f"{csv_file}:{rows[0]['line']}")
+            item_id = safe_id(name)
+            items.append(Item(source.name, item_id, [str(path)], _group(source, item_id), {"rows": rows, "csv": str(csv_file)}))
     return items, skipped
 
 
@@ -499,13 +558,14 @@ def enumerate_yolo(source: ResolvedSource) -> tuple[list[Item], list[Skipped]]:
     for image in _glob(source, pattern):
         if image.suffix.lower() not in IMAGE_SUFFIXES:
             continue
-        rel = image.relative_to(source.root)
-        label = source.path(_template(labels, rel))
-        if not label.exists():
-            skipped.append(Skipped(str(image), f"no YOLO label file: expected {label}"))
-            continue
-        item_id = safe_id(str(rel))
-        items.append(Item(source.name, item_id, [str(image), str(label)], _group(source, item_id)))
+        with entry_guard(skipped, image):
+            rel = image.relative_to(source.root)
+            label = source.path(_template(labels, rel))
+            if not label.exists():
+                skipped.append(Skipped(str(image), f"no YOLO label file: expected {label}"))
+                continue
+            item_id = safe_id(str(rel))
+            items.append(Item(source.name, item_id, [str(image), str(label)], _group(source, item_id)))
     return items, skipped
 
 
@@ -519,6 +579,8 @@ def load_yolo(source: ResolvedSource, item: Item, params: DataParams) -> tuple[l
         text = Path(label_path).read_text()
     except UnicodeDecodeError as exc:
         raise SourceReadError(f"label file is not UTF-8 text ({exc.reason} at byte {exc.start})", label_path) from exc
+    except OSError as exc:
+        raise SourceReadError(f"cannot read label file ({exc.strerror or exc})", label_path) from exc
     for line_no, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue

@@ -12,10 +12,14 @@ import hashlib
 import json
 import logging
 import os
+import socket
+import sys
 import time
 import traceback
+import uuid
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import ExitStack, contextmanager
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterator
@@ -32,7 +36,7 @@ from medrov.data.formats import ADAPTERS
 from medrov.data.presence import presence_matrix
 from medrov.data.sources import ResolvedSource, resolve_sources
 from medrov.data.splits import SPLITS, split_of
-from medrov.errors import ConfigError, SourceReadError
+from medrov.errors import ConfigError, OutputBusy, SourceReadError
 
 log = logging.getLogger("medrov.convert")
 
@@ -40,12 +44,18 @@ log = logging.getLogger("medrov.convert")
 CONVERTER_VERSION = 1
 STATE_DIR = ".state"
 TMP_SUFFIX = ".partial"
+LOCK_DIR = ".locks"
 # settings that change pixels or boxes; the others (workers, split fractions...) do not force a reconversion
 _CONTENT_PARAMS = ("boxes", "connectivity", "min_box_pixels", "skip_empty_slices", "keep_empty_images", "ct_window", "mri_percentiles", "png_compress_level")
 
 
+def _tmp_name(path: Path) -> Path:
+    """A temporary name no other process or thread uses (two writers never share a ``.partial`` file)."""
+    return path.with_name(f"{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}{TMP_SUFFIX}")
+
+
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + TMP_SUFFIX)
+    tmp = _tmp_name(path)
     tmp.write_bytes(data)
     os.replace(tmp, path)
 
@@ -57,7 +67,7 @@ def _atomic_write_text(path: Path, text: str) -> None:
 def _write_png(path: Path, pixels, compress_level: int) -> None:
     from PIL import Image
 
-    tmp = path.with_name(path.name + TMP_SUFFIX)
+    tmp = _tmp_name(path)
     Image.fromarray(pixels).save(tmp, format="PNG", compress_level=compress_level)
     os.replace(tmp, path)
 
@@ -216,10 +226,111 @@ def _run_jobs(jobs: list[tuple], workers: int, ray_address: str | None) -> Itera
         for job in jobs:
             yield process_item(*job)
     else:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            futures = [pool.submit(process_item, *job) for job in jobs]
+        yield from _run_pool(jobs, workers)
+
+
+def _worker_init(parent_pid: int, death_signal: bool) -> None:
+    """Pool worker set-up: exit when the parent dies (a SIGKILLed convert must not leave workers behind)."""
+    import signal
+    import threading
+
+    if death_signal and sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+    def watch() -> None:  # the portable fallback: the parent is gone when we are re-parented
+        while os.getppid() == parent_pid:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="medrov-parent-watch", daemon=True).start()
+
+
+def _pool(workers: int) -> ProcessPoolExecutor:
+    import threading
+
+    # the parent-death signal follows the thread that forks: use it only when that is the main thread
+    main = threading.current_thread() is threading.main_thread()
+    return ProcessPoolExecutor(max_workers=workers, initializer=_worker_init, initargs=(os.getpid(), main))
+
+
+def _run_pool(jobs: list[tuple], workers: int) -> Iterator[dict[str, Any]]:
+    """Process pool that survives a worker death: the input that killed it is quarantined, the pool rebuilt.
+
+    A dead worker breaks the whole executor and every unfinished future. The jobs the pool had handed out (the
+    first ``workers + 1`` unfinished ones, as it hands them out in order) are suspects: each is re-run alone in
+    its own process, which names the culprit by its exit; the rest go to a fresh pool.
+    """
+    from concurrent.futures.process import BrokenProcessPool
+
+    pending = list(range(len(jobs)))
+    while pending:
+        finished, broken = set(), False
+        with _pool(workers) as pool:
+            futures = {pool.submit(process_item, *jobs[i]): i for i in pending}
             for future in as_completed(futures):
-                yield future.result()
+                try:
+                    outcome = future.result()
+                except BrokenProcessPool:
+                    broken = True
+                    continue
+                finished.add(futures[future])
+                yield outcome
+        if not broken:
+            return
+        unfinished = [i for i in pending if i not in finished]
+        suspects, pending = unfinished[: workers + 1], unfinished[workers + 1 :]
+        log.warning("a convert worker died: re-running %d input(s) one by one to find which, then a fresh pool", len(suspects))
+        for i in suspects:
+            yield _run_alone(jobs[i])
+
+
+def _child_entry(conn, job: tuple, parent_pid: int) -> None:
+    _worker_init(parent_pid, True)
+    conn.send(process_item(*job))
+    conn.close()
+
+
+def _run_alone(job: tuple) -> dict[str, Any]:
+    """Run one job in its own process; if that process dies, the job's input is quarantined saying how."""
+    import multiprocessing
+    import signal
+
+    ctx = multiprocessing.get_context("fork") if sys.platform.startswith("linux") else multiprocessing.get_context()
+    receive, send = ctx.Pipe(duplex=False)
+    process = ctx.Process(target=_child_entry, args=(send, job, os.getpid()), daemon=True)
+    process.start()
+    send.close()
+    try:
+        outcome = receive.recv()
+    except EOFError:
+        outcome = None
+    process.join()
+    if outcome is not None:
+        return outcome
+    code = process.exitcode
+    if code is not None and code < 0:
+        name = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else "?"
+        how = f"signal {-code} ({name})" + (", out of memory?" if -code == signal.SIGKILL else "")
+    else:
+        how = f"exit code {code}"
+    return _died(job, how)
+
+
+def _died(job: tuple, how: str) -> dict[str, Any]:
+    """The quarantine outcome of a job whose worker died; its earlier outputs and state are removed."""
+    source, item, _params, out, _ = job
+    state_file = _state_path(out, item)
+    _remove_outputs(out, _load_state(state_file))
+    state_file.unlink(missing_ok=True)
+    base = {"source": source.name, "item_id": item.item_id, "inputs": item.inputs, "group": item.group}
+    return {**base, "status": "quarantined", "reason": f"{item.inputs[0]}: worker died: {how}"}
 
 
 def _run_jobs_ray(jobs: list[tuple], address: str, workers: int) -> Iterator[dict[str, Any]]:
@@ -237,15 +348,54 @@ def _run_jobs_ray(jobs: list[tuple], address: str, workers: int) -> Iterator[dic
             ray.init(address=address, log_to_driver=False)
     log.info("converting on Ray (%s): %s", address, ray.cluster_resources())
     try:
-        remote = ray.remote(process_item)
-        pending = [remote.remote(*job) for job in jobs]
+        remote = ray.remote(max_retries=0)(process_item)  # a retry would only kill another worker
+        job_of = {}
+        for job in jobs:
+            job_of[remote.remote(*job)] = job
+        pending = list(job_of)
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
             for ref in done:
-                yield ray.get(ref)
+                try:
+                    yield ray.get(ref)
+                except (ray.exceptions.WorkerCrashedError, ray.exceptions.RayTaskError, ray.exceptions.OutOfMemoryError) as exc:
+                    # a dead or failing Ray worker is that input's fault, like a dead pool worker
+                    yield _died(job_of[ref], f"Ray worker failed ({type(exc).__name__}), out of memory?")
     finally:
         if owns:
             ray.shutdown()
+
+
+@contextmanager
+def writer_lock(out: Path, names: list[str], whole: bool) -> Iterator[None]:
+    """Hold the locks of ``out``: one per source written, plus the dataset's own for a run that writes the tables.
+
+    Filtered runs on disjoint sources may share the folder; any overlap, or two full runs, fails at once.
+
+    Raises:
+        OutputBusy: another process holds one of the locks; the message names it (pid, host, command, since).
+    """
+    from filelock import FileLock, Timeout
+
+    folder = out / LOCK_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    me = f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')} ({' '.join(sys.argv)[:120]})"
+    wanted = (["dataset"] if whole else []) + [f"source-{n}" for n in sorted(names)]
+    with ExitStack() as stack:
+        for name in wanted:
+            lock = FileLock(str(folder / f"{name}.lock"), timeout=0)
+            try:
+                lock.acquire()
+            except Timeout:
+                holder = (folder / f"{name}.holder").read_text().strip() if (folder / f"{name}.holder").is_file() else "unknown process"
+                what = "the dataset" if name == "dataset" else f"source {name[len('source-'):]}"
+                raise OutputBusy(f"another convert is writing {what} here: {holder}", out) from None
+            stack.callback(lock.release)
+            holder = folder / f"{name}.holder"
+            holder.write_text(me + "\n")
+            # removed on release: the dataset folder (a DVC output) stays byte-identical between runs
+            stack.callback(holder.unlink, missing_ok=True)
+        yield
 
 
 def _clean_partials(out: Path, only: set[str] | None = None) -> int:
@@ -258,19 +408,33 @@ def _clean_partials(out: Path, only: set[str] | None = None) -> int:
     return removed
 
 
+REASON_LIMIT = 300
+
+
+def cap_reason(reason: str, limit: int = REASON_LIMIT) -> str:
+    """A quarantine reason short enough for any CSV reader; a longer one is cut and logged whole."""
+    reason = " ".join(str(reason).split())  # one line: a newline in a reason would split its CSV row for naive readers
+    if len(reason) <= limit:
+        return reason
+    log.warning("quarantine reason cut to %d characters, in full: %s", limit, reason)
+    tail = f" ... [{len(reason)} characters, full text in the log]"
+    return reason[: limit - len(tail)] + tail
+
+
 def printable(name: str) -> str:
     """A path as text that every writer accepts: undecodable bytes in file names become \\xNN escapes."""
     return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
-def _enumerate(source: ResolvedSource) -> tuple[list[Item], list[Skipped]]:
+def _enumerate(source: ResolvedSource) -> tuple[list[Item], list[Skipped], bool]:
+    """The items of a source and the entries skipped; the flag says the source root itself could not be listed."""
     enumerate_items, _ = ADAPTERS[source.format]
     try:
         items, skipped = enumerate_items(source)
     except SourceReadError as exc:
-        return [], [Skipped(exc.path or str(source.root), str(exc))]
+        return [], [Skipped(exc.path or str(source.root), str(exc))], True
     except Exception as exc:  # an adapter bug must not stop the other sources
-        return [], [Skipped(str(source.root), f"cannot list the inputs of source {source.name}: internal error {type(exc).__name__}: {exc}")]
+        return [], [Skipped(str(source.root), f"cannot list the inputs of source {source.name}: internal error {type(exc).__name__}: {exc}")], True
     skipped = [Skipped(printable(s.input), printable(s.reason)) for s in skipped]
     unique, seen = [], set()
     for item in items:
@@ -282,28 +446,47 @@ def _enumerate(source: ResolvedSource) -> tuple[list[Item], list[Skipped]]:
             continue
         seen.add(item.item_id)
         unique.append(item)
-    return unique, skipped
+    return unique, skipped, False
 
 
-def _remove_orphans(out: Path, keep: set[str], live_states: set[Path], only: set[str] | None = None) -> int:
+def _earlier_rows(out: Path, source: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Manifest and box rows of ``source`` from the previous run whose files are still on disk (a dropped source keeps them)."""
+    try:
+        manifest = pd.read_parquet(out / "manifest.parquet")
+        boxes = pd.read_parquet(out / "boxes.parquet")
+    except (OSError, ValueError):
+        return [], []
+    manifest = manifest[manifest["source"] == source]
+    present = [(out / i).is_file() and (out / lab).is_file() for i, lab in zip(manifest["image"], manifest["label"])]
+    manifest = manifest[present] if len(manifest) else manifest
+    boxes = boxes[boxes["image"].isin(set(manifest["image"]))].drop(columns=["novel", "split"], errors="ignore")
+    return manifest.to_dict("records"), boxes.to_dict("records")
+
+
+def _remove_orphans(
+    out: Path, keep: set[str], live_states: set[Path], only: set[str] | None = None, protected: set[str] = frozenset()
+) -> int:
+    """Delete files of no current item; the folders of ``protected`` (dropped) sources are never touched."""
     removed = 0
 
     def roots(folder: str) -> list[Path]:
-        return [out / folder] if only is None else [out / folder / name for name in sorted(only)]
+        top = out / folder
+        names = sorted(only) if only is not None else sorted(p.name for p in top.glob("*")) if top.is_dir() else []
+        return [top / name for name in names if name not in protected]
 
     for root in (r for folder in ("images", "labels") for r in roots(folder)):
-        for file in root.rglob("*") if root.is_dir() else []:
+        for file in (root.rglob("*") if root.is_dir() else [root] if root.is_file() else []):
             if file.is_file() and file.relative_to(out).as_posix() not in keep:
                 file.unlink()
                 removed += 1
     for state_root in roots(STATE_DIR):
-        for file in state_root.rglob("*.json") if state_root.is_dir() else []:
+        for file in (state_root.rglob("*.json") if state_root.is_dir() else [state_root] if state_root.suffix == ".json" else []):
             if file not in live_states:
                 file.unlink()
     for folder in ("images", "labels", STATE_DIR):
         root = out / folder
         for sub in sorted(root.glob("*"), reverse=True) if root.is_dir() else []:
-            if sub.is_dir() and (only is None or sub.name in only) and not any(sub.iterdir()):
+            if sub.is_dir() and (only is None or sub.name in only) and sub.name not in protected and not any(sub.iterdir()):
                 sub.rmdir()
     return removed
 
@@ -347,6 +530,7 @@ def run(
     Raises:
         ConfigError: the sources file or params are invalid, or ``sources`` names a source it does not have
             (per-input problems never raise: they are quarantined).
+        OutputBusy: another convert writes the same dataset or one of the same sources into ``out_dir``.
     """
     started = time.perf_counter()
     vocab = load_vocabulary()
@@ -362,6 +546,21 @@ def run(
     sources = [s for s in every_source if only is None or s.name in only]
     out = paths.resolve(out_dir or params.out)
     out.mkdir(parents=True, exist_ok=True)
+    with writer_lock(out, [s.name for s in (every_source if only is None else sources)], whole=only is None):
+        return _run_locked(params, vocab, sources, only, out, workers, progress, started)
+
+
+def _run_locked(
+    params: DataParams,
+    vocab: Vocabulary,
+    sources: list[ResolvedSource],
+    only: set[str] | None,
+    out: Path,
+    workers: int | None,
+    progress: bool,
+    started: float,
+) -> dict[str, Any]:
+    """The body of :func:`run`, under the writer locks."""
     partials = _clean_partials(out, only)
     if partials:
         log.info("removed %d partial file(s) left by an interrupted run", partials)
@@ -371,8 +570,12 @@ def run(
     quarantine: list[dict[str, Any]] = []
     jobs, split_for = [], {}
     per_source_total: Counter[str] = Counter()
+    dropped: set[str] = set()
     for source in sources:
-        items, skipped = _enumerate(source)
+        items, skipped, root_unreadable = _enumerate(source)
+        if root_unreadable:
+            dropped.add(source.name)
+            log.warning("source %s dropped: %s (its earlier outputs are kept)", source.name, skipped[0].reason)
         per_source_total[source.name] = len(items) + len(skipped)
         quarantine.extend(
             {"input": s.input, "source": source.name, "level": "input", "action": "quarantined", "reason": s.reason}
@@ -405,7 +608,7 @@ def run(
             quarantine.append(
                 {"input": outcome["inputs"][0], "source": outcome["source"], "level": "input", "action": "quarantined", "reason": outcome["reason"]}
             )
-            log.warning("quarantined %s", outcome["reason"])
+            log.warning("quarantined %s", outcome["reason"][:10 * REASON_LIMIT])
             continue
         split = split_for[(outcome["source"], outcome["item_id"])]
         records.extend({**r, "split": split} for r in outcome["records"])
@@ -413,6 +616,12 @@ def run(
         live_states.add(out / STATE_DIR / outcome["source"] / f"{outcome['item_id']}.json")
         for note in outcome["notes"]:
             quarantine.append({**note, "source": outcome["source"], "level": "box"})
+    kept: Counter[str] = Counter()
+    for name in sorted(dropped):
+        earlier, earlier_boxes = _earlier_rows(out, name)
+        records.extend(earlier)
+        boxes.extend(earlier_boxes)
+        kept[name] = len(earlier)
 
     novel_ids = {c.id for c in vocab.novel}
     manifest = pd.DataFrame.from_records(records, columns=_MANIFEST_COLUMNS)
@@ -420,8 +629,10 @@ def run(
     box_table["novel"] = box_table["class_id"].isin(novel_ids)
     split_by_image = dict(zip(manifest["image"], manifest["split"]))
     box_table["split"] = box_table["image"].map(split_by_image)
+    for row in quarantine:
+        row["reason"] = cap_reason(row["reason"])
     quarantine_table = pd.DataFrame.from_records(quarantine, columns=["input", "source", "level", "action", "reason"])
-    orphans = _remove_orphans(out, set(manifest["image"]) | set(manifest["label"]), live_states, only)
+    orphans = _remove_orphans(out, set(manifest["image"]) | set(manifest["label"]), live_states, only, protected=dropped)
 
     if only is None:
         _write_table(manifest, out / "manifest.parquet")
@@ -454,6 +665,7 @@ def run(
                 "images": int((manifest["source"] == s.name).sum()),
                 "boxes": int((box_table["source"] == s.name).sum()),
                 "quarantined": int(((quarantine_table["source"] == s.name) & (quarantine_table["level"] == "input")).sum()),
+                **({"dropped": True, "kept_from_earlier_run": kept[s.name]} if s.name in dropped else {}),
             }
             for s in sources
         },
@@ -475,7 +687,7 @@ _BOX_COLUMNS = ["image", "source", "class_id", "class_name", "x_center", "y_cent
 
 
 def _write_table(frame: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(path.name + TMP_SUFFIX)
+    tmp = _tmp_name(path)
     frame.to_parquet(tmp, index=False)
     os.replace(tmp, path)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -24,13 +25,67 @@ def _as_3d(array: np.ndarray, path: Path) -> np.ndarray:
     return array
 
 
-def read_nifti(path: str | Path) -> Volume:
-    """Read a NIfTI-1/2 file (``.nii`` or ``.nii.gz``) with nibabel."""
+# default memory budget of one volume when the caller gives none (params: data.max_volume_bytes)
+MAX_VOLUME_BYTES = 2 * 1024**3
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB"
+
+
+def _check_claimed_size(img: Any, path: Path, max_bytes: int) -> None:
+    """Refuse a header that claims more voxel bytes than the file holds or than the budget, before allocating.
+
+    nibabel allocates the size the header claims: a 368-byte file claiming 3 GB would otherwise cost 3 GB.
+    """
+    shape = tuple(int(n) for n in img.shape)
+    dtype = img.header.get_data_dtype()
+    voxels = int(np.prod(shape, dtype=np.float64))
+    need = voxels * int(dtype.itemsize)
+    proxy = img.dataobj
+    scaled = float(getattr(proxy, "slope", 1.0) or 1.0) != 1.0 or float(getattr(proxy, "inter", 0.0) or 0.0) != 0.0
+    memory = voxels * 8 if scaled else need  # scaled voxels come back as float64
+    if memory > max_bytes:
+        raise SourceReadError(
+            f"header claims {shape} {dtype} = {_mib(memory)} in memory, over the memory budget data.max_volume_bytes ({_mib(max_bytes)})",
+            path,
+        )
+    image_file = Path(img.file_map["image"].filename or path)
+    offset = int(img.header.get_data_offset())
+    try:
+        size = image_file.stat().st_size
+        if image_file.name.lower().endswith(".gz"):
+            with open(image_file, "rb") as fh:  # gzip's trailer holds the uncompressed size modulo 2**32
+                fh.seek(-4, 2)
+                holds = int.from_bytes(fh.read(4), "little")
+            if offset + need >= 2**32:
+                return
+        else:
+            holds = size
+    except OSError:
+        return  # nibabel reports the unreadable file
+    if offset + need > holds:
+        raise SourceReadError(
+            f"header claims {shape} {dtype} = {offset + need} bytes but the file holds {holds}: truncated or forged header", path
+        )
+
+
+def read_nifti(path: str | Path, max_bytes: int | None = None) -> Volume:
+    """Read a NIfTI-1/2 file (``.nii`` or ``.nii.gz``) with nibabel.
+
+    Args:
+        max_bytes: memory budget for the voxel array; a header claiming more (or more than the file holds) is
+            refused before anything is allocated.
+    """
     import nibabel as nib
 
     path = Path(path)
     try:
         img = nib.load(str(path))
+    except Exception as exc:  # nibabel raises many types for corrupt/truncated files
+        raise SourceReadError(f"cannot read NIfTI ({type(exc).__name__}: {exc})", path) from exc
+    _check_claimed_size(img, path, MAX_VOLUME_BYTES if max_bytes is None else max_bytes)
+    try:
         array = np.asanyarray(img.dataobj)
     except Exception as exc:  # nibabel raises many types for corrupt/truncated files
         raise SourceReadError(f"cannot read NIfTI ({type(exc).__name__}: {exc})", path) from exc
@@ -46,7 +101,7 @@ def _dicom_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
 
 
-def read_dicom_series(path: str | Path) -> Volume:
+def read_dicom_series(path: str | Path, max_bytes: int | None = None) -> Volume:
     """Read one DICOM series (a folder of single-frame slices, or one file) into a RAS+ volume.
 
     Slices are ordered by their position along the slice normal (not by file name or InstanceNumber), and
@@ -95,6 +150,10 @@ def read_dicom_series(path: str | Path) -> Volume:
             f"irregular slice positions (gaps {np.min(gaps):.3g}..{np.max(gaps):.3g} mm): missing or duplicate slices",
             folder,
         )
+    budget = MAX_VOLUME_BYTES if max_bytes is None else max_bytes
+    need = int(slices[0][1].get("Rows", 0) or 0) * int(slices[0][1].get("Columns", 0) or 0) * len(slices) * 4
+    if need > budget:  # decoded as float32; checked before any pixel data is decoded
+        raise SourceReadError(f"series of {len(slices)} slices needs {_mib(need)}, over the memory budget data.max_volume_bytes ({_mib(budget)})", folder)
     frames = []
     for file, ds in slices:
         try:
@@ -132,18 +191,22 @@ def read_dicom_series(path: str | Path) -> Volume:
     return Volume(array, affine, folder, meta)
 
 
-def read_volume(path: str | Path) -> Volume:
-    """Read a NIfTI, MetaImage or NRRD file or a DICOM series folder (or a single DICOM file), chosen by the path."""
+def read_volume(path: str | Path, max_bytes: int | None = None) -> Volume:
+    """Read a NIfTI, MetaImage or NRRD file or a DICOM series folder (or a single DICOM file), chosen by the path.
+
+    Args:
+        max_bytes: memory budget of the voxel array of a NIfTI or DICOM volume (default :data:`MAX_VOLUME_BYTES`).
+    """
     path = Path(path)
     if not path.exists():
         raise SourceReadError("file not found", path)
     if path.is_dir():
-        return read_dicom_series(path)
+        return read_dicom_series(path, max_bytes)
     name = path.name.lower()
     if name.endswith((".nii", ".nii.gz", ".img", ".hdr")):
-        return read_nifti(path)
+        return read_nifti(path, max_bytes)
     if name.endswith(".dcm"):
-        return read_dicom_series(path)
+        return read_dicom_series(path, max_bytes)
     from medrov.io.sitk import is_sitk_file, read_sitk
 
     if is_sitk_file(path):

@@ -55,7 +55,9 @@ def build_world(model: str = "n", nc: int = 80, verbose: bool = False):
         ModelError: a checkpoint path that does not exist (names like ``yolov8l-worldv2.pt`` would be downloaded
             by ultralytics; we refuse instead, offline).
     """
-    from ultralytics.nn.tasks import WorldModel, load_checkpoint
+    from ultralytics.nn.tasks import WorldModel
+
+    from medrov.model.weights import load_checkpoint
 
     src = model_source(model)
     if src.endswith((".yaml", ".yml")):
@@ -63,7 +65,7 @@ def build_world(model: str = "n", nc: int = 80, verbose: bool = False):
     path = Path(src)
     if not path.is_file():
         raise ModelError(f"{src}: checkpoint not found (give a local path; nothing is downloaded)")
-    loaded, _ = load_checkpoint(str(path), device="cpu")
+    loaded = load_checkpoint(path)
     if type(loaded).__name__ != "WorldModel":
         raise ModelError(f"{src}: not a YOLO-World checkpoint ({type(loaded).__name__})")
     return loaded

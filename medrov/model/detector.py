@@ -51,12 +51,13 @@ class Detector:
         prepare_ultralytics()
         self.threads = set_inference_threads(threads)
         from ultralytics import YOLO, YOLOWorld
-        from ultralytics.nn.tasks import load_checkpoint
+
+        from medrov.model.weights import load_checkpoint
 
         path = Path(weights)
         if not path.is_file():
             raise ModelError(f"{path}: weights not found")
-        net, _ = load_checkpoint(str(path), device="cpu")
+        net = load_checkpoint(path)
         self.open_vocabulary = type(net).__name__ == "WorldModel"
         self.yolo = YOLOWorld(str(path)) if self.open_vocabulary else YOLO(str(path))
         self.weights, self.prompter, self.device = path, prompter, device

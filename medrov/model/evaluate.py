@@ -221,10 +221,14 @@ def evaluate(weights: str | Path, params: Params, split: str | None = None, out_
 
 
 def _train_imgsz(weights) -> int | None:
-    import torch
+    from medrov.model.ultra import prepare_ultralytics
+    from medrov.model.weights import trusted
 
     try:
-        ckpt = torch.load(str(weights), map_location="cpu", weights_only=False)
+        prepare_ultralytics()
+        from ultralytics.nn.tasks import torch_safe_load
+
+        ckpt, _ = torch_safe_load(str(weights), safe_only=not trusted())  # weights are data: weights_only unless trusted
         return int((ckpt.get("train_args") or {}).get("imgsz") or 0) or None
     except Exception:
         return None

@@ -47,14 +47,12 @@ def _load(weights: Path):
 
     prepare_ultralytics()
     from ultralytics import YOLO, YOLOWorld
-    from ultralytics.nn.tasks import load_checkpoint
+
+    from medrov.model.weights import load_checkpoint
 
     if not weights.is_file():
         raise ModelError(f"{weights}: weights not found (give a local checkpoint; nothing is downloaded)")
-    try:
-        net, _ = load_checkpoint(str(weights), device="cpu")
-    except Exception as exc:  # not a torch file, or not an ultralytics checkpoint
-        raise ModelError(f"{weights}: not a loadable ultralytics checkpoint ({type(exc).__name__}: {exc})") from exc
+    net = load_checkpoint(weights)  # restricted unless trusted; refusals and bad files are a ModelError
     open_vocabulary = type(net).__name__ == "WorldModel"
     if not open_vocabulary and getattr(net, "task", "detect") != "detect":
         raise ModelError(f"{weights}: a {net.task} model, not a detector")

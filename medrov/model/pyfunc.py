@@ -167,12 +167,16 @@ class DetectorModel(mlflow.pyfunc.PythonModel):
     """The pyfunc: artifacts ``weights``, ``config`` (JSON) and, for open-vocabulary models, ``text_embeddings``."""
 
     def load_context(self, context) -> None:
+        import threading
+
         import torch
 
         from medrov.model.detector import Detector
 
         self.config = json.loads(Path(context.artifacts["config"]).read_text())
         self.detector = Detector(context.artifacts["weights"])
+        # one Detector, one vocabulary at a time: a served model gets concurrent requests with different prompts
+        self._lock = threading.Lock()
         if self.detector.open_vocabulary:
             table = torch.load(context.artifacts["text_embeddings"], map_location="cpu", weights_only=True)
             self.detector.prompter = TablePrompter(table)
@@ -188,10 +192,11 @@ class DetectorModel(mlflow.pyfunc.PythonModel):
             groups.setdefault(tuple(parse_prompts(value)), []).append(row)
         out: list[dict[str, Any]] = []
         for prompts, rows in groups.items():
-            self.detector.set_vocabulary(list(prompts))
             images = [decode_image(frame["image"].iloc[r]) for r in rows]
-            dets = self.detector.predict(images, imgsz=int(settings["imgsz"]), conf=float(settings["conf"]),
-                                         iou=float(settings["iou"]), max_det=int(settings["max_det"]))
+            with self._lock:  # set_vocabulary + predict as one step, else a concurrent request swaps the prompts
+                self.detector.set_vocabulary(list(prompts))
+                dets = self.detector.predict(images, imgsz=int(settings["imgsz"]), conf=float(settings["conf"]),
+                                             iou=float(settings["iou"]), max_det=int(settings["max_det"]))
             for row, det in zip(rows, dets):
                 for box, score, name in zip(det.boxes, det.scores, det.names):
                     out.append({"image": row, "class": name, "score": float(score),

@@ -79,6 +79,54 @@ def train_args(params: Params, profile: str | None = None, closed_set: bool = Fa
     return args
 
 
+def _check_device(device: str, where: str) -> None:
+    """``cpu``, ``mps``, ``cuda[:N]``, ``N`` or ``N,M,...`` naming devices this machine has."""
+    import torch
+
+    text = str(device).strip().lower()
+    if text in ("", "cpu"):
+        return
+    if text == "mps":
+        if not torch.backends.mps.is_available():
+            raise ConfigError(f"{where}={device!r}: MPS is not available on this machine")
+        return
+    ids = text.removeprefix("cuda:").removeprefix("cuda").strip(",") or "0"
+    try:
+        wanted = [int(i) for i in ids.split(",")]
+    except ValueError:
+        raise ConfigError(f"{where}={device!r}: not a device (cpu, mps, cuda:N, N or N,M,...)") from None
+    have = torch.cuda.device_count()
+    missing = [i for i in wanted if i >= have or i < -1]
+    if missing:
+        raise ConfigError(f"{where}={device!r}: no CUDA device {missing[0]} (this machine has {have})")
+
+
+def check_train_args(params: Params, profile: str | None = None, closed_set: bool = False) -> dict[str, Any]:
+    """The train arguments, checked as ultralytics will check them, before any run is created.
+
+    Raises:
+        ConfigError: unknown profile or dataset, a device this machine lacks, an ``extra`` key ultralytics does
+            not know or a value of the wrong type; one line naming the params key.
+    """
+    args = train_args(params, profile, closed_set)
+    name = profile or params.train.profile
+    prefix = f"train.profiles.{name}"
+    _check_device(args["device"], f"{prefix}.device")
+    from medrov.model.ultra import prepare_ultralytics
+
+    prepare_ultralytics()
+    from ultralytics.cfg import DEFAULT_CFG_DICT, get_cfg
+
+    unknown = sorted(set(params.train.profiles[name].extra) - set(DEFAULT_CFG_DICT))
+    if unknown:
+        raise ConfigError(f"{prefix}.extra: {', '.join(map(repr, unknown))} not an ultralytics train argument")
+    try:
+        get_cfg(overrides={k: v for k, v in args.items() if k != "model"})
+    except (SyntaxError, TypeError, ValueError) as exc:
+        raise ConfigError(f"{prefix}: {str(exc).strip().splitlines()[0]}") from None
+    return args
+
+
 def _trainer_class(params: Params, data_file: str, closed_set: bool):
     from medrov.model.trainer import make_detection_trainer, make_world_trainer
 
@@ -110,7 +158,7 @@ def train(params: Params, profile: str | None = None, closed_set: bool = False, 
         overrides = {"resume": str(last)}
         data_file = info["args"]["data"]
     else:
-        args = train_args(params, profile, closed_set)
+        args = check_train_args(params, profile, closed_set)
         overrides, data_file = args, args["data"]
         info = {"kind": "closed-set" if closed_set else "open-vocabulary", "profile": profile or params.train.profile,
                 "args": args, "params": {k: v for k, v in flatten(params).items() if k.split(".")[0] in ("text", "train", "pseudo")}}

@@ -33,6 +33,9 @@ def prepare_ultralytics() -> None:
     # own behaviour so a corrupt file stays an UnidentifiedImageError (quarantined with its reason), offline
     patches._pil_plugins_registered = True
 
+    from medrov.model.weights import apply_load_policy
+
+    apply_load_policy()  # weights are data: restricted (weights_only) checkpoint loads unless trusted
     changes = {k: False for k in _OFF if SETTINGS.get(k) is not False}
     if changes:
         SETTINGS.update(changes)

@@ -74,6 +74,8 @@ def train(params: Params, parent_run_id: str | None = None, profile: str | None 
 
     if not params.tracking.enabled:
         return model_train.train(params, profile, closed_set, resume, callbacks)
+    if not resume:  # everything the run needs is checked before the run exists (a bad device makes no FAILED run)
+        model_train.check_train_args(params, profile, closed_set)
     record = run_record(params, profile, closed_set)
     previous = json.loads(record.read_text()) if resume and record.is_file() else {}
     uri = tracking.tracking_uri(params.tracking)

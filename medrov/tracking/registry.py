@@ -165,11 +165,54 @@ def promote(params: Params, run_id: str, split: str | None = None, measure: Meas
         raise TrackingError(f"run {run_id} has no logged model (only train runs can be promoted)")
     champion_version = _alias(client, name, "champion")
     if champion_version is not None and champion_version.run_id == run_id:
-        return _summary(name, champion_version.version,
-                        {"promote": False, "decision": "already champion", "gain": None, "failures": [],
-                         "reason": "this run's model is the champion already"},
-                        None, None, champion_version.version, run_id)
-    challenger = _gate_of(params, client, run, split, measure)
+        return _already_champion(name, champion_version, run_id)
+    challenger = _gate_of(params, client, run, split, measure)  # may evaluate: outside the lock
+    from filelock import Timeout
+
+    lock = _registry_lock(uri, name)
+    try:
+        with lock:
+            # re-read under the lock: another promote may have moved the champion or registered this run meanwhile
+            return _decide_and_write(params, client, run, model_uri, challenger, split, measure)
+    except Timeout:
+        raise TrackingError(f"another promote of {name} has held the registry lock for {lock.timeout:g} s",
+                            lock.lock_file) from None
+
+
+def _already_champion(name: str, champion_version, run_id: str) -> dict[str, Any]:
+    return _summary(name, champion_version.version,
+                    {"promote": False, "decision": "already champion", "gain": None, "failures": [],
+                     "reason": "this run's model is the champion already"},
+                    None, None, champion_version.version, run_id)
+
+
+def _registry_lock(uri: str, name: str):
+    """One promotion at a time per registered model: a lock next to an embedded store, else one per host and URI.
+
+    A server is shared by hosts this lock cannot see: there, :func:`_decide_and_write` re-reads the alias after
+    setting it and reports what took effect.
+    """
+    import hashlib
+
+    from filelock import FileLock
+
+    if uri.startswith("sqlite:///"):
+        db = Path(uri[len("sqlite:///"):])
+        path = db.with_name(f"{db.name}.{name}.promote.lock")
+    else:
+        key = hashlib.blake2b(f"{uri}\0{name}".encode(), digest_size=8).hexdigest()
+        path = Path(tempfile.gettempdir()) / f"medrov-promote-{key}.lock"
+    return FileLock(str(path), timeout=600)
+
+
+def _decide_and_write(params: Params, client: "MlflowClient", run, model_uri: str, challenger: dict[str, Any],
+                      split: str, measure: Measure | None) -> dict[str, Any]:
+    """The decision against the current champion and the registry writes (under :func:`_registry_lock`)."""
+    section = params.promote
+    uri, name, run_id = client.tracking_uri, section.model_name, run.info.run_id
+    champion_version = _alias(client, name, "champion")
+    if champion_version is not None and champion_version.run_id == run_id:
+        return _already_champion(name, champion_version, run_id)
     existing = guard(lambda: client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'"), uri)
     champion = None
     if champion_version is not None:
@@ -209,6 +252,11 @@ def promote(params: Params, run_id: str, split: str | None = None, measure: Meas
         previous = str(champion_version.version) if champion_version else ""
         guard(lambda: client.set_model_version_tag(name, version, f"{TAG}previous_champion", previous), uri)
         guard(lambda: client.set_registered_model_alias(name, "champion", version), uri)
+        now = _alias(client, name, "champion")
+        if now is None or str(now.version) != str(version):  # a writer this lock cannot see (another host) won
+            decision = {**decision, "promote": False, "decision": "superseded",
+                        "reason": f"champion moved to v{getattr(now, 'version', None)} by another promote meanwhile"}
+            guard(lambda: client.set_model_version_tag(name, version, f"{TAG}promote.decision", "superseded"), uri)
     log.info("promote: %s v%s %s: %s", name, version, decision["decision"], decision["reason"])
     return _summary(name, version, decision, challenger, champion,
                     champion_version.version if champion_version else None, run_id)

@@ -155,11 +155,43 @@ def step_run(params: Params, step: str, run_id: str | None = None, parent_run_id
         "experiment_id": experiment_id(client, params.tracking), "run_name": run_name or step,
         "nested": nested, "parent_run_id": None if nested else parent_run_id}
     run = guard(lambda: mlflow.start_run(**kwargs, tags=all_tags), client.tracking_uri)
-    with run:
+    with run, _sigterm_raises():
         if not run_id:
             log_params(client, run.info.run_id, params)
         log.info("mlflow: %s run %s in %s", step, run.info.run_id, client.tracking_uri)
-        yield run
+        try:
+            yield run
+        except KeyboardInterrupt:  # SIGINT, or SIGTERM turned into one below: the run was killed, it did not fail
+            log.warning("mlflow: %s run %s interrupted: ended KILLED", step, run.info.run_id)
+            mlflow.end_run("KILLED")
+            raise
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM received inside a step run (a KeyboardInterrupt, so no ``except Exception`` swallows it)."""
+
+
+@contextlib.contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """While a step run is open, SIGTERM raises :class:`Terminated` so the run is ended KILLED, not left RUNNING.
+
+    Only the main thread can set a handler; elsewhere (a Prefect task thread) the default stays.
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise Terminated(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def existing_run(client: "MlflowClient", run_id: str | None):

@@ -53,9 +53,20 @@ clean:
 	rm -rf $(VENV) .pytest_cache .ultralytics
 
 # team servers (infra/README.md): Docker Engine with Compose v2, and infra/.env made from infra/.env.example
-.PHONY: infra-up infra-down
+.PHONY: infra-up infra-down registry-backup registry-restore
 infra-up:
 	docker compose -f infra/compose.yaml up -d --build --wait
 
 infra-down:
 	docker compose -f infra/compose.yaml down
+
+# the MLflow registry: pg_dump of its database + the artifact bucket, with the MLflow server's environment
+# (MLFLOW_BACKEND_STORE_URI, MLFLOW_ARTIFACTS_DESTINATION, MLFLOW_S3_ENDPOINT_URL, AWS_*; infra/README.md, Backups)
+PY ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON))
+registry-backup: BACKUP_DIR ?= backups/registry-$(shell date -u +%Y%m%d-%H%M%S)
+registry-backup:
+	$(PY) infra/registry_backup.py backup $(BACKUP_DIR)
+
+registry-restore:
+	@test -n "$(BACKUP_DIR)" || { echo "registry-restore: set BACKUP_DIR=<folder made by make registry-backup>" >&2; exit 2; }
+	$(PY) infra/registry_backup.py restore $(BACKUP_DIR)

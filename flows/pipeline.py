@@ -7,6 +7,7 @@ is the ``promote`` stage of ``dvc.yaml``, so it runs once, inside ``dvc repro``,
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -36,7 +37,10 @@ def dvc_repro(targets: list[str] | None, force: bool) -> dict[str, Any]:
 
     outcome = pipeline.repro(targets=targets, force=force)
     ran = ", ".join(outcome["stages_run"]) or "nothing (up to date)"
-    get_run_logger().info("dvc repro %s: ran %s in %.1f s", " ".join(targets or []), ran, outcome["seconds"])
+    logger = get_run_logger()
+    logger.info("dvc repro %s: ran %s in %.1f s", " ".join(targets or []), ran, outcome["seconds"])
+    for stage in outcome["stages_run"]:  # what each stage did, in figures, from what it wrote
+        logger.info("%s", pipeline.stage_line(stage))
     return {"step": "dvc repro", "result": f"ran {ran}", "seconds": outcome["seconds"], "stages_run": outcome["stages_run"]}
 
 
@@ -70,17 +74,32 @@ def pipeline(targets: list[str] | None = None, pull: bool = True, push: bool = T
 
     apply_offline_env()
     root = paths.project_root()
+    started = time.time()
     get_run_logger().info("pipeline in %s: targets %s", root, targets or "all stages")
     done = []
     if pull:
         done.append(dvc_pull())
-    done.append(dvc_repro(targets, force))
+    repro = dvc_repro(targets, force)
+    done.append(repro)
     if push:
         done.append(dvc_push())
+    # the one promote decision of the summary: the promote stage's own, marked stale when that stage did not run now
+    decision = _read_json(root / "reports" / "promote.json")
+    if decision is not None:
+        decision["_fresh"] = "promote" in repro["stages_run"]
     metrics = steps.read_metrics(root)
-    create_markdown_artifact(key="pipeline-summary", markdown=steps.summary_markdown(done, metrics, f"medrov pipeline run in {root}"),
-                             description="steps run and the headline metrics of metrics/*.json")
+    markdown = steps.summary_markdown(done, metrics, f"medrov pipeline run in {root}", fresh=steps.fresh_metrics(root, started),
+                                      decision=decision, root=root)
+    create_markdown_artifact(key="pipeline-summary", markdown=markdown,
+                             description="steps run, the model decision with MLflow links, headline metrics (stale ones marked)")
     return {"steps": done, "metrics": metrics}
+
+
+def _read_json(path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 if __name__ == "__main__":

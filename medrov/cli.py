@@ -15,7 +15,7 @@ from typing import Optional
 
 import typer
 
-from medrov import paths
+from medrov import metric_files, paths
 from medrov.cli_sources import sources_app
 from medrov.errors import MedrovError
 
@@ -52,11 +52,7 @@ def _setup(verbose: bool = False) -> None:
 
 
 def _write_metrics(path: Optional[Path], metrics: dict) -> None:
-    if path is None:
-        return
-    target = paths.resolve(path, Path.cwd())
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(json.dumps(metrics, indent=2) + "\n")
+    metric_files.write(path, metrics)
 
 
 @app.command()
@@ -78,7 +74,7 @@ def convert(
     if ray_address:
         cfg.data.ray_address = ray_address
     summary = step.run(cfg.data, sources_file=sources, out_dir=out, workers=workers, progress=not no_progress)
-    _write_metrics(metrics, summary)
+    _write_metrics(metrics, metric_files.convert(summary))  # the full summary: <out>/convert_summary.json
     typer.echo(
         f"{step.summary_line(summary)} -> {summary['images']} images, {summary['boxes']} boxes "
         f"({summary['boxes_repaired']} boxes clipped, {summary['boxes_dropped']} dropped; "
@@ -104,7 +100,7 @@ def validate(
     cfg = load_params(params, set_)
     report_dir = report or (Path(cfg.validate_.report) if cfg.validate_.report else None)
     summary = step.run(cfg.validate_, data_dir=data, report_dir=report_dir)
-    _write_metrics(metrics, step.metrics(summary))
+    _write_metrics(metrics, metric_files.validate(summary))  # every check: <report>/validation.json
     for line in step.summary_lines(summary):
         typer.echo(line)
     if report_dir:
@@ -163,8 +159,7 @@ def train(
 
     cfg = load_params(params, set_)
     info = steps.train(cfg, profile=profile, closed_set=closed_set, resume=resume)
-    _write_metrics(metrics, {"kind": info["kind"], "epochs": info["epochs_done"], "seconds": info["seconds"],
-                             "encoder": info.get("encoder", {}).get("identity"), **info["val"]})
+    _write_metrics(metrics, metric_files.train(info))  # the full summary: runs/<profile>/medrov.json
     typer.echo(f"trained {info['kind']} model: {info['weights']} ({info['epochs_done']} epochs, {info['seconds']} s)")
     if "mlflow" in info:
         typer.echo(f"mlflow run {info['mlflow']['run_id']} in {info['mlflow']['tracking_uri']} (model {info['mlflow']['model_uri']})")
@@ -175,7 +170,7 @@ def evaluate(
     weights: Optional[Path] = typer.Option(None, help="model to evaluate (default: the active profile's best.pt)"),
     closed_set: bool = typer.Option(False, "--closed-set", help="default to the closed-set baseline's weights"),
     split: Optional[str] = typer.Option(None, help="train, val or test (default: evaluate.split)"),
-    metrics: Optional[Path] = typer.Option(None, help="metrics JSON (default: evaluate.metrics)"),
+    metrics: Optional[Path] = typer.Option(None, help="headline metrics JSON (default: evaluate.metrics; the whole result: evaluate.detail)"),
     plots: Optional[Path] = typer.Option(None, help="folder for PR-curve and per-modality PNGs (default: evaluate.plots)"),
     params: Optional[Path] = ParamsOpt,
     trust: bool = TrustOpt,
@@ -189,8 +184,11 @@ def evaluate(
 
     cfg = load_params(params, set_)
     w = default_weights(cfg, weights, closed_set)
-    result = steps.evaluate(w, cfg, split=split, out_metrics=paths.resolve(metrics) if metrics else None,
-                               plots_dir=paths.resolve(plots) if plots else None)
+    # the whole result goes to evaluate.detail, the DVC metric file gets its headline
+    headline = paths.resolve(metrics) if metrics else (paths.resolve(cfg.evaluate.metrics) if cfg.evaluate.metrics else None)
+    detail = paths.resolve(cfg.evaluate.detail) if cfg.evaluate.detail else None
+    result = steps.evaluate(w, cfg, split=split, out_metrics=detail, plots_dir=paths.resolve(plots) if plots else None)
+    metric_files.write(headline, metric_files.evaluate(result))
     for group in ("all", "base", "novel"):
         if group in result:
             typer.echo(f"{group:>6}: mAP50 {result[group]['map50']:.4f}  mAP50-95 {result[group]['map50_95']:.4f}  ({result[group]['classes']} classes)")
@@ -232,27 +230,32 @@ def export(
     weights: Optional[Path] = typer.Option(None, help="model (default: the latest model of the active profile)"),
     out: Path = typer.Option(Path("exports/medrov.onnx"), help="ONNX file to write (a .json sidecar lists the classes)"),
     imgsz: int = typer.Option(640, min=32, help="input size of the exported model"),
+    fold: bool = typer.Option(False, "--fold", help="fold the prompts into the weights (closed-set speed; also writes the folded .pt)"),
     params: Optional[Path] = ParamsOpt,
     trust: bool = TrustOpt,
     set_: list[str] = SetOpt,
 ) -> None:
-    """Export to ONNX with a fixed vocabulary."""
+    """Export to ONNX with a fixed vocabulary (--fold: folded into the weights, at YOLOv8 cost)."""
     _trust(trust)
     from medrov.config import load_params
-    from medrov.model.export import export_onnx
+    from medrov.model.export import export_onnx, read_sidecar
     from medrov.steps.common import default_weights, prompter
 
     cfg = load_params(params, set_)
     w = default_weights(cfg, weights)
-    written = export_onnx(w, list(prompt), prompter(cfg) if prompt else None, paths.resolve(out, Path.cwd()), imgsz=imgsz)
-    typer.echo(f"exported: {written}")
+    written = export_onnx(w, list(prompt), prompter(cfg) if prompt else None, paths.resolve(out, Path.cwd()),
+                          imgsz=imgsz, fold=fold)
+    meta = read_sidecar(written)
+    folded = f" (folded; PyTorch form {written.with_name(meta['pytorch'])})" if meta.get("folded") else ""
+    typer.echo(f"exported: {written}{folded}")
 
 
 @app.command()
 def promote(
     run_id: Optional[str] = typer.Option(None, "--run-id", help="train run whose model to promote (default: the active profile's latest)"),
     split: Optional[str] = typer.Option(None, help="split of the gating metrics (default: promote.split)"),
-    metrics: Optional[Path] = typer.Option(None, help="write the decision as JSON here (for DVC)"),
+    metrics: Optional[Path] = typer.Option(None, help="write the decision's headline as JSON here (the DVC metric)"),
+    detail: Optional[Path] = typer.Option(None, help="write the whole decision (both sides' figures) as JSON here"),
     params: Optional[Path] = ParamsOpt,
     trust: bool = TrustOpt,
     set_: list[str] = SetOpt,
@@ -264,7 +267,8 @@ def promote(
 
     cfg = load_params(params, set_)
     result = steps.promote(cfg, run_id=run_id, split=split)
-    _write_metrics(metrics, result)
+    _write_metrics(metrics, metric_files.promote(result))
+    metric_files.write(detail, result)
     ch, cp = result["challenger"], result["champion"]
     typer.echo(f"{result['model']} v{result['version']} (run {result['run_id']}): {result['decision'].upper()}")
     if ch:

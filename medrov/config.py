@@ -153,7 +153,8 @@ class EvaluateParams(Section):
     conf: float = Field(0.001, ge=0, le=1)
     iou: float = Field(0.7, gt=0, le=1)
     max_det: int = Field(300, ge=1)
-    metrics: str | None = "metrics/eval.json"
+    metrics: str | None = "metrics/eval.json"  # headline figures (the DVC metric)
+    detail: str | None = "reports/eval.json"  # the whole result: per class, modality and source
     plots: str | None = "reports/eval"
     overlays: int = Field(4, ge=0)  # test images per modality drawn with predicted vs true boxes (0 = none)
     overlay_conf: float = Field(0.25, ge=0, le=1)  # predictions drawn from this score on
@@ -204,6 +205,7 @@ class TrackingParams(Section):
     epoch_eval: bool = True  # per-epoch open-vocabulary mAP50 (base/novel/per modality) on promote.split
     dataset_card: str | None = "reports/dataset"  # logged with each train run when present (`medrov report --out`)
     server_timeout: float = Field(5.0, gt=0)  # seconds to wait for an `mlflow server` before giving up
+    ui: str = "http://127.0.0.1:5000"  # the MLflow UI that summaries link to when ``uri`` is not a server (`mlflow ui`)
 
 
 class PromoteParams(Section):

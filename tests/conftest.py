@@ -12,6 +12,9 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("MEDROV_SHARED_DATA", ROOT.parent / "shared" / "data")).resolve()
 
 
+# what the project's own commands write (`make demo`, `medrov train`, the embedded MLflow store): no test may touch it
+PROJECT_STATE = ("mlflow.db", "mlartifacts", "mlruns", "runs", ".cache")
+
 # the tier of a test is its folder (tests/infra reads files only: unit); `make test-fast` runs unit and data
 TIERS = {"unit": "unit", "infra": "unit", "data": "data", "faults": "data", "model": "model", "integration": "integration"}
 
@@ -33,6 +36,36 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         own = {m.name for m in item.iter_markers()} & set(TIERS.values())
         if folder in TIERS and not own:
             item.add_marker(getattr(pytest.mark, TIERS[folder]))
+
+
+def project_state(root: Path = ROOT) -> dict[str, tuple[int, int]]:
+    """Every file under the project's own outputs (:data:`PROJECT_STATE`) -> (size, mtime in ns)."""
+    out = {}
+    for name in PROJECT_STATE:
+        top = root / name
+        files = [top] if top.is_file() else (p for p in top.rglob("*") if p.is_file()) if top.is_dir() else []
+        for file in files:
+            try:
+                st = file.stat()
+            except FileNotFoundError:  # removed while we walked: the comparison reports it
+                continue
+            out[file.relative_to(root).as_posix()] = (st.st_size, st.st_mtime_ns)
+    return out
+
+
+@pytest.fixture(scope="session", autouse=True)
+def project_tree_untouched():
+    """The suite leaves the project's mlflow.db, mlartifacts/, mlruns/, runs/ and .cache/ as it found them: every
+    test writes under its own tmp_path (a failure here names what changed; a demo run in this checkout at the same
+    time would show up too)."""
+    before = project_state()
+    yield
+    after = project_state()
+    changed = sorted(k for k in before.keys() & after.keys() if before[k] != after[k])
+    added, removed = sorted(after.keys() - before.keys()), sorted(before.keys() - after.keys())
+    assert not (changed or added or removed), (
+        f"the tests changed the project tree: added {added[:10]} ({len(added)}), changed {changed[:10]} ({len(changed)}), "
+        f"removed {removed[:10]} ({len(removed)})")
 
 
 @pytest.fixture

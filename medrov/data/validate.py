@@ -24,6 +24,7 @@ import pandas as pd
 from medrov import paths
 from medrov.catalog import MODALITIES, Vocabulary, load_vocabulary
 from medrov.config import ValidateParams
+from medrov.data.datadocs import make_offline
 from medrov.data.splits import SPLITS
 from medrov.errors import ValidationFailed
 
@@ -436,6 +437,8 @@ def run(params: ValidateParams, data_dir: str | Path | None = None, report_dir: 
         if report:
             context.build_data_docs()
             site = workdir / "gx" / "uncommitted" / "data_docs" / "local_site"
+            # opened in a browser, the stock site fetches CDN scripts and an S3 logo carrying the context id
+            make_offline(site, context_id=str(context.data_context_id or ""))
             report.mkdir(parents=True, exist_ok=True)
             shutil.copytree(site, report, dirs_exist_ok=True)
     finally:
@@ -459,8 +462,8 @@ def run(params: ValidateParams, data_dir: str | Path | None = None, report_dir: 
 
 
 def _write_summary_page(report: Path, summary: dict[str, Any], data: Path) -> None:
-    """A self-contained ``summary.html`` (no CDN: the GX pages fetch their styles and scripts online) linked
-    from the top of the Data Docs index, with every check, its counts and examples, and the GX result pages."""
+    """A self-contained ``summary.html`` (one page, no script) linked from the top of the Data Docs index,
+    with every check, its counts and examples, and the GX result pages."""
     from html import escape
 
     pages = {p.parent.parent.parent.name: p.relative_to(report).as_posix() for p in report.glob("validations/*/*/*/*.html")}

@@ -62,6 +62,7 @@ class Detector:
         self.yolo = YOLOWorld(str(path)) if self.open_vocabulary else YOLO(str(path))
         self.weights, self.prompter, self.device = path, prompter, device
         self.vocabulary: list[str] = []
+        self.folded = False
         self._class_filter: list[int] | None = None
         if not self.open_vocabulary:
             self.closed_names = {int(k): prompt_name(v) for k, v in dict(self.yolo.names).items()}
@@ -69,6 +70,11 @@ class Detector:
     def set_vocabulary(self, names: Sequence[str]) -> None:
         """Prompts for an open-vocabulary model; for a closed-set model, the subset of its classes to keep."""
         names = [prompt_name(n) for n in names]
+        if self.folded:
+            if names != self.vocabulary:
+                raise ModelError(f"{self.weights}: the vocabulary {self.vocabulary} is folded into the weights; "
+                                 f"load the model again to detect {names}")
+            return
         if self.open_vocabulary:
             if self.prompter is None:
                 raise ModelError("an open-vocabulary model needs a text encoder for its prompts")
@@ -83,6 +89,19 @@ class Detector:
                 raise ModelError(f"closed-set model {self.weights} cannot detect {missing}: it knows only its training classes")
             self._class_filter = [index[n.lower()] for n in names]
         self.vocabulary = names
+
+    def fold(self) -> None:
+        """Fold the current vocabulary into the network (:func:`medrov.model.fold.fold`): same detections at
+        closed-set cost; the vocabulary is fixed from then on."""
+        from medrov.model.fold import fold, folded_yolo
+
+        if not self.open_vocabulary:
+            raise ModelError(f"{self.weights}: a closed-set model has no text to fold")
+        if not self.vocabulary:
+            raise ModelError("set_vocabulary() before fold()")
+        if not self.folded:
+            self.yolo = folded_yolo(fold(self.yolo, self.vocabulary))
+            self.folded = True
 
     def predict(self, images: Sequence[Any], imgsz: int = 640, conf: float = 0.25, iou: float = 0.7,
                 max_det: int = 300, batch: int = 8) -> list[Detections]:

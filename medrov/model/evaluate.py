@@ -262,20 +262,51 @@ def _plots(overall: dict[str, Any], result: dict[str, Any], names, novel: set[in
                 for row in prec[mask]:
                     ax.plot(x, row, color=colour, lw=0.5, alpha=0.3)
     ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title=f"PR at IoU 0.5 ({result['split']} split)")
-    ax.legend(loc="upper right", fontsize=8)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="upper right", fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no ground truth on this split", ha="center", va="center", transform=ax.transAxes)
     fig.tight_layout()
     fig.savefig(out / "pr_curve.png", dpi=110)
     plt.close(fig)
 
-    mods = sorted(result["modality"])
-    fig, ax = plt.subplots(figsize=(max(5, 1.2 * len(mods)), 4))
-    width = 0.27
-    for k, (group, colour) in enumerate((("all", "#55A868"), ("base", "#4C72B0"), ("novel", "#C44E52"))):
-        vals = [result["modality"][m].get(group, {}).get("map50", np.nan) for m in mods]
-        ax.bar(np.arange(len(mods)) + (k - 1) * width, vals, width, label=group, color=colour)
-    ax.set_xticks(np.arange(len(mods)), mods)
-    ax.set(ylabel="mAP50", ylim=(0, 1), title="mAP50 per modality (missing bar = no such class)")
-    ax.legend()
-    fig.tight_layout()
+    fig = _modality_figure(result)
     fig.savefig(out / "map50_per_modality.png", dpi=110)
     plt.close(fig)
+
+
+def _modality_figure(result: dict[str, Any]):
+    """Bars of mAP50 per modality for all, base and novel classes, each labelled with its value; a group with no
+    ground truth in a modality is a hatched "no GT" outline, so it never reads as a score of 0.0."""
+    import matplotlib.pyplot as plt
+
+    mods = sorted(result["modality"])
+    fig, ax = plt.subplots(figsize=(max(6, 1.5 * len(mods)), 4.5))
+    width = 0.27
+    groups = (("all", "#55A868"), ("base", "#4C72B0"), ("novel", "#C44E52"))
+    table = {g: [result["modality"][m].get(g, {}).get("map50") for m in mods] for g, _ in groups}
+    known = [v for vals in table.values() for v in vals if v is not None]
+    # small demo scores would be invisible on a 0..1 axis; the labels carry the exact values either way
+    top = min(1.0, max(0.1, 1.25 * max(known, default=0.0)))
+    for k, (group, colour) in enumerate(groups):
+        x = np.arange(len(mods)) + (k - 1) * width
+        vals = table[group]
+        scored = [i for i, v in enumerate(vals) if v is not None]
+        bars = ax.bar(x[scored], [vals[i] for i in scored], width, label=group, color=colour)
+        ax.bar_label(bars, labels=[_bar_value(vals[i]) for i in scored], fontsize=7, padding=2, rotation=90)
+        # no ground truth of this group in the modality: a hatched outline, not a bar of height 0.0
+        absent = [i for i, v in enumerate(vals) if v is None]
+        if absent:
+            ax.bar(x[absent], [top * 0.06] * len(absent), width, fill=False, hatch="///", edgecolor=colour, lw=0.8)
+            for i in absent:
+                ax.text(x[i], top * 0.07, "no GT", ha="center", va="bottom", fontsize=7, rotation=90, color="#555")
+    ax.set_xticks(np.arange(len(mods)), mods)
+    ax.set(ylabel="mAP50", ylim=(0, top * 1.15), title=f"mAP50 per modality ({result['split']} split; hatched = no ground truth)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def _bar_value(v: float) -> str:
+    """A bar's label: three decimals, or two significant digits below 0.001 (demo scores), so only 0.0 reads 0.000."""
+    return f"{v:.3f}" if v == 0 or v >= 0.001 else f"{v:.1e}"

@@ -69,12 +69,17 @@ def export_onnx(
     half: bool = False,
     device: str = "cpu",
     simplify: bool = True,
+    fold: bool = False,
 ) -> Path:
     """Export ``weights`` to ONNX at ``out`` (fixed input ``imgsz`` x ``imgsz``, batch 1) and write its sidecar.
 
     Open-vocabulary checkpoints get ``prompts`` (vocabulary entries ``name/synonym`` are reduced to their canonical
     name, as at inference) embedded by ``prompter``; closed-set checkpoints keep their classes, and ``prompts``, if
     given, must be exactly those classes. ``half`` (fp16) needs a CUDA ``device``.
+
+    ``fold``: fold the prompts into the weights first (:func:`medrov.model.fold.fold`): the graph then has the shape
+    and cost of a closed-set YOLOv8 and the same outputs; the folded PyTorch form is kept beside it as ``<out>.pt``
+    (``model.onnx`` -> ``model.pt``). A closed-set model has nothing to fold and is exported as it is.
 
     Raises:
         ModelError: missing or unloadable weights, no prompts or no prompter for an open-vocabulary model, prompts
@@ -85,6 +90,9 @@ def export_onnx(
         raise ModelError(f"{out}: the output file must end in .onnx")
     yolo, open_vocabulary = _load(weights)
     encoder: dict[str, Any] | None = None
+    pytorch_form: Path | None = None
+    if fold and out.with_suffix(".pt").resolve() == weights.resolve():
+        raise ModelError(f"{out}: the folded PyTorch form would overwrite the source weights {weights}")
     if open_vocabulary:
         names = [prompt_name(p) for p in (prompts or [])]
         if not names:
@@ -95,6 +103,13 @@ def export_onnx(
             raise ModelError(f"{weights}: an open-vocabulary model needs a text encoder for its prompts")
         set_prompts(yolo, names, prompter(names))
         encoder = prompter.describe()
+        if fold:
+            from medrov.model.fold import fold as fold_model
+            from medrov.model.fold import folded_yolo, save_folded
+
+            folded = fold_model(yolo, names)
+            pytorch_form = save_folded(folded, out.with_suffix(".pt"), {"imgsz": int(imgsz)})
+            yolo = folded_yolo(folded)
     else:
         names = [prompt_name(str(v)) for _, v in sorted(dict(yolo.names).items())]
         if prompts and [prompt_name(p).lower() for p in prompts] != [n.lower() for n in names]:
@@ -118,6 +133,8 @@ def export_onnx(
         "format": "onnx",
         "classes": names,
         "open_vocabulary": open_vocabulary,
+        "folded": pytorch_form is not None,
+        "pytorch": pytorch_form.name if pytorch_form is not None else None,
         "imgsz": int(imgsz),
         "half": bool(half),
         "input": {"name": "images", "shape": [1, 3, int(imgsz), int(imgsz)], "layout": "BCHW RGB float 0-1"},
@@ -125,7 +142,8 @@ def export_onnx(
         "weights": str(weights.resolve()),
     }
     sidecar_path(out).write_text(json.dumps(sidecar, indent=2) + "\n")
-    log.info("exported %s (%d classes, imgsz %d) to %s", weights, len(names), imgsz, out)
+    log.info("exported %s (%d classes, imgsz %d%s) to %s", weights, len(names), imgsz,
+             ", folded" if pytorch_form is not None else "", out)
     return out
 
 

@@ -35,7 +35,10 @@ def apply_load_policy() -> None:
     """Make every ultralytics checkpoint load of this process restricted (weights_only), unless trusted."""
     from ultralytics.nn import tasks
 
+    from medrov.model.fold import allow_folded_checkpoints
+
     tasks.SAFE_LOAD = not trusted()
+    allow_folded_checkpoints()  # our one layer class of folded models, as safe as ultralytics' own
 
 
 def _refusal(path: Path, exc: BaseException) -> ModelError:

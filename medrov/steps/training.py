@@ -84,8 +84,10 @@ def train(params: Params, parent_run_id: str | None = None, profile: str | None 
     run_tags = {f"{TAG}profile": profile or params.train.profile,
                 f"{TAG}kind": "closed-set" if closed_set else "open-vocabulary", **(tags or {})}
     with tracking.step_run(params, "train", run_id=run_id, parent_run_id=parent_run_id, run_name=name,
-                           tags=run_tags) as run:
+                           tags=run_tags, profile=profile or params.train.profile) as run:
         run_id = run.info.run_id
+        if not previous.get("run_id") or previous.get("run_id") != run_id:  # a resumed run has its input already
+            tracking.log_dataset(tracking.connect(params.tracking), run_id, params)
         record.parent.mkdir(parents=True, exist_ok=True)
         record.write_text(json.dumps({"tracking_uri": uri, "run_id": run_id,
                                       "experiment_id": run.info.experiment_id}, indent=2))
@@ -108,11 +110,28 @@ def train(params: Params, parent_run_id: str | None = None, profile: str | None 
                                  imgsz=info["args"].get("imgsz") if "args" in info else None)
         client.set_tag(run_id, f"{TAG}model_uri", model.model_uri)
         client.set_tag(run_id, f"{TAG}weights_artifact", f"weights/{Path(info['weights']).name}")
+        tracking.describe_run(client, run_id, training_description(params, info, profile))
     info["mlflow"] = {"tracking_uri": uri, "run_id": run_id, "model_uri": model.model_uri, "artifacts": counts}
     record.write_text(json.dumps({**json.loads(record.read_text()), "model_uri": model.model_uri}, indent=2))
     log.info("mlflow: train run %s logged (%s artifacts, model %s)", run_id, sum(counts.values()), model.model_uri)
     info["mlflow"]["gate_eval_run_id"] = gate_evaluation(params, run_id, Path(info["weights"]), prompter)
     return info
+
+
+def training_description(params: Params, info: dict[str, Any], profile: str | None = None) -> str:
+    """What a train run did, in one paragraph (the run's description in the MLflow UI)."""
+    args = info.get("args") or {}
+    encoder = (info.get("encoder") or {}).get("identity", "none (closed set)")
+    pseudo = info.get("pseudo") or {}
+    data = tracking.data_tags(params)
+    return (f"{info.get('kind', 'open-vocabulary')} training, profile **{profile or params.train.profile}**: "
+            f"`{args.get('model')}`, {info.get('epochs_done')} of {args.get('epochs')} epochs, "
+            f"batch {args.get('batch')}, "
+            f"{args.get('imgsz')} px, device {args.get('device')}. Data: `{params.train.data}` "
+            f"(DVC md5 {data[f'{TAG}data.omnis_dvc_md5']}). Text encoder: `{encoder}`. "
+            f"Pseudo-labels {'on' if pseudo.get('labels') else 'off'}, "
+            f"negatives {'on' if pseudo.get('negatives') else 'off'}"
+            + (f" ({pseudo['negatives_off_reason']})" if pseudo.get("negatives_off_reason") else "") + ".")
 
 
 def log_weights_run(params: Params, weights: str | Path, encoder_spec: str | None = None, name: str = "import") -> str:

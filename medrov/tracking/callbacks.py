@@ -34,6 +34,7 @@ class EpochLogger:
         self.epoch_eval = epoch_eval if params.tracking.epoch_eval else None
         self.prompter = None
         self._after_last_epoch = False
+        self._last_step = 0
         self._client = None
 
     def __call__(self, trainer) -> None:
@@ -61,6 +62,10 @@ class EpochLogger:
                 if extra is None:
                     self.epoch_eval = None
                 metrics.update(extra or {})
-            log_metrics(self._client, self.run_id, metrics, step=int(trainer.epoch))
+            # ultralytics counts epochs from 1 (its log and results.csv); trainer.epoch is 0-based. The validation
+            # of best.pt goes at the last epoch's step, not one past it
+            step = self._last_step if final else int(trainer.epoch) + 1
+            self._last_step = step
+            log_metrics(self._client, self.run_id, metrics, step=step)
         except Exception as exc:  # a tracking hiccup must not cost a training
             log.warning("mlflow: epoch %s metrics not logged (%s: %s)", trainer.epoch, type(exc).__name__, exc)

@@ -229,11 +229,17 @@ def _decide_and_write(params: Params, client: "MlflowClient", run, model_uri: st
     if existing:
         version = str(max(existing, key=lambda v: int(v.version)).version)
     else:
+        import mlflow
+
         with contextlib.suppress(Exception):
             client.create_registered_model(name, description="MedROV open-vocabulary detector (YOLO-World on Omnis)")
-        model_id = model_uri.split("/")[-1] if model_uri.startswith("models:/m-") else None
-        version = str(guard(lambda: client.create_model_version(name, model_uri, run_id=run_id, model_id=model_id),
-                            uri).version)
+        # register_model (not create_model_version) links both ways: the logged model lists this registered
+        # version and the version page its logged model and source run
+        version = str(guard(lambda: mlflow.register_model(model_uri, name, await_registration_for=0), uri).version)
+        guard(lambda: client.update_model_version(name, version, description=(
+            f"Trained in run {run_id}; registered by `medrov promote` as challenger on {split}; "
+            f"gate: {decision['decision']}: "
+            f"{decision['reason']}")), uri)
     tags = {**_gate_tags(challenger), f"{TAG}promote.decision": decision["decision"],
             f"{TAG}promote.reason": decision["reason"], f"{TAG}promote.at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             f"{TAG}promote.champion_version": str(champion_version.version) if champion_version else "none",

@@ -100,11 +100,20 @@ def connect(section: TrackingParams) -> "MlflowClient":
             os.environ[key] = value
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     if guard(lambda: client.get_experiment_by_name(section.experiment), uri) is None:
-        # a local store would put artifacts in ./mlruns of whatever the working directory is: keep them in the project
-        location = None if is_server(uri) else (paths.resolve(section.artifacts) / section.experiment).as_uri()
+        # a local store would put artifacts in ./mlruns of whatever the working directory is: keep them beside the
+        # store (the project's mlflow.db: <project>/mlartifacts), so a store elsewhere (a test's) never writes here
+        location = None if is_server(uri) else (_artifact_root(uri, section) / section.experiment).as_uri()
         with contextlib.suppress(Exception):  # a concurrent creator wins the race; we read its experiment below
             client.create_experiment(section.experiment, artifact_location=location)
     return client
+
+
+def _artifact_root(uri: str, section: TrackingParams) -> Path:
+    """Where a local store's experiments keep artifacts: ``tracking.artifacts`` taken from the folder of the
+    SQLite file (the project root for the embedded store), from the project root for other local stores."""
+    if uri.startswith("sqlite:///") and not Path(section.artifacts).is_absolute():
+        return Path(uri[len("sqlite:///"):]).resolve().parent / section.artifacts
+    return paths.resolve(section.artifacts)
 
 
 def experiment_id(client: "MlflowClient", section: TrackingParams) -> str:
@@ -125,19 +134,84 @@ def param_value(value: Any) -> str:
     return text if len(text) <= 6000 else text[:5997] + "..."
 
 
-def log_params(client: "MlflowClient", run_id: str, params: Params) -> None:
-    """All of params.yaml (after overrides), flattened to dotted keys."""
+# the params keys each step reads (dotted prefixes); its training profile is added resolved. Other steps log all.
+STEP_SETTINGS = {
+    "train": ("text.", "pseudo.", "train.data", "train.profile", "train.project", "evaluate.conf", "evaluate.iou",
+              "evaluate.max_det", "tracking.epoch_eval", "promote.split"),
+    "evaluate": ("evaluate.", "text.", "train.data", "train.profile"),
+    "tune": ("tune.", "pseudo.", "train.data"),
+}
+
+
+def settings_in_force(params: Params, step: str, profile: str | None = None) -> dict[str, Any]:
+    """The dotted params keys a step reads, with only the training profile it uses (``train.profiles.<p>.*``):
+    what a run's params page should show (params.yaml in full is the run's ``params.yaml`` artifact)."""
+    flat = flatten(params)
+    prefixes = STEP_SETTINGS.get(step)
+    if prefixes is None:
+        return flat
+    name = profile or (params.tune.profile if step == "tune" else params.train.profile)
+    sections = tuple(p for p in (*prefixes, f"train.profiles.{name}.") if p.endswith("."))
+    keys = {p for p in prefixes if not p.endswith(".")}  # exact keys: train.profile is no prefix of train.profiles
+    return {k: v for k, v in flat.items() if k in keys or k.startswith(sections)}
+
+
+def log_params(client: "MlflowClient", run_id: str, params: Params, step: str | None = None,
+               profile: str | None = None) -> None:
+    """The settings in force for ``step`` as params (every key when ``step`` is None) and all of params.yaml
+    (after overrides) as the ``params.yaml`` artifact."""
     from mlflow.entities import Param
 
-    flat = [Param(k, param_value(v)) for k, v in sorted(flatten(params).items())]
+    chosen = flatten(params) if step is None else settings_in_force(params, step, profile)
+    flat = [Param(k, param_value(v)) for k, v in sorted(chosen.items())]
     for i in range(0, len(flat), 100):
         guard(lambda: client.log_batch(run_id, params=flat[i : i + 100]), client.tracking_uri)
+    whole = params.model_dump(mode="json", by_alias=True)
+    guard(lambda: client.log_dict(run_id, whole, "params.yaml"), client.tracking_uri)
+
+
+def describe_run(client: "MlflowClient", run_id: str, text: str) -> None:
+    """The run's description (the MLflow UI's "Description" box: the ``mlflow.note.content`` tag)."""
+    guard(lambda: client.set_tag(run_id, "mlflow.note.content", text), client.tracking_uri)
+
+
+def evaluation_description(result: dict[str, Any], split: str) -> str:
+    """What an evaluate run did, in one paragraph."""
+    groups = ", ".join(f"{g} {result[g]['map50']:.4f}" for g in GROUPS if isinstance(result.get(g), dict))
+    encoder = (result.get("encoder") or {}).get("identity", "none (closed set)")
+    return (f"Open-vocabulary evaluation of `{result.get('weights')}` on the **{split}** split "
+            f"({result.get('images')} images, prompts = the classes each source annotates) "
+            f"at {result.get('imgsz')} px; "
+            f"text encoder `{encoder}`. mAP50: {groups or 'no ground truth'}.")
+
+
+def log_dataset(client: "MlflowClient", run_id: str, params: Params, context: str = "training") -> None:
+    """The Omnis folder as the run's dataset input (the UI's Dataset column), digest = its DVC md5 from
+    dvc.lock (else the md5 of its manifest), profile = its counts."""
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.entities import DatasetInput, InputTag
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+    from medrov.tracking.provenance import data_dir, dvc_hash, md5_file
+
+    folder = data_dir(params)
+    manifest = folder / "manifest.parquet"
+    digest = dvc_hash(folder) or (md5_file(manifest) if manifest.is_file() else "none")
+    source = resolve_dataset_source(str(folder))
+    dataset = MetaDataset(source=source, name="omnis", digest=digest.removesuffix(".dir")[:36])
+    entity = dataset._to_mlflow_entity()
+    given = DatasetInput(entity, tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])
+    guard(lambda: client.log_inputs(run_id, datasets=[given]), client.tracking_uri)
 
 
 @contextlib.contextmanager
 def step_run(params: Params, step: str, run_id: str | None = None, parent_run_id: str | None = None,
-             tags: dict[str, str] | None = None, run_name: str | None = None) -> Iterator[Any]:
-    """An MLflow run for one step (``train``, ``evaluate``, ``tune``...): params, provenance tags, status.
+             tags: dict[str, str] | None = None, run_name: str | None = None,
+             profile: str | None = None) -> Iterator[Any]:
+    """An MLflow run for one step (``train``, ``evaluate``, ``tune``...): the settings in force for the step as
+    params (``profile``: the training profile it uses; :func:`settings_in_force`), params.yaml as an artifact,
+    provenance tags, status.
 
     ``run_id`` continues an existing run (a resumed training); ``parent_run_id`` nests the run under another
     (an evaluation under the training of its weights, a Tune trial under its sweep). The run ends FAILED when
@@ -157,7 +231,7 @@ def step_run(params: Params, step: str, run_id: str | None = None, parent_run_id
     run = guard(lambda: mlflow.start_run(**kwargs, tags=all_tags), client.tracking_uri)
     with run, _sigterm_raises():
         if not run_id:
-            log_params(client, run.info.run_id, params)
+            log_params(client, run.info.run_id, params, step, profile)
         log.info("mlflow: %s run %s in %s", step, run.info.run_id, client.tracking_uri)
         try:
             yield run
@@ -223,8 +297,6 @@ def eval_metrics(result: dict[str, Any], prefix: str) -> dict[str, float]:
         for metric in METRICS:
             if isinstance(summary.get("all"), dict):
                 out[f"{prefix}/modality/{modality}/{metric}"] = float(summary["all"][metric])
-    if "images" in result:
-        out[f"{prefix}/images"] = float(result["images"])
     return out
 
 
@@ -251,8 +323,13 @@ def log_dir(client: "MlflowClient", run_id: str, folder: Path, artifact_path: st
 def log_evaluation(client: "MlflowClient", run_id: str, result: dict[str, Any], split: str, params: Params) -> None:
     """An evaluation result into an ``evaluate`` run: its metrics, encoder tags and the full JSON."""
     log_metrics(client, run_id, {**eval_metrics(result, split), f"{split}/seconds": float(result.get("seconds", 0))})
-    for key, value in encoder_tags(result.get("encoder"), params).items():
+    # counts describe the run, they are not scores to chart: tags, once
+    counts = {f"{TAG}{split}.images": result.get("images"),
+              f"{TAG}{split}.classes": (result.get("all") or {}).get("classes")}
+    tags = {**encoder_tags(result.get("encoder"), params), **{k: str(v) for k, v in counts.items() if v is not None}}
+    for key, value in tags.items():
         client.set_tag(run_id, key, value)
+    describe_run(client, run_id, evaluation_description(result, split))
     guard(lambda: client.log_dict(run_id, json.loads(json.dumps(result, default=str)), f"eval_{split}.json"),
           client.tracking_uri)
 

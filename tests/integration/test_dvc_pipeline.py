@@ -30,23 +30,28 @@ def test_repro_noop_metrics_plots_experiment_and_param_reruns(project):
     dvc = [sys.executable, "-m", "dvc"]
     first = _run([*dvc, "repro"], dest, env)
     assert "Running stage 'demo_sources'" in first.stdout and "Running stage 'convert'" in first.stdout
-    metrics = json.loads((dest / "metrics" / "convert.json").read_text())
+    # the metric files hold headlines; the detail sits beside each stage's outputs
+    assert json.loads((dest / "metrics" / "convert.json").read_text())["quarantined"] == 0
+    metrics = json.loads((dest / "data" / "omnis" / "convert_summary.json").read_text())
     assert metrics["converted"] == metrics["total"] == 2 + 2 + 2 + 4 + 4 + 4
     assert metrics["quarantined"] == 0
     assert (dest / "data" / "omnis" / "manifest.parquet").is_file()
     assert set(metrics["sources"]) == {"SynthAbdomenCT", "SynthKidneyCT", "SynthAbdomenMRI", "SynthChestXray", "SynthBloodSmear", "SynthPolyp"}
     assert "Running stage 'train'" in first.stdout and "Running stage 'evaluate'" in first.stdout
     assert (dest / "runs" / "demo" / "weights" / "best.pt").is_file()
-    train = json.loads((dest / "metrics" / "train.json").read_text())
-    assert train["kind"] == "open-vocabulary" and train["encoder"].startswith("minilm:")
-    evaluation = json.loads((dest / "metrics" / "eval.json").read_text())
+    assert set(json.loads((dest / "metrics" / "train.json").read_text())) == {"epochs", "val_map50"}
+    train = json.loads((dest / "runs" / "demo" / "medrov.json").read_text())
+    assert train["kind"] == "open-vocabulary" and train["encoder"]["identity"].startswith("minilm:")
+    assert set(json.loads((dest / "metrics" / "eval.json").read_text())) == {"map50", "map50_95", "base", "novel"}
+    evaluation = json.loads((dest / "reports" / "eval.json").read_text())
     assert {"all", "base", "novel", "modality", "source"} <= set(evaluation)
     assert evaluation["modality"] and set(evaluation["modality"]) <= {"ct", "mri", "xray", "microscopy", "endoscopy"}
     assert (dest / "reports" / "eval" / "pr_curve.png").is_file()
     assert (dest / "reports" / "eval" / "map50_per_modality.png").is_file()
     # promote: the first model of the registry becomes champion, in the embedded store inside the project
     assert "Running stage 'promote'" in first.stdout
-    promoted = json.loads((dest / "metrics" / "promote.json").read_text())
+    assert json.loads((dest / "metrics" / "promote.json").read_text())["decision"] == "first"
+    promoted = json.loads((dest / "reports" / "promote.json").read_text())
     assert promoted["decision"] == "first" and promoted["promoted"] and promoted["challenger"]["split"] == "val"
     assert (dest / "mlflow.db").is_file() and any((dest / "mlartifacts").rglob("best.pt"))
     listing = _run([sys.executable, "-m", "medrov", "models"], dest, env).stdout

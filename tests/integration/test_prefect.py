@@ -99,20 +99,6 @@ def _client_call(func):
     return asyncio.run(main())
 
 
-def _create_pools(names: list[str]) -> None:
-    """Process work pools made from the worker's own template (the CLI would fetch a catalogue from GitHub)."""
-    from prefect.client.schemas.actions import WorkPoolCreate
-    from prefect.workers.process import ProcessWorker
-
-    async def create(client):
-        for name in names:
-            await client.create_work_pool(WorkPoolCreate(name=name, type="process",
-                                                         base_job_template=ProcessWorker.get_default_base_job_template()),
-                                          overwrite=True)
-
-    _client_call(create)
-
-
 def _wait_final(flow_run_id, timeout: float):
     deadline = time.monotonic() + timeout
     while True:
@@ -141,8 +127,14 @@ def test_deployments_are_scheduled_and_a_worker_completes_a_triggered_pipeline_r
 
     project = tmp_path / "proj"
     env = {**copy_project(project, tmp_path / "no-shared-data"), **settings["env"]}
-    _create_pools(["medrov", "medrov-gpu"])
-    run_ok([*PREFECT, "--no-prompt", "deploy", "--all"], project, env, timeout=300)
+    # one machine, a bare server: `python -m flows.pools` makes the pools prefect.yaml names, then deploy --all works
+    made = run_ok([sys.executable, "-m", "flows.pools"], project, env, timeout=120).stdout
+    assert "work pool medrov: created (process)" in made and "work pool medrov-gpu: created (process)" in made, made
+    assert "deployments train-paper; its runs wait for a worker on a GPU machine" in made, made
+    again = run_ok([sys.executable, "-m", "flows.pools"], project, env, timeout=120).stdout
+    assert "work pool medrov: exists" in again and "created" not in again, again
+    deployed = run_ok([*PREFECT, "--no-prompt", "deploy", "--all"], project, env, timeout=300)
+    assert deployed.returncode == 0
 
     deployments = {d.name: d for d in _client_call(lambda c: c.read_deployments())}
     assert set(deployments) == {"nightly", "weekly-sweep", "convert", "train-paper"}
@@ -189,7 +181,16 @@ def test_deployments_are_scheduled_and_a_worker_completes_a_triggered_pipeline_r
     summary = artifacts["pipeline-summary"]
     assert summary.type == "markdown"
     assert "| dvc repro | ran demo_sources, convert, validate |" in summary.data
-    assert f"| converted | {convert['converted']} |" in summary.data and "| success | True |" in summary.data
+    assert f"| images | {convert['images']} |" in summary.data and "| success | True |" in summary.data
+    assert "**convert.json** (this run)" in summary.data and "**validate.json** (this run)" in summary.data
+
+    # the run log carries one line of figures per stage that ran
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    logs = [entry.message for entry in _client_call(lambda c: c.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id]))))]
+    detail = json.loads((project / "data" / "omnis" / "convert_summary.json").read_text())
+    assert f"convert: {detail['converted']} of {detail['total']} inputs converted, 0 quarantined" in "\n".join(logs), logs
+    assert any(m.startswith("validate: passed, ") for m in logs), logs
 
 
 def test_a_failing_step_fails_the_flow_run_with_the_steps_error(settings, tmp_path, monkeypatch):

@@ -167,14 +167,25 @@ def test_a_training_is_one_run_with_params_provenance_epoch_metrics_artifacts_an
     train_runs = client.search_runs([run.info.experiment_id], "tags.`medrov.step` = 'train'")
     assert [r.info.run_id for r in train_runs] == [run.info.run_id]
     assert len(client.search_experiments()) == 2  # Default + ours: nothing logged elsewhere
-    flat = flatten(params)
+    # the settings in force (the train step's sections, the active profile only), params.yaml whole as an artifact
+    from medrov.tracking import settings_in_force
+
+    flat = settings_in_force(params, "train")
     in_force = {k: v for k, v in run.data.params.items() if k.startswith("pseudo.in_force.")}
     assert set(run.data.params) == set(flat) | set(in_force)
+    assert not any(k.startswith(("train.profiles.paper.", "demo.", "tune.", "data.")) for k in run.data.params)
+    assert "params.yaml" in {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert len(flat) < len(flatten(params)) / 2
     # MiniLM has no image tower: the run says the negatives asked for in params.yaml are off, and why
     assert run.data.params["pseudo.negatives"] == "True" and in_force["pseudo.in_force.negatives"] == "False"
     assert in_force["pseudo.in_force.negatives_off_reason"] == "encoder has no image tower"
     assert "pseudo/labels" in run.data.metrics and "pseudo/ms_per_batch" in run.data.metrics
-    assert run.data.params["train.profiles.demo.epochs"] == "1" and run.data.params["promote.min_gain"] == "0.01"
+    assert run.data.params["train.profiles.demo.epochs"] == "1" and "promote.min_gain" not in run.data.params
+    # a description, and the Omnis folder as the dataset input with its digest
+    assert "profile **demo**" in run.data.tags["mlflow.note.content"] and "minilm" in run.data.tags["mlflow.note.content"]
+    inputs = run.inputs.dataset_inputs
+    assert [i.dataset.name for i in inputs] == ["omnis"] and inputs[0].dataset.digest
+    assert {t.key: t.value for t in inputs[0].tags}["mlflow.data.context"] == "training"
     tags = run.data.tags
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     assert tags["medrov.git_commit"] == commit == tags["mlflow.source.git.commit"]
@@ -190,7 +201,8 @@ def test_a_training_is_one_run_with_params_provenance_epoch_metrics_artifacts_an
     for key in ("train/box_loss", "train/cls_loss", "metrics/mAP50B", "lr/pg0", "epoch/val/map50/all",
                 "epoch/val/map50/base", "epoch/val/map50/novel", "epoch/val/modality/ct/map50", "epoch/val/modality/mri/map50"):
         assert key in metrics, key
-    assert [m.step for m in client.get_metric_history(run.info.run_id, "train/box_loss")] == [0]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train/box_loss")] == [1]  # ultralytics' epoch 1
+    assert not any(k.endswith("/images") for k in metrics)  # counts are tags, not charts
     assert 0.0 <= metrics["epoch/val/map50/all"] <= 1.0
     artifacts = {a.path for d in ("weights", "train", "dataset_card", "validate_report", "validate_report/static")
                  for a in client.list_artifacts(run.info.run_id, d)}
@@ -236,7 +248,13 @@ def test_promote_gate_rollback_and_the_champion_model(store, trained, tmp_path):
         assert info["mlflow"]["gate_eval_run_id"]
     one = steps.promote(params, run_id=first)
     assert one["decision"] == "first" and one["promoted"] and one["version"] == "1"
-    assert str(client.get_model_version_by_alias("medrov", "champion").version) == "1"
+    version = client.get_model_version_by_alias("medrov", "champion")
+    assert str(version.version) == "1"
+    # registered through register_model: the version names its logged model, which lists the version back
+    model_uri = client.get_run(first).data.tags["medrov.model_uri"]
+    assert version.source == model_uri and version.run_id == first and f"Trained in run {first}" in version.description
+    listed = json.loads(client.get_logged_model(model_uri.split("/")[-1]).tags["mlflow.modelVersions"])
+    assert {"name": "medrov", "version": 1} in [{**v, "version": int(v["version"])} for v in listed]
     evaluations = client.search_runs([client.get_run(first).info.experiment_id],
                                      f"tags.`medrov.train_run_id` = '{first}' and tags.`medrov.split` = 'val'")
     assert len(evaluations) == 1 and evaluations[0].data.tags["mlflow.parentRunId"] == first

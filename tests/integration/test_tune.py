@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from medrov.config import flatten, load_params, with_overrides
+from medrov.config import load_params, with_overrides
 from medrov.errors import ConfigError
+from medrov.tracking import settings_in_force
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.integration
@@ -57,8 +58,9 @@ def test_sweep_logs_child_runs_and_writes_the_best_config(train_overrides, tmp_p
     assert {r.info.run_id for r in children} == {t["mlflow_run_id"] for t in summary["trials"]}
     for run in children:
         trial = next(t for t in summary["trials"] if t["mlflow_run_id"] == run.info.run_id)
-        # a trial is a tracked training: every params key flattened, the trial's own values, the provenance tags
-        assert set(flatten(params)) <= set(run.data.params)
+        # a trial is a tracked training: the trial's own values, the provenance tags
+        # the settings a trial's training reads (its profile), not the whole params file
+        assert set(settings_in_force(params, "train", params.tune.profile)) <= set(run.data.params)
         assert {k: float(run.data.params[k]) for k in trial["config"]} == trial["config"]
         assert run.data.tags["medrov.step"] == "train" and run.data.tags["medrov.git_commit"]
         assert "medrov.data.presence_md5" in run.data.tags and run.data.tags["medrov.tune_parent_run_id"] == parent[0].info.run_id

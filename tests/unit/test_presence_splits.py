@@ -96,7 +96,8 @@ def test_ignored_labels_are_not_annotated(tmp_path, vocab):
 def test_catalogue_source_gets_the_papers_row(tmp_path, vocab):
     src = _resolve(tmp_path, vocab, name="BCCD")
     assert src.modality == "microscopy"
-    assert src.format == "voc"
+    # a catalogue name with only a root reads its official layout through its recipe (Pascal VOC for BCCD)
+    assert src.format == "recipe" and src.recipe is not None and src.recipe.row == "BCCD"
     assert src.catalog_presence is not None
     assert src.class_map == {"RBC": "red blood cell", "WBC": "white blood cell", "Platelets": "platelets"}
     row = presence_row(src, vocab)

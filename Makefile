@@ -40,9 +40,10 @@ test: install
 test-fast: install
 	$(BIN)/python -m pytest -q -m "unit or data" $(PYTEST_ARGS)
 
-# ruff lint (configured in pyproject.toml); .ci/run runs it before the tests
+# ruff lint and format check (configured in pyproject.toml); .ci/run runs it before the tests
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 bench: install
 	$(BIN)/python bench/convert.py

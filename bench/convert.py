@@ -52,7 +52,9 @@ def floor(root: Path, out: Path, compress_level: int, label_files: bool = False)
     for file in sorted((root / "images").glob("*.nii.gz")):
         array = np.asanyarray(nib.load(str(file)).dataobj)
         for k in range(array.shape[2]):
-            Image.fromarray(array[:, :, k].astype(np.uint8)).save(out / f"{file.name}_{k}.png", format="PNG", compress_level=compress_level)
+            Image.fromarray(array[:, :, k].astype(np.uint8)).save(
+                out / f"{file.name}_{k}.png", format="PNG", compress_level=compress_level
+            )
             if label_files:
                 (out / f"{file.name}_{k}.txt").write_text("0 0.5 0.5 0.1 0.1\n")
             written += 1
@@ -82,9 +84,19 @@ def main() -> None:
         sources = tmp / "sources.yaml"
         sources.write_text(
             yaml.safe_dump(
-                {"sources": [{"name": "BenchCT", "root": str(raw), "modality": "ct", "format": "volume",
-                              "images": "images/*.nii.gz", "labels": "labels/{name}",
-                              "label_map": {1: "liver", 2: "spleen", 3: "right kidney"}}]}
+                {
+                    "sources": [
+                        {
+                            "name": "BenchCT",
+                            "root": str(raw),
+                            "modality": "ct",
+                            "format": "volume",
+                            "images": "images/*.nii.gz",
+                            "labels": "labels/{name}",
+                            "label_map": {1: "liver", 2: "spleen", 3: "right kidney"},
+                        }
+                    ]
+                }
             )
         )
 
@@ -96,7 +108,10 @@ def main() -> None:
 
         def run_convert(workers: int):
             def go() -> int:
-                return convert.run(params, sources_file=sources, out_dir=tmp / "omnis", workers=workers, progress=False)["images"]
+                return convert.run(
+                    params, sources_file=sources, out_dir=tmp / "omnis", workers=workers, progress=False
+                )["images"]
+
             return go
 
         run_floor()  # warm the page cache for every path
@@ -105,7 +120,12 @@ def main() -> None:
         best = {"floor": float("inf"), "floor_labels": float("inf"), "one": float("inf"), "two": float("inf")}
         counts = {}
         for _ in range(args.repeats):
-            for name, fn in (("floor", run_floor), ("floor_labels", run_floor_labels), ("one", run_convert(1)), ("two", run_convert(2))):
+            for name, fn in (
+                ("floor", run_floor),
+                ("floor_labels", run_floor_labels),
+                ("one", run_convert(1)),
+                ("two", run_convert(2)),
+            ):
                 shutil.rmtree(tmp / "floor", ignore_errors=True)
                 shutil.rmtree(tmp / "omnis", ignore_errors=True)
                 t, counts[name] = timed(fn, 1)
@@ -116,9 +136,15 @@ def main() -> None:
     rate = lambda n, t: n / t  # noqa: E731
     print(f"volumes {args.volumes} x {tuple(args.shape)}, {n_floor} slices, best of {args.repeats}")
     print(f"floor (read + write PNG):   {rate(n_floor, t_floor):8.1f} slices/s")
-    print(f"floor + one label file per slice: {rate(n_floor, best['floor_labels']):6.1f} slices/s  (what any YOLO dataset writer pays)")
-    print(f"medrov convert, 1 worker:   {rate(n_one, t_one):8.1f} slices/s  ratio to floor {t_floor / t_one:.2f} (target >= 0.8)")
-    print(f"medrov convert, 2 workers:  {rate(n_two, t_two):8.1f} slices/s  speed-up over 1 worker {t_one / t_two:.2f}x (target >= 1.7x)")
+    print(
+        f"floor + one label file per slice: {rate(n_floor, best['floor_labels']):6.1f} slices/s  (what any YOLO dataset writer pays)"  # noqa: E501
+    )
+    print(
+        f"medrov convert, 1 worker:   {rate(n_one, t_one):8.1f} slices/s  ratio to floor {t_floor / t_one:.2f} (target >= 0.8)"  # noqa: E501
+    )
+    print(
+        f"medrov convert, 2 workers:  {rate(n_two, t_two):8.1f} slices/s  speed-up over 1 worker {t_one / t_two:.2f}x (target >= 1.7x)"  # noqa: E501
+    )
     print(f"ratio to floor + label files: {best['floor_labels'] / t_one:.2f}")
 
 

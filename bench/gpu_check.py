@@ -74,8 +74,13 @@ def _guard(results: dict[str, Any], key: str, fn: Callable[[], Any]) -> None:
 
 
 def environment(device: str) -> dict[str, Any]:
-    info: dict[str, Any] = {"python": platform.python_version(), "torch": torch.__version__, "device": device,
-                            "cuda": torch.version.cuda, "gpus": torch.cuda.device_count()}
+    info: dict[str, Any] = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "device": device,
+        "cuda": torch.version.cuda,
+        "gpus": torch.cuda.device_count(),
+    }
     if device.startswith("cuda"):
         info["gpu"] = torch.cuda.get_device_name(0)
     import ultralytics
@@ -121,8 +126,11 @@ def _models(scale: str, workdir: Path) -> dict[str, Path]:
     torch.manual_seed(0)
     world = build_world(scale, nc=N_PROMPTS)
     set_prompts(world, names, RandomPrompter()(names))
-    paths = {"unfolded": workdir / f"world-{scale}.pt", "folded": workdir / f"folded-{scale}.pt",
-             "yolov8": workdir / f"yolov8{scale}.pt"}
+    paths = {
+        "unfolded": workdir / f"world-{scale}.pt",
+        "folded": workdir / f"folded-{scale}.pt",
+        "yolov8": workdir / f"yolov8{scale}.pt",
+    }
     torch.save({"model": world, "train_args": {}}, str(paths["unfolded"]))
     save_folded(fold(world), paths["folded"])
     v8 = DetectionModel(f"yolov8{scale}.yaml", nc=N_PROMPTS, verbose=False)
@@ -163,8 +171,13 @@ def fps(scale: str, args: argparse.Namespace, device: str, workdir: Path) -> dic
             out["onnxruntime"] = {"provider": provider}
             feed = np.random.default_rng(0).random((1, 3, args.imgsz, args.imgsz), dtype=np.float32)
             onnx_of = {
-                "unfolded": export_onnx(paths["unfolded"], [f"class{i}" for i in range(N_PROMPTS)], RandomPrompter(),
-                                        workdir / f"world-{scale}.onnx", imgsz=args.imgsz),
+                "unfolded": export_onnx(
+                    paths["unfolded"],
+                    [f"class{i}" for i in range(N_PROMPTS)],
+                    RandomPrompter(),
+                    workdir / f"world-{scale}.onnx",
+                    imgsz=args.imgsz,
+                ),
                 "folded": export_onnx(paths["folded"], None, None, workdir / f"folded-{scale}.onnx", imgsz=args.imgsz),
                 "yolov8": export_onnx(paths["yolov8"], None, None, workdir / f"yolov8{scale}.onnx", imgsz=args.imgsz),
             }
@@ -195,8 +208,9 @@ def _tensorrt(paths: dict[str, Path], args: argparse.Namespace, cuda: bool, sync
 
     res: dict[str, Any] = {}
     for name in ("folded", "yolov8"):
-        engine = YOLO(str(paths[name]), task="detect").export(format="engine", half=True, imgsz=args.imgsz,
-                                                              device=0, batch=1, verbose=False)
+        engine = YOLO(str(paths[name]), task="detect").export(
+            format="engine", half=True, imgsz=args.imgsz, device=0, batch=1, verbose=False
+        )
         backend = AutoBackend(str(engine), device=torch.device("cuda:0"), fp16=True)
         x = torch.rand(1, 3, args.imgsz, args.imgsz, device="cuda:0").half()
         t = _timed(lambda: backend(x), args.runs, args.warmup, sync)
@@ -210,32 +224,54 @@ def _training_data(args: argparse.Namespace, workdir: Path) -> tuple[Path, Path]
     from medrov.data import convert, demo
     from tests.tiny_models import build_tiny_clip
 
-    sizes = ["demo.ct_volumes=2", "demo.mri_volumes=2", "demo.volume_shape=[64,64,8]", "demo.xray_images=4",
-             "demo.microscopy_images=6", "demo.endoscopy_images=4", "demo.image_size=64"] if args.dry_run else []
+    sizes = (
+        [
+            "demo.ct_volumes=2",
+            "demo.mri_volumes=2",
+            "demo.volume_shape=[64,64,8]",
+            "demo.xray_images=4",
+            "demo.microscopy_images=6",
+            "demo.endoscopy_images=4",
+            "demo.image_size=64",
+        ]
+        if args.dry_run
+        else []
+    )
     params = load_params(ROOT / "params.yaml", [*sizes, "data.workers=1"])
     data_root = workdir / "data"
     demo.generate(params.demo, data_root / "raw" / "synthetic")
-    (data_root / "sources.yaml").write_text((ROOT / "data" / "sources.yaml").read_text()
-                                            .replace("{shared}", str(workdir / "no-shared-data")))
+    (data_root / "sources.yaml").write_text(
+        (ROOT / "data" / "sources.yaml").read_text().replace("{shared}", str(workdir / "no-shared-data"))
+    )
     convert.run(params.data, sources_file=data_root / "sources.yaml", out_dir=data_root / "omnis", progress=False)
     return data_root / "omnis" / "omnis.yaml", build_tiny_clip(workdir / "tiny-clip")
 
 
-def _train_overrides(args: argparse.Namespace, device: str, workdir: Path, data: Path, clip: Path,
-                     tag: str) -> list[str]:
+def _train_overrides(
+    args: argparse.Namespace, device: str, workdir: Path, data: Path, clip: Path, tag: str
+) -> list[str]:
     dev = "0" if device.startswith("cuda") else "cpu"
     return [
-        f"train.data={data}", f"train.project={workdir / 'runs' / tag}", "train.profile=demo",
-        f"train.profiles.demo.device={dev}", f"train.profiles.demo.imgsz={64 if args.dry_run else 640}",
-        f"train.profiles.demo.batch={4 if args.dry_run else 16}", "train.profiles.demo.workers=0",
-        "train.profiles.demo.epochs=100", "train.profiles.demo.extra={plots: false, amp: true, val: false}",
-        f"text.encoder=local-dir:{clip}", "text.fallback=null", f"text.cache_dir={workdir / 'text-cache'}",
-        "tracking.enabled=false", "pseudo.conf_c=0.05",  # an untrained teacher is never confident: let it decide
+        f"train.data={data}",
+        f"train.project={workdir / 'runs' / tag}",
+        "train.profile=demo",
+        f"train.profiles.demo.device={dev}",
+        f"train.profiles.demo.imgsz={64 if args.dry_run else 640}",
+        f"train.profiles.demo.batch={4 if args.dry_run else 16}",
+        "train.profiles.demo.workers=0",
+        "train.profiles.demo.epochs=100",
+        "train.profiles.demo.extra={plots: false, amp: true, val: false}",
+        f"text.encoder=local-dir:{clip}",
+        "text.fallback=null",
+        f"text.cache_dir={workdir / 'text-cache'}",
+        "tracking.enabled=false",
+        "pseudo.conf_c=0.05",  # an untrained teacher is never confident: let it decide
     ]
 
 
-def _train_steps(args: argparse.Namespace, device: str, workdir: Path, data: Path, clip: Path,
-                 mechanisms: bool) -> dict[str, Any]:
+def _train_steps(
+    args: argparse.Namespace, device: str, workdir: Path, data: Path, clip: Path, mechanisms: bool
+) -> dict[str, Any]:
     """--steps batches of medrov's own training entry point; median step seconds and peak GPU memory."""
     from medrov.config import load_params
     from medrov.model.train import train
@@ -270,10 +306,14 @@ def _train_steps(args: argparse.Namespace, device: str, workdir: Path, data: Pat
     if len(steps) < args.steps:
         raise RuntimeError(f"training stopped after {len(steps)} of {args.steps} steps")
     timed = steps[1:] if len(steps) > 1 else steps  # the first step pays for lazy set-up
-    return {"steps": len(steps), "median_step_s": statistics.median(timed), "amp": state.get("amp"),
-            "mechanisms": state.get("mechanisms"),
-            "peak_gpu_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else None,
-            "fold_parity": _fold_parity(state["model"], data, clip, workdir, args.imgsz) if mechanisms else None}
+    return {
+        "steps": len(steps),
+        "median_step_s": statistics.median(timed),
+        "amp": state.get("amp"),
+        "mechanisms": state.get("mechanisms"),
+        "peak_gpu_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else None,
+        "fold_parity": _fold_parity(state["model"], data, clip, workdir, args.imgsz) if mechanisms else None,
+    }
 
 
 def _fold_parity(model, data: Path, clip: Path, workdir: Path, imgsz: int) -> dict[str, Any]:
@@ -298,16 +338,25 @@ def _fold_parity(model, data: Path, clip: Path, workdir: Path, imgsz: int) -> di
     x = torch.from_numpy(np.ascontiguousarray(ims)).float().to(next(model.parameters()).device)
     with torch.inference_mode():
         ref, out = model(x)[0], folded(x)[0]
-    return {"images": len(files), "classes": len(names), "box_max_px": float((out[:, :4] - ref[:, :4]).abs().max()),
-            "score_max": float((out[:, 4:] - ref[:, 4:]).abs().max()), "score_std": float(ref[:, 4:].std())}
+    return {
+        "images": len(files),
+        "classes": len(names),
+        "box_max_px": float((out[:, :4] - ref[:, :4]).abs().max()),
+        "score_max": float((out[:, 4:] - ref[:, 4:]).abs().max()),
+        "score_std": float(ref[:, 4:].std()),
+    }
 
 
 def training(args: argparse.Namespace, device: str, workdir: Path) -> dict[str, Any]:
     data, clip = _training_data(args, workdir)
     on = _train_steps(args, device, workdir, data, clip, mechanisms=True)
     off = _train_steps(args, device, workdir, data, clip, mechanisms=False)
-    return {"with_mechanisms": on, "without": off, "teacher_overhead_ratio": on["median_step_s"] / off["median_step_s"],
-            "data": str(data)}
+    return {
+        "with_mechanisms": on,
+        "without": off,
+        "teacher_overhead_ratio": on["median_step_s"] / off["median_step_s"],
+        "data": str(data),
+    }
 
 
 def ddp(args: argparse.Namespace, device: str, workdir: Path, timeout_s: float) -> dict[str, Any]:
@@ -324,7 +373,9 @@ def ddp(args: argparse.Namespace, device: str, workdir: Path, timeout_s: float) 
     gpus = torch.cuda.device_count() if device.startswith("cuda") else 0
     dev = ",".join(str(i) for i in range(gpus)) if gpus else "cpu"
     overrides = _train_overrides(args, device, workdir, data, clip, "ddp") + [
-        f"train.profiles.demo.device={dev}", "train.profiles.demo.epochs=1"]
+        f"train.profiles.demo.device={dev}",
+        "train.profiles.demo.epochs=1",
+    ]
     params = load_params(ROOT / "params.yaml", overrides)
     targs = train_args(params)
     trainer = _trainer_class(params, targs["data"], closed_set=False)(overrides=targs)
@@ -332,22 +383,31 @@ def ddp(args: argparse.Namespace, device: str, workdir: Path, timeout_s: float) 
     Path(trainer.save_dir).mkdir(parents=True, exist_ok=True)
     cmd, file = generate_ddp_command(trainer)
     try:
-        run = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s,
-                             env={**os.environ, "PYTHONPATH": str(ROOT)})
+        run = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=timeout_s, env={**os.environ, "PYTHONPATH": str(ROOT)}
+        )
     finally:
         ddp_cleanup(trainer, file)
     weights = sorted(Path(trainer.save_dir).glob("weights/*.pt"))
-    return {"world_size": trainer.world_size, "device": dev, "trainer_class": type(trainer).__name__,
-            "rc": run.returncode,
-            "weights": [p.name for p in weights], "log_tail": (run.stdout + run.stderr)[-1500:]}
+    return {
+        "world_size": trainer.world_size,
+        "device": dev,
+        "trainer_class": type(trainer).__name__,
+        "rc": run.returncode,
+        "weights": [p.name for p in weights],
+        "log_tail": (run.stdout + run.stderr)[-1500:],
+    }
 
 
 def table(results: dict[str, Any]) -> str:
     """Markdown: FPS per scale, runtime and model, folded / YOLOv8 latency; the training and DDP lines."""
-    lines = [f"# GPU check ({'dry run, CPU' if results['dry_run'] else results['env'].get('gpu', 'GPU')}), "
-             f"{results['imgsz']} px, batch 1", "",
-             "| scale | runtime | unfolded FPS | folded FPS | YOLOv8 FPS | folded/YOLOv8 latency |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        f"# GPU check ({'dry run, CPU' if results['dry_run'] else results['env'].get('gpu', 'GPU')}), "
+        f"{results['imgsz']} px, batch 1",
+        "",
+        "| scale | runtime | unfolded FPS | folded FPS | YOLOv8 FPS | folded/YOLOv8 latency |",
+        "|---|---|---|---|---|---|",
+    ]
     for scale, res in results.get("fps", {}).items():
         if "error" in res:
             lines.append(f"| {scale} | - | error: {res['error'][:80]} | | | |")
@@ -358,30 +418,44 @@ def table(results: dict[str, Any]) -> str:
                 lines.append(f"| {scale} | {runtime} | skipped: {why} | | | |")
                 continue
             cell = {k: (f"{v['fps']:.1f}" if "fps" in v else "-") for k, v in vals.items() if isinstance(v, dict)}
-            ratio = (f"{vals['folded']['ms'] / vals['yolov8']['ms']:.3f}x"
-                     if "ms" in vals.get("folded", {}) and "ms" in vals.get("yolov8", {}) else "-")
-            lines.append(f"| {scale} | {runtime} | {cell.get('unfolded', '-')} | {cell.get('folded', '-')} | "
-                         f"{cell.get('yolov8', '-')} | {ratio} |")
+            ratio = (
+                f"{vals['folded']['ms'] / vals['yolov8']['ms']:.3f}x"
+                if "ms" in vals.get("folded", {}) and "ms" in vals.get("yolov8", {})
+                else "-"
+            )
+            lines.append(
+                f"| {scale} | {runtime} | {cell.get('unfolded', '-')} | {cell.get('folded', '-')} | "
+                f"{cell.get('yolov8', '-')} | {ratio} |"
+            )
     tr = results.get("train", {})
     if "error" in tr:
         lines += ["", f"train: error: {tr['error']}"]
     elif tr:
         on, off = tr["with_mechanisms"], tr["without"]
         mem = f", peak GPU memory {on['peak_gpu_mem_gib']:.2f} GiB" if on.get("peak_gpu_mem_gib") is not None else ""
-        lines += ["", f"train ({on['steps']} steps each): {on['median_step_s'] * 1000:.0f} ms/step with the "
-                      f"mechanisms, {off['median_step_s'] * 1000:.0f} without: teacher overhead "
-                      f"{tr['teacher_overhead_ratio']:.2f}x; "
-                      f"AMP {on['amp']}{mem}"]
+        lines += [
+            "",
+            f"train ({on['steps']} steps each): {on['median_step_s'] * 1000:.0f} ms/step with the "
+            f"mechanisms, {off['median_step_s'] * 1000:.0f} without: teacher overhead "
+            f"{tr['teacher_overhead_ratio']:.2f}x; "
+            f"AMP {on['amp']}{mem}",
+        ]
         fp = on.get("fold_parity") or {}
         if fp:
-            lines += ["", f"fold parity on the trained model ({fp['images']} images, {fp['classes']} prompts): boxes "
-                          f"{fp['box_max_px']:.2e} px, scores {fp['score_max']:.2e} (score std {fp['score_std']:.3f})"]
+            lines += [
+                "",
+                f"fold parity on the trained model ({fp['images']} images, {fp['classes']} prompts): boxes "
+                f"{fp['box_max_px']:.2e} px, scores {fp['score_max']:.2e} (score std {fp['score_std']:.3f})",
+            ]
     dd = results.get("ddp", {})
     if "error" in dd:
         lines += ["", f"ddp: error: {dd['error']}"]
     elif dd:
-        lines += ["", f"ddp ({dd['trainer_class']} through ultralytics' launcher): world size {dd['world_size']}, "
-                      f"rc {dd['rc']}, weights {dd['weights']}"]
+        lines += [
+            "",
+            f"ddp ({dd['trainer_class']} through ultralytics' launcher): world size {dd['world_size']}, "
+            f"rc {dd['rc']}, weights {dd['weights']}",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -411,8 +485,14 @@ def main() -> int:
     if dry:
         torch.set_num_threads(min(2, os.cpu_count() or 1))
     began = time.perf_counter()
-    results: dict[str, Any] = {"dry_run": dry, "imgsz": args.imgsz, "runs": args.runs, "steps": args.steps,
-                               "env": environment(device), "fps": {}}
+    results: dict[str, Any] = {
+        "dry_run": dry,
+        "imgsz": args.imgsz,
+        "runs": args.runs,
+        "steps": args.steps,
+        "env": environment(device),
+        "fps": {},
+    }
     args.out.mkdir(parents=True, exist_ok=True)
 
     def write() -> None:

@@ -36,8 +36,14 @@ from medrov.config import load_params  # noqa: E402
 from medrov.env import apply_offline_env  # noqa: E402
 
 # pseudo.labels, pseudo.negatives, pseudo.presence_sampling per arm; the oracle trains on the truth, mechanisms off
-ARMS = {"off": (False, False, False), "presence": (False, False, True), "labels": (True, False, False),
-        "negatives": (False, True, False), "all": (True, True, True), "oracle": (False, False, False)}
+ARMS = {
+    "off": (False, False, False),
+    "presence": (False, False, True),
+    "labels": (True, False, False),
+    "negatives": (False, True, False),
+    "all": (True, True, True),
+    "oracle": (False, False, False),
+}
 
 
 def pair_scores(gt: dict, dt: list[dict], image_source: dict[str, str], presence, novel: set[int]) -> dict:
@@ -68,10 +74,16 @@ def pair_scores(gt: dict, dt: list[dict], image_source: dict[str, str], presence
         pred_cls = np.array([x["category_id"] for x in d], int)
         conf = np.array([x["score"] for x in d], float)
         target = np.array([x["category_id"] for x in g], int)
-        tp = match(np.array([xyxy(x["bbox"]) for x in d], float).reshape(-1, 4), conf, pred_cls,
-                   np.array([xyxy(x["bbox"]) for x in g], float).reshape(-1, 4), target)
+        tp = match(
+            np.array([xyxy(x["bbox"]) for x in d], float).reshape(-1, 4),
+            conf,
+            pred_cls,
+            np.array([xyxy(x["bbox"]) for x in g], float).reshape(-1, 4),
+            target,
+        )
         per_source.setdefault(image_source[im["file_name"]], []).append(
-            {"tp": tp, "conf": conf, "pred": pred_cls, "target": target})
+            {"tp": tp, "conf": conf, "pred": pred_cls, "target": target}
+        )
     pairs: dict[str, dict] = {}
     for source, stats in per_source.items():
         tp = np.concatenate([s["tp"] for s in stats])
@@ -82,11 +94,17 @@ def pair_scores(gt: dict, dt: list[dict], image_source: dict[str, str], presence
         for c, a in zip(classes, ap[:, 0]):
             if int(c) in novel or source not in presence.index:
                 continue
-            pairs[f"{source}/{names[int(c)]}"] = {"m": int(presence.loc[source].iloc[int(c)]), "ap50": float(a),
-                                                 "boxes": int((target == c).sum())}
+            pairs[f"{source}/{names[int(c)]}"] = {
+                "m": int(presence.loc[source].iloc[int(c)]),
+                "ap50": float(a),
+                "boxes": int((target == c).sum()),
+            }
     group = lambda m: [p["ap50"] for p in pairs.values() if p["m"] == m]  # noqa: E731
-    return {"m0": float(np.mean(group(0))) if group(0) else None,
-            "m1": float(np.mean(group(1))) if group(1) else None, "pairs": pairs}
+    return {
+        "m0": float(np.mean(group(0))) if group(0) else None,
+        "m1": float(np.mean(group(1))) if group(1) else None,
+        "pairs": pairs,
+    }
 
 
 def prepare(work: Path) -> tuple[Path, Path]:
@@ -116,8 +134,13 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=7)
     ap.add_argument("--seeds", default="0", help="seeds of the off arm (the others use the first)")
     ap.add_argument("--encoder", default="minilm")
-    ap.add_argument("--score", action="append", default=[], metavar="NAME=WEIGHTS",
-                    help="only score already trained models against the truth (no training); repeatable")
+    ap.add_argument(
+        "--score",
+        action="append",
+        default=[],
+        metavar="NAME=WEIGHTS",
+        help="only score already trained models against the truth (no training); repeatable",
+    )
     ap.add_argument("-S", "--set", dest="overrides", action="append", default=[])
     args = ap.parse_args()
     apply_offline_env()
@@ -133,8 +156,14 @@ def main() -> None:
     novel = set(int(c) for c in yaml.safe_load((demo_omnis / "omnis.yaml").read_text()).get("novel", []))
     image_source = dict(pd.read_parquet(truth_omnis / "manifest.parquet", columns=["image", "source"]).values)
     seeds = [int(s) for s in args.seeds.split(",")]
-    base = [f"text.encoder={args.encoder}", f"text.cache_dir={work / 'text-cache'}", "tracking.enabled=false",
-            "evaluate.metrics=null", "evaluate.plots=null", *args.overrides]
+    base = [
+        f"text.encoder={args.encoder}",
+        f"text.cache_dir={work / 'text-cache'}",
+        "tracking.enabled=false",
+        "evaluate.metrics=null",
+        "evaluate.plots=null",
+        *args.overrides,
+    ]
     mechanisms_off = ["pseudo.labels=false", "pseudo.negatives=false", "pseudo.presence_sampling=false"]
     if args.score:
         eval_params = load_params(overrides=[*base, f"train.data={truth_omnis / 'omnis.yaml'}"])
@@ -143,22 +172,37 @@ def main() -> None:
             name, weights = item.split("=", 1)
             coco = work / "coco" / f"score-{name}"
             evaluate(weights, eval_params, split="test", coco_dir=coco)
-            scored[name] = pair_scores(json.loads((coco / "coco_gt.json").read_text()),
-                                       json.loads((coco / "coco_dt.json").read_text()), image_source, presence, novel)
+            scored[name] = pair_scores(
+                json.loads((coco / "coco_gt.json").read_text()),
+                json.loads((coco / "coco_dt.json").read_text()),
+                image_source,
+                presence,
+                novel,
+            )
         print("\nmAP50 on the fully annotated demo test split (truth), base classes, by demo presence M")
         pairs = sorted({p for r in scored.values() for p in r["pairs"]})
         print(f"{'model':>12} {'M=0':>7} {'M=1':>7}  " + "  ".join(pairs))
         for name, r in scored.items():
-            print(f"{name:>12} {r['m0'] or 0:7.3f} {r['m1'] or 0:7.3f}  "
-                  + "  ".join(f"{r['pairs'][p]['ap50']:.3f}(M={r['pairs'][p]['m']})" if p in r["pairs"] else "-" for p in pairs))
+            print(
+                f"{name:>12} {r['m0'] or 0:7.3f} {r['m1'] or 0:7.3f}  "
+                + "  ".join(
+                    f"{r['pairs'][p]['ap50']:.3f}(M={r['pairs'][p]['m']})" if p in r["pairs"] else "-" for p in pairs
+                )
+            )
         (work / "scores.json").write_text(json.dumps(scored, indent=2))
         return
     warm_start = []
     if args.warm_epochs:
         t0 = time.perf_counter()
-        params = load_params(overrides=[*base, f"train.data={demo_omnis / 'omnis.yaml'}", *mechanisms_off,
-                                        f"train.project={work / 'runs' / 'warm'}",
-                                        f"train.profiles.demo.epochs={args.warm_epochs}"])
+        params = load_params(
+            overrides=[
+                *base,
+                f"train.data={demo_omnis / 'omnis.yaml'}",
+                *mechanisms_off,
+                f"train.project={work / 'runs' / 'warm'}",
+                f"train.profiles.demo.epochs={args.warm_epochs}",
+            ]
+        )
         warm = train(params)
         warm_start = [f"train.profiles.demo.model={warm['weights']}"]
         print(f"[warm] {args.warm_epochs} epochs in {time.perf_counter() - t0:.0f} s -> {warm['weights']}", flush=True)
@@ -168,11 +212,19 @@ def main() -> None:
         labels, negatives, presence_sampling = ARMS[arm]
         data = truth_omnis if arm == "oracle" else demo_omnis
         key = arm if seed == seeds[0] else f"{arm} seed {seed}"
-        params = load_params(overrides=[*base, *warm_start, f"train.data={data / 'omnis.yaml'}",
-                                        f"train.project={work / 'runs' / key.replace(' ', '-')}",
-                                        f"train.profiles.demo.epochs={args.epochs}", f"train.profiles.demo.seed={seed}",
-                                        f"pseudo.labels={str(labels).lower()}", f"pseudo.negatives={str(negatives).lower()}",
-                                        f"pseudo.presence_sampling={str(presence_sampling).lower()}"])
+        params = load_params(
+            overrides=[
+                *base,
+                *warm_start,
+                f"train.data={data / 'omnis.yaml'}",
+                f"train.project={work / 'runs' / key.replace(' ', '-')}",
+                f"train.profiles.demo.epochs={args.epochs}",
+                f"train.profiles.demo.seed={seed}",
+                f"pseudo.labels={str(labels).lower()}",
+                f"pseudo.negatives={str(negatives).lower()}",
+                f"pseudo.presence_sampling={str(presence_sampling).lower()}",
+            ]
+        )
         t0 = time.perf_counter()
         cpu0 = time.process_time()
         info = train(params)
@@ -180,31 +232,47 @@ def main() -> None:
         eval_params = load_params(overrides=[*base, f"train.data={truth_omnis / 'omnis.yaml'}"])
         coco = work / "coco" / key.replace(" ", "-")
         evaluate(info["weights"], eval_params, split="test", coco_dir=coco)
-        scores = pair_scores(json.loads((coco / "coco_gt.json").read_text()), json.loads((coco / "coco_dt.json").read_text()),
-                             image_source, presence, novel)
+        scores = pair_scores(
+            json.loads((coco / "coco_gt.json").read_text()),
+            json.loads((coco / "coco_dt.json").read_text()),
+            image_source,
+            presence,
+            novel,
+        )
         results[key] = {**scores, "seconds": seconds, "cpu_seconds": cpu, "pseudo_in_force": info.get("pseudo")}
         print(f"[{key}] M=0 {scores['m0']} M=1 {scores['m1']} ({seconds:.0f} s)", flush=True)
     (work / "results.json").write_text(json.dumps(results, indent=2))
     ref = results.get("off")
-    print("\nmAP50 on the fully annotated demo test split (truth), base classes; pairs (source, class) by demo presence M")
+    print(
+        "\nmAP50 on the fully annotated demo test split (truth), base classes; pairs (source, class) by demo presence M"
+    )
     print(f"{'arm':>14} {'M=0':>7} {'d off':>7} {'M=1':>7} {'d off':>7} {'worst M=1 pair':>28} {'s':>6} {'x off':>6}")
     for key, r in results.items():
         worst = ""
         if ref and key != "off":
-            drops = {p: r["pairs"][p]["ap50"] - v["ap50"] for p, v in ref["pairs"].items() if v["m"] == 1 and p in r["pairs"]}
+            drops = {
+                p: r["pairs"][p]["ap50"] - v["ap50"] for p, v in ref["pairs"].items() if v["m"] == 1 and p in r["pairs"]
+            }
             if drops:
                 p = min(drops, key=drops.get)
                 worst = f"{p} {drops[p]:+.3f}"
         d0 = f"{(r['m0'] or 0) - (ref['m0'] or 0):+.3f}" if ref and key != "off" else ""
         d1 = f"{(r['m1'] or 0) - (ref['m1'] or 0):+.3f}" if ref and key != "off" else ""
         ratio = r["seconds"] / ref["seconds"] if ref else float("nan")
-        print(f"{key:>14} {r['m0'] or 0:7.3f} {d0:>7} {r['m1'] or 0:7.3f} {d1:>7} {worst:>28} {r['seconds']:6.0f} {ratio:6.2f}")
+        print(
+            f"{key:>14} {r['m0'] or 0:7.3f} {d0:>7} {r['m1'] or 0:7.3f} {d1:>7} {worst:>28} {r['seconds']:6.0f} {ratio:6.2f}"  # noqa: E501
+        )
     if ref and "oracle" in results:
         gap = (results["oracle"]["m0"] or 0) - (ref["m0"] or 0)
         for key, r in results.items():
             if key not in ("off", "oracle") and gap > 0:
-                print(f"{key}: recovers {100 * ((r['m0'] or 0) - (ref['m0'] or 0)) / gap:.0f} % of the off-to-oracle M=0 gap")
-    print("per pair (ap50): " + json.dumps({k: {p: round(v['ap50'], 3) for p, v in r['pairs'].items()} for k, r in results.items()}))
+                print(
+                    f"{key}: recovers {100 * ((r['m0'] or 0) - (ref['m0'] or 0)) / gap:.0f} % of the off-to-oracle M=0 gap"  # noqa: E501
+                )
+    print(
+        "per pair (ap50): "
+        + json.dumps({k: {p: round(v["ap50"], 3) for p, v in r["pairs"].items()} for k, r in results.items()})
+    )
 
 
 if __name__ == "__main__":

@@ -73,7 +73,9 @@ def derive(src: Path, out: Path) -> Path:
         (out / image).parent.mkdir(parents=True, exist_ok=True)
         (out / label).parent.mkdir(parents=True, exist_ok=True)
         (out / image).symlink_to((src / r["image"]).resolve())
-        kept = [ln for ln in (src / r["label"]).read_text().splitlines() if ln.strip() and int(ln.split()[0]) != dropped]
+        kept = [
+            ln for ln in (src / r["label"]).read_text().splitlines() if ln.strip() and int(ln.split()[0]) != dropped
+        ]
         (out / label).write_text("\n".join(kept) + ("\n" if kept else ""))
         rows.append({**r.to_dict(), "image": str(image), "label": str(label), "source": source})
         lists["train"].append(str((out / image)))
@@ -109,9 +111,13 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("/tmp/medrov-missing"))
     ap.add_argument("--encoder", default="minilm")
     ap.add_argument("--arms", default="off,labels,both")
-    ap.add_argument("--warmup-epochs", type=int, default=0,
-                    help="first train this many epochs with the mechanisms off; every arm then starts from that model "
-                         "(MedROV fine-tunes a pretrained detector: an untrained one is never confident)")
+    ap.add_argument(
+        "--warmup-epochs",
+        type=int,
+        default=0,
+        help="first train this many epochs with the mechanisms off; every arm then starts from that model "
+        "(MedROV fine-tunes a pretrained detector: an untrained one is never confident)",
+    )
     ap.add_argument("-S", "--set", dest="overrides", action="append", default=[])
     args = ap.parse_args()
     apply_offline_env()
@@ -125,21 +131,42 @@ def main() -> None:
         from tests.tiny_models import build_tiny_clip
 
         encoder = f"local-dir:{build_tiny_clip(work / 'tiny-clip')}"
-    base = [f"train.data={omnis / 'omnis.yaml'}", f"text.encoder={encoder}", f"text.cache_dir={work / 'text-cache'}",
-            "train.profiles.demo.imgsz=320", "train.profiles.demo.epochs=10", "train.profiles.demo.batch=8",
-            "evaluate.metrics=null", "evaluate.plots=null"]
+    base = [
+        f"train.data={omnis / 'omnis.yaml'}",
+        f"text.encoder={encoder}",
+        f"text.cache_dir={work / 'text-cache'}",
+        "train.profiles.demo.imgsz=320",
+        "train.profiles.demo.epochs=10",
+        "train.profiles.demo.batch=8",
+        "evaluate.metrics=null",
+        "evaluate.plots=null",
+    ]
     if args.warmup_epochs:
-        params = load_params(overrides=[*base, f"train.project={work / 'runs' / 'warmup'}", "pseudo.labels=false",
-                                        "pseudo.negatives=false", *args.overrides,
-                                        f"train.profiles.demo.epochs={args.warmup_epochs}"])
+        params = load_params(
+            overrides=[
+                *base,
+                f"train.project={work / 'runs' / 'warmup'}",
+                "pseudo.labels=false",
+                "pseudo.negatives=false",
+                *args.overrides,
+                f"train.profiles.demo.epochs={args.warmup_epochs}",
+            ]
+        )
         warm = train(params)
         base.append(f"train.profiles.demo.model={warm['weights']}")
         print(f"[warmup] {args.warmup_epochs} epochs -> {warm['weights']}", flush=True)
     results = {}
     for arm in args.arms.split(","):
         labels, negatives = ARMS[arm]
-        params = load_params(overrides=[*base, f"train.project={work / 'runs' / arm}", f"pseudo.labels={str(labels).lower()}",
-                                        f"pseudo.negatives={str(negatives).lower()}", *args.overrides])
+        params = load_params(
+            overrides=[
+                *base,
+                f"train.project={work / 'runs' / arm}",
+                f"pseudo.labels={str(labels).lower()}",
+                f"pseudo.negatives={str(negatives).lower()}",
+                *args.overrides,
+            ]
+        )
         timing = {"batches": 0, "seconds": 0.0, "pseudo": []}
 
         def epoch_start(trainer):
@@ -152,23 +179,37 @@ def main() -> None:
         def fit_end(trainer):
             timing["pseudo"].append(dict(getattr(trainer, "pseudo_metrics", {}) or {}))
 
-        info = train(params, callbacks={"on_train_epoch_start": [epoch_start], "on_train_epoch_end": [epoch_end],
-                                        "on_fit_epoch_end": [fit_end]})
+        info = train(
+            params,
+            callbacks={
+                "on_train_epoch_start": [epoch_start],
+                "on_train_epoch_end": [epoch_end],
+                "on_fit_epoch_end": [fit_end],
+            },
+        )
         res = evaluate(info["weights"], params, split="test")
-        results[arm] = {"class": res.get("class", {}), "all": (res.get("all") or {}).get("map50"),
-                        "ms_per_batch": 1000 * timing["seconds"] / max(timing["batches"], 1),
-                        "pseudo_labels": sum(p.get("pseudo/labels", 0) for p in timing["pseudo"]),
-                        "negatives": sum(p.get("pseudo/negatives", 0) for p in timing["pseudo"]),
-                        # the mechanisms' own time on the same batches: a ratio that machine noise cannot skew
-                        "mechanisms_ms_per_batch": float(np.mean([p.get("pseudo/ms_per_batch", 0.0) for p in timing["pseudo"]] or [0.0])),
-                        "pseudo_in_force": info.get("pseudo")}
+        results[arm] = {
+            "class": res.get("class", {}),
+            "all": (res.get("all") or {}).get("map50"),
+            "ms_per_batch": 1000 * timing["seconds"] / max(timing["batches"], 1),
+            "pseudo_labels": sum(p.get("pseudo/labels", 0) for p in timing["pseudo"]),
+            "negatives": sum(p.get("pseudo/negatives", 0) for p in timing["pseudo"]),
+            # the mechanisms' own time on the same batches: a ratio that machine noise cannot skew
+            "mechanisms_ms_per_batch": float(
+                np.mean([p.get("pseudo/ms_per_batch", 0.0) for p in timing["pseudo"]] or [0.0])
+            ),
+            "pseudo_in_force": info.get("pseudo"),
+        }
         print(f"[{arm}] done: mAP50 {results[arm]['all']}, {results[arm]['ms_per_batch']:.0f} ms/batch", flush=True)
     (work / "results.json").write_text(json.dumps(results, indent=2))
     classes = sorted({c for r in results.values() for c in r["class"]})
     ref = results.get("off")
     print(f"\nmAP50 on the fully annotated BCCD test split (dropped: {DROPPED})")
-    print(f"{'arm':>8} " + " ".join(f"{c:>18}" for c in classes)
-          + f" {'all':>8} {'ms/batch':>9} {'x off':>6} {'x in-run':>8} {'pseudo':>7} {'neg':>5}")
+    print(
+        f"{'arm':>8} "
+        + " ".join(f"{c:>18}" for c in classes)
+        + f" {'all':>8} {'ms/batch':>9} {'x off':>6} {'x in-run':>8} {'pseudo':>7} {'neg':>5}"
+    )
     for arm, r in results.items():
         cells = []
         for c in classes:
@@ -177,8 +218,12 @@ def main() -> None:
             cells.append(f"{v:.3f}{d}".rjust(18))
         ratio = r["ms_per_batch"] / ref["ms_per_batch"] if ref else float("nan")
         inside = r["ms_per_batch"] / max(r["ms_per_batch"] - r["mechanisms_ms_per_batch"], 1e-9)
-        print(f"{arm:>8} " + " ".join(cells) + f" {r['all'] or 0:8.3f} {r['ms_per_batch']:9.0f} {ratio:6.2f} {inside:8.2f} "
-              f"{int(r['pseudo_labels']):7d} {int(r['negatives']):5d}")
+        print(
+            f"{arm:>8} "
+            + " ".join(cells)
+            + f" {r['all'] or 0:8.3f} {r['ms_per_batch']:9.0f} {ratio:6.2f} {inside:8.2f} "
+            f"{int(r['pseudo_labels']):7d} {int(r['negatives']):5d}"
+        )
 
 
 if __name__ == "__main__":

@@ -41,12 +41,21 @@ def compare(weights: Path, params, split: str, swaps: dict[str, str]) -> list[di
     from medrov.model.build import prompt_name
 
     spec = yaml.safe_load(paths.resolve(params.train.data).read_text())
-    novel = {prompt_name(spec["names"][int(c)] if int(c) in spec["names"] else spec["names"][str(c)])
-             for c in spec.get("novel", [])}
+    novel = {
+        prompt_name(spec["names"][int(c)] if int(c) in spec["names"] else spec["names"][str(c)])
+        for c in spec.get("novel", [])
+    }
     rows = []
     for name, ap in sorted(base.get("class", {}).items()):
-        rows.append({"class": name, "prompt": swaps.get(name, name), "novel": name in novel, "ap50": ap,
-                     "ap50_swapped": swapped.get("class", {}).get(name, float("nan"))})
+        rows.append(
+            {
+                "class": name,
+                "prompt": swaps.get(name, name),
+                "novel": name in novel,
+                "ap50": ap,
+                "ap50_swapped": swapped.get("class", {}).get(name, float("nan")),
+            }
+        )
     return rows, base, swapped
 
 
@@ -69,8 +78,10 @@ def main(argv: list[str] | None = None) -> None:
     print("\n| class | split | prompt | AP50 | AP50 swapped | change |\n|---|---|---|---|---|---|")
     for r in rows:
         change = r["ap50_swapped"] - r["ap50"] if r["prompt"] != r["class"] else 0.0
-        print(f"| {r['class']} | {'novel' if r['novel'] else 'base'} | {r['prompt']} | {r['ap50']:.4f} | "
-              f"{r['ap50_swapped']:.4f} | {change:+.4f} |")
+        print(
+            f"| {r['class']} | {'novel' if r['novel'] else 'base'} | {r['prompt']} | {r['ap50']:.4f} | "
+            f"{r['ap50_swapped']:.4f} | {change:+.4f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -36,7 +36,17 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-FILES = ["medrov", "flows", "params.yaml", "dvc.yaml", "prefect.yaml", "data/sources.yaml", ".dvc/config", ".dvcignore", ".gitignore"]
+FILES = [
+    "medrov",
+    "flows",
+    "params.yaml",
+    "dvc.yaml",
+    "prefect.yaml",
+    "data/sources.yaml",
+    ".dvc/config",
+    ".dvcignore",
+    ".gitignore",
+]
 
 IN_PROCESS = """
 import json, os, shlex, sys, time, yaml
@@ -77,7 +87,11 @@ def copy_project(dest: Path, demo: bool) -> None:
     for rel in FILES:
         src, target = ROOT / rel, dest / rel
         target.parent.mkdir(parents=True, exist_ok=True)
-        (shutil.copytree(src, target, ignore=shutil.ignore_patterns("__pycache__")) if src.is_dir() else shutil.copy2(src, target))
+        (
+            shutil.copytree(src, target, ignore=shutil.ignore_patterns("__pycache__"))
+            if src.is_dir()
+            else shutil.copy2(src, target)
+        )
     if not demo:  # the shrunk demo of the tests: minutes become seconds, the stages stay the same
         params = yaml.safe_load((dest / "params.yaml").read_text())
         params["demo"].update(ct_volumes=2, mri_volumes=2, xray_images=4, microscopy_images=4, endoscopy_images=4)
@@ -93,8 +107,14 @@ def process_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def timed(args: list[str], cwd: Path, env: dict[str, str], label: str, stages: dict[str, list[float]] | None = None,
-          server: subprocess.Popen | None = None) -> tuple[float, float]:
+def timed(
+    args: list[str],
+    cwd: Path,
+    env: dict[str, str],
+    label: str,
+    stages: dict[str, list[float]] | None = None,
+    server: subprocess.Popen | None = None,
+) -> tuple[float, float]:
     """Run a command; returns (wall seconds, CPU seconds of it and its children, plus what ``server`` used meanwhile).
 
     CPU time is the steadier figure on a shared machine: it does not grow when the machine is slow or busy."""
@@ -110,7 +130,7 @@ def timed(args: list[str], cwd: Path, env: dict[str, str], label: str, stages: d
         sys.exit(f"{label} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
     if stages is not None:
         line = next(line for line in result.stdout.splitlines() if line.startswith("STAGES "))
-        for name, value in json.loads(line[len("STAGES "):]).items():
+        for name, value in json.loads(line[len("STAGES ") :]).items():
             stages.setdefault(name, []).append(value)
     return seconds, cpu
 
@@ -121,8 +141,24 @@ def start_prefect(home: Path, env: dict[str, str]) -> tuple[subprocess.Popen, di
         port = s.getsockname()[1]
     url = f"http://127.0.0.1:{port}/api"
     env = {**env, "PREFECT_HOME": str(home), "PREFECT_API_URL": url, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port),
-                             "--no-ui", "--analytics-off"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "prefect",
+            "server",
+            "start",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--no-ui",
+            "--analytics-off",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         try:
@@ -136,8 +172,15 @@ def start_prefect(home: Path, env: dict[str, str]) -> tuple[subprocess.Popen, di
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--demo", action="store_true", help="the real demo params (minutes per run) instead of the shrunk demo")
-    parser.add_argument("--repeats", type=int, default=1, help="rounds of (commands, in-process, dvc, prefect), interleaved; medians reported")
+    parser.add_argument(
+        "--demo", action="store_true", help="the real demo params (minutes per run) instead of the shrunk demo"
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="rounds of (commands, in-process, dvc, prefect), interleaved; medians reported",
+    )
     args = parser.parse_args()
 
     sys.path.insert(0, str(ROOT))
@@ -145,8 +188,13 @@ def main() -> None:
 
     apply_offline_env()
     work = Path(tempfile.mkdtemp(prefix="medrov-bench-orch-"))
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-           "PYTHONPATH": str(ROOT), "MEDROV_SHARED_DATA": str(work / "no-shared-data"), "DVC_NO_ANALYTICS": "1"}
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "PYTHONPATH": str(ROOT),
+        "MEDROV_SHARED_DATA": str(work / "no-shared-data"),
+        "DVC_NO_ANALYTICS": "1",
+    }
     env.pop("MEDROV_ROOT", None)
     server, prefect_env = start_prefect(work / "prefect-home", env)
     modes = ("commands", "in-process", "dvc", "prefect")
@@ -161,7 +209,7 @@ def main() -> None:
     try:
         for round_ in range(args.repeats):
             # the order turns each round, so no mode always runs first (cold caches) or last (a warm, busy machine)
-            for mode in modes[round_ % len(modes):] + modes[:round_ % len(modes)]:
+            for mode in modes[round_ % len(modes) :] + modes[: round_ % len(modes)]:
                 dest = work / f"{mode}-{round_}"
                 copy_project(dest, args.demo)
                 if mode in stages:
@@ -172,34 +220,48 @@ def main() -> None:
                     record("dvc no-op", timed([sys.executable, "-m", "dvc", "repro"], dest, env, "dvc no-op"))
                 else:  # the server's work for the flow run counts as Prefect's cost
                     record(mode, timed([sys.executable, "-c", PREFECT_FLOW], dest, prefect_env, mode, server=server))
-                    record("prefect no-op", timed([sys.executable, "-c", PREFECT_FLOW], dest, prefect_env, "prefect no-op", server=server))
+                    record(
+                        "prefect no-op",
+                        timed([sys.executable, "-c", PREFECT_FLOW], dest, prefect_env, "prefect no-op", server=server),
+                    )
                 print(f"round {round_ + 1}: {mode} {times[mode][-1]:.1f} s wall, {cpu[mode][-1]:.1f} s CPU", flush=True)
     finally:
         server.terminate()
         server.wait(timeout=30)
     med = {k: statistics.median(v) for k, v in times.items()}
     mcpu = {k: statistics.median(v) for k, v in cpu.items()}
-    print(f"\npipeline: {'demo' if args.demo else 'shrunk demo'} (every stage of dvc.yaml), "
-          f"{args.repeats} round(s), medians; copies in {work}")
+    print(
+        f"\npipeline: {'demo' if args.demo else 'shrunk demo'} (every stage of dvc.yaml), "
+        f"{args.repeats} round(s), medians; copies in {work}"
+    )
     print(f"{'stage':<14} {'own process':>12} {'in-process':>11}")
     for name in stages["commands"]:
-        own, inner = statistics.median(stages["commands"][name]), statistics.median(stages["in-process"].get(name, [float("nan")]))
+        own, inner = (
+            statistics.median(stages["commands"][name]),
+            statistics.median(stages["in-process"].get(name, [float("nan")])),
+        )
         print(f"{name:<14} {own:10.2f} s {inner:9.2f} s")
     print(f"\n{'mode':<36} {'wall s':>7} {'vs commands':>12} {'vs in-process':>14}   {'CPU s':>6} {'vs commands':>12}")
 
     def row(label: str, mode: str) -> None:
         w, c = med[mode], mcpu[mode]
-        print(f"{label:<36} {w:7.1f} {100 * (w / med['commands'] - 1):+11.1f}% {100 * (w / med['in-process'] - 1):+13.1f}%   "
-              f"{c:6.1f} {100 * (c / mcpu['commands'] - 1):+11.1f}%")
+        print(
+            f"{label:<36} {w:7.1f} {100 * (w / med['commands'] - 1):+11.1f}% {100 * (w / med['in-process'] - 1):+13.1f}%   "  # noqa: E501
+            f"{c:6.1f} {100 * (c / mcpu['commands'] - 1):+11.1f}%"
+        )
 
     row("commands (a process per step)", "commands")
     row("in-process (steps in one process)", "in-process")
     row("dvc repro", "dvc")
     row("prefect flow (dvc repro as a task)", "prefect")
     print("target: dvc and prefect < +10 % against the commands baseline (the same steps, called directly)")
-    print(f"{'prefect on top of dvc':<36} {med['prefect'] - med['dvc']:+7.1f} s wall, {mcpu['prefect'] - mcpu['dvc']:+.1f} s CPU")
+    print(
+        f"{'prefect on top of dvc':<36} {med['prefect'] - med['dvc']:+7.1f} s wall, {mcpu['prefect'] - mcpu['dvc']:+.1f} s CPU"  # noqa: E501
+    )
     print(f"{'no-op dvc repro':<36} {med['dvc no-op']:7.2f} s (CPU {statistics.median(cpu['dvc no-op']):.2f} s)")
-    print(f"{'no-op through prefect':<36} {med['prefect no-op']:7.2f} s (CPU {statistics.median(cpu['prefect no-op']):.2f} s)")
+    print(
+        f"{'no-op through prefect':<36} {med['prefect no-op']:7.2f} s (CPU {statistics.median(cpu['prefect no-op']):.2f} s)"  # noqa: E501
+    )
     shutil.rmtree(work, ignore_errors=True)
 
 

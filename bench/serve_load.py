@@ -72,8 +72,12 @@ def _body() -> bytes:
     buf = io.BytesIO()
     Image.fromarray(rng.integers(0, 255, (128, 128, 3), dtype=np.uint8)).save(buf, format="PNG")
     image = base64.b64encode(buf.getvalue()).decode()
-    return json.dumps({"dataframe_split": {"columns": ["image", "prompts"], "data": [[image, "liver; spleen"]]},
-                       "params": {"imgsz": 160}}).encode()
+    return json.dumps(
+        {
+            "dataframe_split": {"columns": ["image", "prompts"], "data": [[image, "liver; spleen"]]},
+            "params": {"imgsz": 160},
+        }
+    ).encode()
 
 
 def _rss(pid: int) -> int:
@@ -117,9 +121,16 @@ def _drive(url: str, body: bytes, clients: int, seconds: float) -> dict:
     def pct(q: float) -> float:
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000 if ordered else float("nan")
 
-    return {"clients": clients, "requests": len(latencies), "errors": len(errors), "first_error": errors[:1],
-            "p50_ms": pct(0.50), "p99_ms": pct(0.99), "mean_ms": statistics.fmean(ordered) * 1000 if ordered else 0,
-            "rps": len(latencies) / wall}
+    return {
+        "clients": clients,
+        "requests": len(latencies),
+        "errors": len(errors),
+        "first_error": errors[:1],
+        "p50_ms": pct(0.50),
+        "p99_ms": pct(0.99),
+        "mean_ms": statistics.fmean(ordered) * 1000 if ordered else 0,
+        "rps": len(latencies) / wall,
+    }
 
 
 def main() -> None:
@@ -139,9 +150,28 @@ def main() -> None:
         port = _free_port()
         env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}", "PYTHONPATH": str(ROOT)}
         log = open(work / "server.log", "w")
-        server = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri, "--env-manager",
-                                   "local", "-h", "127.0.0.1", "-p", str(port), "--workers", "1"],
-                                  stdout=log, stderr=subprocess.STDOUT, env=env)
+        server = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "mlflow",
+                "models",
+                "serve",
+                "-m",
+                model_uri,
+                "--env-manager",
+                "local",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(port),
+                "--workers",
+                "1",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
         try:
             base = f"http://127.0.0.1:{port}"
             for _ in range(600):
@@ -169,17 +199,24 @@ def main() -> None:
             log.close()
     print(f"{'':<12}{'clients':>8}{'requests':>10}{'errors':>8}{'p50 ms':>9}{'p99 ms':>9}{'req/s':>8}")
     for name, r in (("baseline", baseline), ("load", load)):
-        print(f"{name:<12}{r['clients']:>8}{r['requests']:>10}{r['errors']:>8}{r['p50_ms']:>9.1f}{r['p99_ms']:>9.1f}"
-              f"{r['rps']:>8.2f}")
-    print(f"ratios load/baseline: p50 {load['p50_ms'] / baseline['p50_ms']:.2f}x, "
-          f"p99 {load['p99_ms'] / baseline['p99_ms']:.2f}x, req/s {load['rps'] / baseline['rps']:.2f}x")
-    print(f"server RSS: start {rss_start / 2**20:.0f} MiB, end {rss_end / 2**20:.0f} MiB "
-          f"({(rss_end - rss_start) / 2**20:+.0f} MiB)")
+        print(
+            f"{name:<12}{r['clients']:>8}{r['requests']:>10}{r['errors']:>8}{r['p50_ms']:>9.1f}{r['p99_ms']:>9.1f}"
+            f"{r['rps']:>8.2f}"
+        )
+    print(
+        f"ratios load/baseline: p50 {load['p50_ms'] / baseline['p50_ms']:.2f}x, "
+        f"p99 {load['p99_ms'] / baseline['p99_ms']:.2f}x, req/s {load['rps'] / baseline['rps']:.2f}x"
+    )
+    print(
+        f"server RSS: start {rss_start / 2**20:.0f} MiB, end {rss_end / 2**20:.0f} MiB "
+        f"({(rss_end - rss_start) / 2**20:+.0f} MiB)"
+    )
     if load["errors"] or baseline["errors"]:
         print(f"ERRORS: {load['first_error'] or baseline['first_error']}")
     if args.json:
-        args.json.write_text(json.dumps({"baseline": baseline, "load": load, "rss_start": rss_start,
-                                         "rss_end": rss_end}, indent=2))
+        args.json.write_text(
+            json.dumps({"baseline": baseline, "load": load, "rss_start": rss_start, "rss_end": rss_end}, indent=2)
+        )
     raise SystemExit(1 if load["errors"] or baseline["errors"] else 0)
 
 

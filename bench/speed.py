@@ -54,8 +54,16 @@ from medrov.model.detector import Detector  # noqa: E402
 from medrov.text import build_encoder  # noqa: E402
 
 VOCABULARY = [
-    "liver", "spleen", "left kidney", "right kidney", "pancreas",
-    "gallbladder", "stomach", "aorta", "lung nodule", "liver tumour",
+    "liver",
+    "spleen",
+    "left kidney",
+    "right kidney",
+    "pancreas",
+    "gallbladder",
+    "stomach",
+    "aorta",
+    "lung nodule",
+    "liver tumour",
 ]
 
 
@@ -83,8 +91,9 @@ def ours(scale: str, workdir: Path, device: str = "cpu", threads: int | None = N
     if not weights.is_file():
         torch.manual_seed(0)
         torch.save({"model": build_world(scale, nc=len(VOCABULARY)), "train_args": {}}, str(weights))
-    detector = Detector(weights, Prompter(build_encoder("minilm"), workdir / "text-cache"), device=device,
-                        threads=threads)
+    detector = Detector(
+        weights, Prompter(build_encoder("minilm"), workdir / "text-cache"), device=device, threads=threads
+    )
     detector.set_vocabulary(VOCABULARY)
     return detector
 
@@ -119,7 +128,9 @@ def bgr(image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(image[..., ::-1])
 
 
-def interleaved(fns: dict[str, Callable[[], object]], runs: int, warmup: int, sync: Callable[[], None] = lambda: None) -> dict[str, list[float]]:
+def interleaved(
+    fns: dict[str, Callable[[], object]], runs: int, warmup: int, sync: Callable[[], None] = lambda: None
+) -> dict[str, list[float]]:
     """Round-robin: every repetition times each function once (seconds)."""
     for fn in fns.values():
         for _ in range(warmup):
@@ -171,31 +182,43 @@ def cpu_bench(args: argparse.Namespace, workdir: Path, scale: str) -> dict[str, 
     def detector_fn(key: str, detector: Detector) -> Callable[[], None]:
         def run() -> None:
             counts[key] = len(detector.predict([image], imgsz=args.imgsz, conf=0.25, iou=0.7)[0].scores)
+
         return run
 
     def yolo_fn(key: str, yolo) -> Callable[[], None]:
         def run() -> None:
             counts[key] = len(yolo.predict(image_bgr, **kw)[0].boxes)
+
         return run
 
     fns: dict[str, Callable[[], object]] = {
-        "ours": detector_fn("ours", det), "folded": detector_fn("folded", folded),
-        "world": yolo_fn("world", world), "v8": yolo_fn("v8", v8),
+        "ours": detector_fn("ours", det),
+        "folded": detector_fn("folded", folded),
+        "world": yolo_fn("world", world),
+        "v8": yolo_fn("v8", v8),
     }
     for fn in list(fns.values()):
         fn()  # builds each predictor (and its fused network)
     x = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)[None], dtype=np.float32) / 255.0)
-    for key, net in (("ours-fwd", det.yolo.predictor.model), ("folded-fwd", folded.yolo.predictor.model),
-                     ("v8-fwd", v8.predictor.model)):
+    for key, net in (
+        ("ours-fwd", det.yolo.predictor.model),
+        ("folded-fwd", folded.yolo.predictor.model),
+        ("v8-fwd", v8.predictor.model),
+    ):
+
         def forward(net=net) -> None:
             with torch.inference_mode():
                 net(x)
+
         fns[key] = forward
     if not args.no_onnx:
         exports = {
-            "ours-onnx": export_onnx(det.weights, VOCABULARY, det.prompter, workdir / f"ours-{scale}.onnx", imgsz=args.imgsz),
-            "folded-onnx": export_onnx(det.weights, VOCABULARY, det.prompter, workdir / f"folded-{scale}.onnx",
-                                       imgsz=args.imgsz, fold=True),
+            "ours-onnx": export_onnx(
+                det.weights, VOCABULARY, det.prompter, workdir / f"ours-{scale}.onnx", imgsz=args.imgsz
+            ),
+            "folded-onnx": export_onnx(
+                det.weights, VOCABULARY, det.prompter, workdir / f"folded-{scale}.onnx", imgsz=args.imgsz, fold=True
+            ),
             "v8-onnx": export_onnx(v8_weights, None, None, workdir / f"yolov8{scale}.onnx", imgsz=args.imgsz),
         }
         feed = np.ascontiguousarray(image.transpose(2, 0, 1)[None], dtype=np.float32) / 255.0
@@ -219,23 +242,36 @@ def cpu_bench(args: argparse.Namespace, workdir: Path, scale: str) -> dict[str, 
         "folded-onnx": ("ORT", "ours folded (export_onnx fold=True)"),
         "v8-onnx": ("ORT", f"YOLOv8{scale} ({len(VOCABULARY)} classes)"),
     }
-    print(f"\nscale {scale}: CPU, {args.threads} threads, batch 1, {args.imgsz}x{args.imgsz} image, {len(VOCABULARY)} "
-          f"prompts, {args.runs} interleaved runs after {args.warmup} warm-up (median and min)")
-    print(f"{'runtime':<8} {'model':<46} {'median ms':>9} {'FPS':>7} {'vs YOLOv8':>10} {'min ms':>8} {'vs YOLOv8':>10} {'boxes':>6}")
+    print(
+        f"\nscale {scale}: CPU, {args.threads} threads, batch 1, {args.imgsz}x{args.imgsz} image, {len(VOCABULARY)} "
+        f"prompts, {args.runs} interleaved runs after {args.warmup} warm-up (median and min)"
+    )
+    print(
+        f"{'runtime':<8} {'model':<46} {'median ms':>9} {'FPS':>7} {'vs YOLOv8':>10} {'min ms':>8} {'vs YOLOv8':>10} {'boxes':>6}"  # noqa: E501
+    )
     for key in fns:
         runtime, label = labels[key]
         base = {"ORT": "v8-onnx", "forward": "v8-fwd"}.get(runtime, "v8")
         boxes = f"{counts[key]:6d}" if key in counts else f"{'-':>6}"
-        print(f"{runtime:<8} {label:<46} {med[key] * 1000:9.1f} {1 / med[key]:7.2f} {med[key] / med[base]:9.3f}x "
-              f"{low[key] * 1000:8.1f} {low[key] / low[base]:9.3f}x {boxes}")
+        print(
+            f"{runtime:<8} {label:<46} {med[key] * 1000:9.1f} {1 / med[key]:7.2f} {med[key] / med[base]:9.3f}x "
+            f"{low[key] * 1000:8.1f} {low[key] / low[base]:9.3f}x {boxes}"
+        )
     ratios = {"pytorch": med["folded"] / med["v8"], "forward": med["folded-fwd"] / med["v8-fwd"]}
     if "folded-onnx" in med:
         ratios["onnx"] = med["folded-onnx"] / med["v8-onnx"]
-    print("folded / YOLOv8 (median) = " + ", ".join(f"{k} {r:.3f}x" for k, r in ratios.items())
-          + f" (target <= 1.05x: {'met' if max(ratios.values()) <= 1.05 else 'NOT met'}); unfolded / YOLOv8 = "
-          f"{med['ours'] / med['v8']:.3f}x")
-    return {"ms": {k: v * 1000 for k, v in med.items()}, "min_ms": {k: v * 1000 for k, v in low.items()},
-            "vs_yolov8": ratios, "boxes": dict(counts)}
+    print(
+        "folded / YOLOv8 (median) = "
+        + ", ".join(f"{k} {r:.3f}x" for k, r in ratios.items())
+        + f" (target <= 1.05x: {'met' if max(ratios.values()) <= 1.05 else 'NOT met'}); unfolded / YOLOv8 = "
+        f"{med['ours'] / med['v8']:.3f}x"
+    )
+    return {
+        "ms": {k: v * 1000 for k, v in med.items()},
+        "min_ms": {k: v * 1000 for k, v in low.items()},
+        "vs_yolov8": ratios,
+        "boxes": dict(counts),
+    }
 
 
 def gpu_bench(args: argparse.Namespace, workdir: Path) -> None:
@@ -264,7 +300,9 @@ def gpu_bench(args: argparse.Namespace, workdir: Path) -> None:
         import onnxruntime as ort
 
         if "CUDAExecutionProvider" not in ort.get_available_providers():
-            print(f"ONNX Runtime CUDA skipped: providers are {ort.get_available_providers()} (onnxruntime-gpu not installed)")
+            print(
+                f"ONNX Runtime CUDA skipped: providers are {ort.get_available_providers()} (onnxruntime-gpu not installed)"  # noqa: E501
+            )
             return
         from medrov.model.export import export_onnx
 
@@ -307,8 +345,10 @@ def main() -> None:
         import json
 
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"imgsz": args.imgsz, "threads": args.threads, "runs": args.runs,
-                                         "cpu": results}, indent=2) + "\n")
+        args.json.write_text(
+            json.dumps({"imgsz": args.imgsz, "threads": args.threads, "runs": args.runs, "cpu": results}, indent=2)
+            + "\n"
+        )
 
 
 if __name__ == "__main__":

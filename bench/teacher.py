@@ -32,8 +32,9 @@ class _Enough(Exception):
 
 
 def _boxes(decisions):
-    return [(t.image, t.slot, np.array(t.box)) for t in decisions.targets] + \
-           [(n.image, n.cls, np.array(n.box)) for n in decisions.negatives]
+    return [(t.image, t.slot, np.array(t.box)) for t in decisions.targets] + [
+        (n.image, n.cls, np.array(n.box)) for n in decisions.negatives
+    ]
 
 
 def agreement(a, b) -> tuple[int, int, int]:
@@ -67,11 +68,18 @@ def main() -> None:
     from medrov.model.pseudo import decide
     from medrov.model.train import train
 
-    params = load_params(overrides=[
-        f"train.data={args.data.resolve()}", f"train.profiles.demo.model={args.weights.resolve()}",
-        f"train.project={args.work.resolve()}", "train.profiles.demo.imgsz=320", "train.profiles.demo.batch=8",
-        "pseudo.teacher=student", "pseudo.negatives=false", *args.overrides,
-    ])
+    params = load_params(
+        overrides=[
+            f"train.data={args.data.resolve()}",
+            f"train.profiles.demo.model={args.weights.resolve()}",
+            f"train.project={args.work.resolve()}",
+            "train.profiles.demo.imgsz=320",
+            "train.profiles.demo.batch=8",
+            "pseudo.teacher=student",
+            "pseudo.negatives=false",
+            *args.overrides,
+        ]
+    )
     stats = {"ema": [0, 0, 0, 0.0], "model": [0, 0, 0, 0.0]}
     step = {"seconds": 0.0, "batches": 0, "student": 0.0}
     pending = {}
@@ -110,8 +118,10 @@ def main() -> None:
         pass
     n = max(step["batches"], 1)
     train_ms = 1000 * (step["seconds"] - step["student"]) / n  # the training step without any mechanism
-    print(f"\n{n} batches, training step {train_ms:.0f} ms/batch; student hook {1000 * step['student'] / n:.1f} ms/batch "
-          f"({(train_ms + 1000 * step['student'] / n) / train_ms:.3f}x)")
+    print(
+        f"\n{n} batches, training step {train_ms:.0f} ms/batch; student hook {1000 * step['student'] / n:.1f} ms/batch "
+        f"({(train_ms + 1000 * step['student'] / n) / train_ms:.3f}x)"
+    )
     print(f"{'teacher':>8} {'boxes':>6} {'student':>8} {'matched':>8} {'jaccard':>8} {'ms/batch':>9} {'x step':>7}")
     for name, (m, a, b, sec) in stats.items():
         jac = m / max(a + b - m, 1)

@@ -25,8 +25,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 PASSWORD = "bench-only-password"
-OFFLINE = {"MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
-           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
+OFFLINE = {
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "DO_NOT_TRACK": "1",
+}
 
 
 def free_port() -> int:
@@ -38,8 +42,12 @@ def free_port() -> int:
 def local_sh(action: str, folder: Path, port: int) -> float:
     started = time.monotonic()
     env = {**os.environ, "PGPORT": str(port), "POSTGRES_PASSWORD": PASSWORD, "POSTGRES_USER": "medrov"}
-    subprocess.run(["sh", str(ROOT / "infra" / "postgres" / "local.sh"), action, str(folder)], env=env, check=True,
-                   capture_output=True)
+    subprocess.run(
+        ["sh", str(ROOT / "infra" / "postgres" / "local.sh"), action, str(folder)],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
     return time.monotonic() - started
 
 
@@ -47,8 +55,14 @@ def healthy_after(cmd: list[str], env: dict[str, str], url: str, log: Path) -> f
     """Seconds from launch until ``url`` answers; the server is stopped afterwards."""
     started = time.monotonic()
     with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, env={**os.environ, **OFFLINE, **env}, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True, cwd=log.parent)
+        proc = subprocess.Popen(
+            cmd,
+            env={**os.environ, **OFFLINE, **env},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=log.parent,
+        )
     try:
         while True:
             if proc.poll() is not None:
@@ -87,26 +101,45 @@ def main() -> None:
             clusters.append(folder)
             times.setdefault("postgres start (initdb, start, 2 databases)", []).append(local_sh("start", folder, port))
             pg = f"medrov:{PASSWORD}@127.0.0.1:{port}"
-            for mode in (["sqlite", "postgres"] if i % 2 == 0 else ["postgres", "sqlite"]):
+            for mode in ["sqlite", "postgres"] if i % 2 == 0 else ["postgres", "sqlite"]:
                 db = f"r{i}"
                 if mode == "postgres":
                     create_db(port, f"mlflow_{db}")
                     create_db(port, f"prefect_{db}")
-                mlflow_store = (f"postgresql+psycopg2://{pg}/mlflow_{db}" if mode == "postgres"
-                                else f"sqlite:///{work / f'mlflow-{db}.db'}")
-                prefect_store = (f"postgresql+asyncpg://{pg}/prefect_{db}" if mode == "postgres"
-                                 else f"sqlite+aiosqlite:///{work / f'prefect-{db}.db'}")
+                mlflow_store = (
+                    f"postgresql+psycopg2://{pg}/mlflow_{db}"
+                    if mode == "postgres"
+                    else f"sqlite:///{work / f'mlflow-{db}.db'}"
+                )
+                prefect_store = (
+                    f"postgresql+asyncpg://{pg}/prefect_{db}"
+                    if mode == "postgres"
+                    else f"sqlite+aiosqlite:///{work / f'prefect-{db}.db'}"
+                )
                 p = free_port()
-                times.setdefault(f"mlflow server healthy ({mode})", []).append(healthy_after(
-                    [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(p), "--workers", "1"],
-                    {"MLFLOW_BACKEND_STORE_URI": mlflow_store, "MLFLOW_ARTIFACTS_DESTINATION": str(work / "artifacts")},
-                    f"http://127.0.0.1:{p}/health", work / f"mlflow-{mode}-{i}.log"))
+                times.setdefault(f"mlflow server healthy ({mode})", []).append(
+                    healthy_after(
+                        [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(p), "--workers", "1"],
+                        {
+                            "MLFLOW_BACKEND_STORE_URI": mlflow_store,
+                            "MLFLOW_ARTIFACTS_DESTINATION": str(work / "artifacts"),
+                        },
+                        f"http://127.0.0.1:{p}/health",
+                        work / f"mlflow-{mode}-{i}.log",
+                    )
+                )
                 p = free_port()
-                times.setdefault(f"prefect server healthy ({mode})", []).append(healthy_after(
-                    [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(p), "--no-ui"],
-                    {"PREFECT_SERVER_DATABASE_CONNECTION_URL": prefect_store,
-                     "PREFECT_HOME": str(work / f"ph-{mode}-{i}")},
-                    f"http://127.0.0.1:{p}/api/health", work / f"prefect-{mode}-{i}.log"))
+                times.setdefault(f"prefect server healthy ({mode})", []).append(
+                    healthy_after(
+                        [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(p), "--no-ui"],
+                        {
+                            "PREFECT_SERVER_DATABASE_CONNECTION_URL": prefect_store,
+                            "PREFECT_HOME": str(work / f"ph-{mode}-{i}"),
+                        },
+                        f"http://127.0.0.1:{p}/api/health",
+                        work / f"prefect-{mode}-{i}.log",
+                    )
+                )
             times.setdefault("postgres stop", []).append(local_sh("stop", folder, port))
     finally:
         for folder in clusters:

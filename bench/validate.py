@@ -35,13 +35,17 @@ def make_source(root: Path, images: int, per_image: int, size: int, seed: int = 
         writer.writerow(["image", "label", "x1", "y1", "x2", "y2"])
         for i in range(images):
             name = f"img_{i:06d}.png"
-            Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(root / "images" / name, compress_level=1)
+            Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(
+                root / "images" / name, compress_level=1
+            )
             x0 = rng.uniform(0, size - 8, per_image)
             y0 = rng.uniform(0, size - 8, per_image)
             w = rng.uniform(2, 8, per_image)
             h = rng.uniform(2, 8, per_image)
             labels = rng.choice(["RBC", "WBC", "Platelets"], per_image)
-            writer.writerows(zip([name] * per_image, labels, x0.round(2), y0.round(2), (x0 + w).round(2), (y0 + h).round(2)))
+            writer.writerows(
+                zip([name] * per_image, labels, x0.round(2), y0.round(2), (x0 + w).round(2), (y0 + h).round(2))
+            )
 
 
 def main() -> None:
@@ -56,10 +60,23 @@ def main() -> None:
         tmp = Path(tmp)
         make_source(tmp / "raw", args.images, args.boxes_per_image, args.size)
         sources = tmp / "sources.yaml"
-        sources.write_text(yaml.safe_dump({"sources": [{
-            "name": "BenchSmear", "root": str(tmp / "raw"), "modality": "microscopy", "format": "csv",
-            "images": "images", "annotations": "boxes.csv",
-            "label_map": {"RBC": "red blood cell", "WBC": "white blood cell", "Platelets": "platelets"}}]}))
+        sources.write_text(
+            yaml.safe_dump(
+                {
+                    "sources": [
+                        {
+                            "name": "BenchSmear",
+                            "root": str(tmp / "raw"),
+                            "modality": "microscopy",
+                            "format": "csv",
+                            "images": "images",
+                            "annotations": "boxes.csv",
+                            "label_map": {"RBC": "red blood cell", "WBC": "white blood cell", "Platelets": "platelets"},
+                        }
+                    ]
+                }
+            )
+        )
         start = time.perf_counter()
         summary = convert.run(params.data, sources_file=sources, out_dir=tmp / "omnis", progress=False)
         t_convert = time.perf_counter() - start
@@ -67,10 +84,14 @@ def main() -> None:
         result = validate.run(params.validate_, data_dir=tmp / "omnis")
         t_validate = time.perf_counter() - start
     rows = summary["boxes"]
-    print(f"{summary['images']} images, {rows} box rows, {sum(result['rows_checked'].values())} rows checked in all tables")
+    print(
+        f"{summary['images']} images, {rows} box rows, {sum(result['rows_checked'].values())} rows checked in all tables"  # noqa: E501
+    )
     print(f"convert ({params.data.workers} workers): {t_convert:7.1f} s  {rows / t_convert:10.0f} box rows/s")
-    print(f"validate:               {t_validate:7.1f} s  {rows / t_validate:10.0f} box rows/s  "
-          f"({result['passed']}/{result['expectations']} expectations passed)")
+    print(
+        f"validate:               {t_validate:7.1f} s  {rows / t_validate:10.0f} box rows/s  "
+        f"({result['passed']}/{result['expectations']} expectations passed)"
+    )
     print(f"validate / convert time: {t_validate / t_convert:.2f} (target < 1)")
 
 

@@ -28,12 +28,19 @@ def assemble(params_file: str | None, overrides: list[str]) -> dict[str, Any]:
     from medrov.data import convert
 
     summary = convert.run(load_params(params_file, overrides).data, progress=False)
-    get_run_logger().info("Omnis: %s (%d reused, %d converted now)", convert.summary_line(summary), summary["reused"], summary["reconverted"])
+    get_run_logger().info(
+        "Omnis: %s (%d reused, %d converted now)",
+        convert.summary_line(summary),
+        summary["reused"],
+        summary["reconverted"],
+    )
     return summary
 
 
 @flow(name="convert", log_prints=True)
-def convert_sources(sources: list[str] | None = None, params_file: str | None = None, overrides: list[str] | None = None) -> dict[str, Any]:
+def convert_sources(
+    sources: list[str] | None = None, params_file: str | None = None, overrides: list[str] | None = None
+) -> dict[str, Any]:
     """Convert every source of ``data.sources`` (or only ``sources``) with one task per source, then assemble Omnis.
 
     Args:
@@ -54,8 +61,10 @@ def convert_sources(sources: list[str] | None = None, params_file: str | None = 
     summary = assemble(params_file, overrides)
     create_table_artifact(
         key="convert-quarantine",
-        table=[{"source": name, **{k: info[k] for k in ("modality", "inputs", "images", "boxes", "quarantined")}}
-               for name, info in summary["sources"].items()],
+        table=[
+            {"source": name, **{k: info[k] for k in ("modality", "inputs", "images", "boxes", "quarantined")}}
+            for name, info in summary["sources"].items()
+        ],
         description=f"{convert.summary_line(summary)}; quarantine report: {paths.resolve(data.out) / 'quarantine.csv'}",
     )
     summary["per_source"] = {p_name: p["sources"][p_name]["quarantined"] for p_name, p in zip(names, parts)}

@@ -41,7 +41,12 @@ def dvc_repro(targets: list[str] | None, force: bool) -> dict[str, Any]:
     logger.info("dvc repro %s: ran %s in %.1f s", " ".join(targets or []), ran, outcome["seconds"])
     for stage in outcome["stages_run"]:  # what each stage did, in figures, from what it wrote
         logger.info("%s", pipeline.stage_line(stage))
-    return {"step": "dvc repro", "result": f"ran {ran}", "seconds": outcome["seconds"], "stages_run": outcome["stages_run"]}
+    return {
+        "step": "dvc repro",
+        "result": f"ran {ran}",
+        "seconds": outcome["seconds"],
+        "stages_run": outcome["stages_run"],
+    }
 
 
 @task(task_run_name="dvc-push")
@@ -58,7 +63,9 @@ def dvc_push() -> dict[str, Any]:
 
 
 @flow(name="pipeline", log_prints=True)
-def pipeline(targets: list[str] | None = None, pull: bool = True, push: bool = True, force: bool = False) -> dict[str, Any]:
+def pipeline(
+    targets: list[str] | None = None, pull: bool = True, push: bool = True, force: bool = False
+) -> dict[str, Any]:
     """Pull, reproduce (promotion included: the ``promote`` stage), push; the run summary and metrics become the
     ``pipeline-summary`` artifact.
 
@@ -88,10 +95,19 @@ def pipeline(targets: list[str] | None = None, pull: bool = True, push: bool = T
     if decision is not None:
         decision["_fresh"] = "promote" in repro["stages_run"]
     metrics = steps.read_metrics(root)
-    markdown = steps.summary_markdown(done, metrics, f"medrov pipeline run in {root}", fresh=steps.fresh_metrics(root, started),
-                                      decision=decision, root=root)
-    create_markdown_artifact(key="pipeline-summary", markdown=markdown,
-                             description="steps run, the model decision with MLflow links, headline metrics (stale ones marked)")
+    markdown = steps.summary_markdown(
+        done,
+        metrics,
+        f"medrov pipeline run in {root}",
+        fresh=steps.fresh_metrics(root, started),
+        decision=decision,
+        root=root,
+    )
+    create_markdown_artifact(
+        key="pipeline-summary",
+        markdown=markdown,
+        description="steps run, the model decision with MLflow links, headline metrics (stale ones marked)",
+    )
     return {"steps": done, "metrics": metrics}
 
 

@@ -39,16 +39,22 @@ async def _ensure(pools: dict[str, list[str]]) -> list[dict[str, Any]]:
     out = []
     async with get_client() as client:
         for name, deployments in pools.items():
-            record = {"pool": name, "deployments": [d["name"] for d in deployments],
-                      "gpu": any("gpu" in (d.get("tags") or []) for d in deployments)}
+            record = {
+                "pool": name,
+                "deployments": [d["name"] for d in deployments],
+                "gpu": any("gpu" in (d.get("tags") or []) for d in deployments),
+            }
             try:
                 await client.read_work_pool(name)
                 out.append({**record, "created": False})
                 continue
             except ObjectNotFound:
                 pass
-            await client.create_work_pool(WorkPoolCreate(name=name, type="process",
-                                                         base_job_template=ProcessWorker.get_default_base_job_template()))
+            await client.create_work_pool(
+                WorkPoolCreate(
+                    name=name, type="process", base_job_template=ProcessWorker.get_default_base_job_template()
+                )
+            )
             out.append({**record, "created": True})
     return out
 
@@ -65,15 +71,19 @@ def main() -> int:
 
     apply_offline_env()
     if not PREFECT_API_URL.value():
-        print("PREFECT_API_URL is not set: start `prefect server start` and export PREFECT_API_URL=http://127.0.0.1:4200/api",
-              file=sys.stderr)
+        print(
+            "PREFECT_API_URL is not set: start `prefect server start` and export PREFECT_API_URL=http://127.0.0.1:4200/api",
+            file=sys.stderr,
+        )
         return 1
     # like `prefect deploy`, the prefect.yaml of the folder it runs in, else the project's
     local = Path("prefect.yaml")
     for pool in ensure_pools(local if local.is_file() else PREFECT_YAML):
         what = "created (process)" if pool["created"] else "exists"
-        print(f"work pool {pool['pool']}: {what}; deployments {', '.join(pool['deployments'])}"
-              + ("; its runs wait for a worker on a GPU machine" if pool["gpu"] else ""))
+        print(
+            f"work pool {pool['pool']}: {what}; deployments {', '.join(pool['deployments'])}"
+            + ("; its runs wait for a worker on a GPU machine" if pool["gpu"] else "")
+        )
     return 0
 
 

@@ -10,17 +10,29 @@ from prefect.artifacts import create_markdown_artifact
 
 
 @task(task_run_name="tune")
-def tune_task(params_file: str | None, overrides: list[str], address: str | None, num_samples: int | None,
-              tracking_uri: str | None) -> dict[str, Any]:
+def tune_task(
+    params_file: str | None,
+    overrides: list[str],
+    address: str | None,
+    num_samples: int | None,
+    tracking_uri: str | None,
+) -> dict[str, Any]:
     from medrov import tune
     from medrov.config import load_params
 
-    return tune.run(load_params(params_file, overrides), address=address, num_samples=num_samples, tracking_uri=tracking_uri)
+    return tune.run(
+        load_params(params_file, overrides), address=address, num_samples=num_samples, tracking_uri=tracking_uri
+    )
 
 
 @flow(name="sweep", log_prints=True)
-def sweep(num_samples: int | None = None, address: str | None = None, params_file: str | None = None,
-          overrides: list[str] | None = None, tracking_uri: str | None = None) -> dict[str, Any]:
+def sweep(
+    num_samples: int | None = None,
+    address: str | None = None,
+    params_file: str | None = None,
+    overrides: list[str] | None = None,
+    tracking_uri: str | None = None,
+) -> dict[str, Any]:
     """Ray Tune over ``tune.space`` (default: pseudo-label thresholds T and C), ASHA on validation mAP50.
 
     Args:
@@ -34,14 +46,19 @@ def sweep(num_samples: int | None = None, address: str | None = None, params_fil
 
     apply_offline_env()
     summary = tune_task(params_file, list(overrides or []), address, num_samples, tracking_uri)
-    rows = "\n".join(f"| `{t['trial'][:32]}` | {t['objective'] if t['objective'] is not None else 'failed'} | {t['epochs']} | "
-                     + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in t["config"].items()) + " |"
-                     for t in summary["trials"])
+    rows = "\n".join(
+        f"| `{t['trial'][:32]}` | {t['objective'] if t['objective'] is not None else 'failed'} | {t['epochs']} | "
+        + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in t["config"].items())
+        + " |"
+        for t in summary["trials"]
+    )
     create_markdown_artifact(
         key="sweep-best",
-        markdown=(f"# Threshold sweep\n\nbest {summary['metric']} = **{summary['best_score']:.5f}** with "
-                  f"`{summary['best']}`\n\nwritten to `{summary['best_file']}`; apply with `{summary['dvc_exp_run']}`\n\n"
-                  f"| trial | objective | epochs | config |\n|---|---|---|---|\n{rows}\n"),
+        markdown=(
+            f"# Threshold sweep\n\nbest {summary['metric']} = **{summary['best_score']:.5f}** with "
+            f"`{summary['best']}`\n\nwritten to `{summary['best_file']}`; apply with `{summary['dvc_exp_run']}`\n\n"
+            f"| trial | objective | epochs | config |\n|---|---|---|---|\n{rows}\n"
+        ),
         description="best config of the Ray Tune sweep",
     )
     return summary

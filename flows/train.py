@@ -10,7 +10,9 @@ from prefect.artifacts import create_markdown_artifact
 
 
 @task(task_run_name="train-{profile}")
-def train_task(profile: str, devices: str | None, params_file: str | None, overrides: list[str], resume: bool) -> dict[str, Any]:
+def train_task(
+    profile: str, devices: str | None, params_file: str | None, overrides: list[str], resume: bool
+) -> dict[str, Any]:
     from medrov import steps
     from medrov.config import load_params
 
@@ -20,8 +22,13 @@ def train_task(profile: str, devices: str | None, params_file: str | None, overr
 
 
 @flow(name="train", log_prints=True)
-def train_flow(profile: str = "paper", devices: str | None = None, params_file: str | None = None,
-               overrides: list[str] | None = None, resume: bool = False) -> dict[str, Any]:
+def train_flow(
+    profile: str = "paper",
+    devices: str | None = None,
+    params_file: str | None = None,
+    overrides: list[str] | None = None,
+    resume: bool = False,
+) -> dict[str, Any]:
     """Train ``profile``; ``devices`` (e.g. ``"0,1,2,3"``) overrides its device list (several GPUs: DDP).
 
     Args:
@@ -35,21 +42,42 @@ def train_flow(profile: str = "paper", devices: str | None = None, params_file: 
 
     apply_offline_env()
     info = train_task(profile, devices, params_file, list(overrides or []), resume)
-    create_markdown_artifact(key="train-summary", markdown=summary_markdown(info),
-                             description="what was trained, where the weights are, validation metrics, MLflow run")
+    create_markdown_artifact(
+        key="train-summary",
+        markdown=summary_markdown(info),
+        description="what was trained, where the weights are, validation metrics, MLflow run",
+    )
     return info
 
 
 def summary_markdown(info: dict[str, Any]) -> str:
     """The training's run summary as Markdown: settings, result, validation metrics of best.pt, MLflow run."""
     args, tracked = info.get("args", {}), info.get("mlflow") or {}
-    rows = [("profile", info.get("profile")), ("kind", info.get("kind")), ("device", args.get("device")),
-            ("model", args.get("model")), ("epochs", f"{info.get('epochs_done')} of {args.get('epochs')}"),
-            ("batch / imgsz", f"{args.get('batch')} / {args.get('imgsz')}"), ("seconds", info.get("seconds")),
-            ("weights", info.get("weights")), ("text encoder", (info.get("encoder") or {}).get("identity", "none (closed set)")),
-            ("MLflow run", tracked.get("run_id", "not tracked")), ("model URI", tracked.get("model_uri", "-"))]
-    lines = ["# medrov training", "", "| | |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows), "",
-             "## Validation (best.pt)", "", "| metric | value |", "|---|---|"]
+    rows = [
+        ("profile", info.get("profile")),
+        ("kind", info.get("kind")),
+        ("device", args.get("device")),
+        ("model", args.get("model")),
+        ("epochs", f"{info.get('epochs_done')} of {args.get('epochs')}"),
+        ("batch / imgsz", f"{args.get('batch')} / {args.get('imgsz')}"),
+        ("seconds", info.get("seconds")),
+        ("weights", info.get("weights")),
+        ("text encoder", (info.get("encoder") or {}).get("identity", "none (closed set)")),
+        ("MLflow run", tracked.get("run_id", "not tracked")),
+        ("model URI", tracked.get("model_uri", "-")),
+    ]
+    lines = [
+        "# medrov training",
+        "",
+        "| | |",
+        "|---|---|",
+        *(f"| {k} | {v} |" for k, v in rows),
+        "",
+        "## Validation (best.pt)",
+        "",
+        "| metric | value |",
+        "|---|---|",
+    ]
     lines += [f"| {k} | {v:.4f} |" for k, v in sorted((info.get("val") or {}).items())] or ["| none | - |"]
     return "\n".join(lines) + "\n"
 

@@ -43,11 +43,14 @@ def database() -> tuple[dict[str, str], str]:
     """libpq connection variables (the password stays out of the command line) and a printable name."""
     url = urlsplit(_required("MLFLOW_BACKEND_STORE_URI"))
     if not url.scheme.startswith("postgresql"):
-        raise BackupError(f"MLFLOW_BACKEND_STORE_URI is {url.scheme}://...: "
-                          "only a PostgreSQL store is backed up here")
-    env = {"PGHOST": url.hostname or "127.0.0.1", "PGPORT": str(url.port or 5432),
-           "PGUSER": unquote(url.username or ""), "PGPASSWORD": unquote(url.password or ""),
-           "PGDATABASE": url.path.lstrip("/")}
+        raise BackupError(f"MLFLOW_BACKEND_STORE_URI is {url.scheme}://...: only a PostgreSQL store is backed up here")
+    env = {
+        "PGHOST": url.hostname or "127.0.0.1",
+        "PGPORT": str(url.port or 5432),
+        "PGUSER": unquote(url.username or ""),
+        "PGPASSWORD": unquote(url.password or ""),
+        "PGDATABASE": url.path.lstrip("/"),
+    }
     return env, f"{env['PGUSER']}@{env['PGHOST']}:{env['PGPORT']}/{env['PGDATABASE']}"
 
 
@@ -57,8 +60,9 @@ def bucket():
 
     dest = urlsplit(_required("MLFLOW_ARTIFACTS_DESTINATION"))
     if dest.scheme != "s3":
-        raise BackupError(f"MLFLOW_ARTIFACTS_DESTINATION is {dest.geturl()}: "
-                          "only an s3:// destination is backed up here")
+        raise BackupError(
+            f"MLFLOW_ARTIFACTS_DESTINATION is {dest.geturl()}: only an s3:// destination is backed up here"
+        )
     endpoint = os.environ.get("MLFLOW_S3_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_S3")
     client = boto3.client("s3", endpoint_url=endpoint, region_name=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"))
     prefix = dest.path.lstrip("/")
@@ -96,14 +100,20 @@ def backup(out: Path) -> dict:
     count = size = 0
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=name, Prefix=prefix):
         for obj in page.get("Contents", []):
-            target = tmp / OBJECTS / obj["Key"][len(prefix):]
+            target = tmp / OBJECTS / obj["Key"][len(prefix) :]
             if not target.resolve().is_relative_to((tmp / OBJECTS).resolve()):
                 raise BackupError(f"s3://{name}/{obj['Key']}: key leaves the backup folder")
             target.parent.mkdir(parents=True, exist_ok=True)
             s3.download_file(name, obj["Key"], str(target))
             count, size = count + 1, size + obj["Size"]
-    manifest = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "database": db_name,
-                "artifacts": f"s3://{name}/{prefix}", "objects": count, "bytes": size, "dump_md5": _md5(tmp / DUMP)}
+    manifest = {
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "database": db_name,
+        "artifacts": f"s3://{name}/{prefix}",
+        "objects": count,
+        "bytes": size,
+        "dump_md5": _md5(tmp / DUMP),
+    }
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     tmp.rename(out)  # a backup folder is complete or absent
     return manifest
@@ -124,15 +134,28 @@ def restore(src: Path) -> dict:
     s3, name, prefix = bucket()
     import psycopg2
 
-    with psycopg2.connect(host=pg["PGHOST"], port=pg["PGPORT"], user=pg["PGUSER"], password=pg["PGPASSWORD"],
-                          dbname=pg["PGDATABASE"], connect_timeout=10) as conn, conn.cursor() as cur:
+    with (
+        psycopg2.connect(
+            host=pg["PGHOST"],
+            port=pg["PGPORT"],
+            user=pg["PGUSER"],
+            password=pg["PGPASSWORD"],
+            dbname=pg["PGDATABASE"],
+            connect_timeout=10,
+        ) as conn,
+        conn.cursor() as cur,
+    ):
         cur.execute("select count(*) from information_schema.tables where table_schema = 'public'")
         if cur.fetchone()[0]:
-            raise BackupError(f"{db_name}: database is not empty "
-                              "(restore into a fresh one: createdb, or drop it first)")
+            raise BackupError(
+                f"{db_name}: database is not empty (restore into a fresh one: createdb, or drop it first)"
+            )
     conn.close()
-    _run(["pg_restore", "--no-owner", "--no-privileges", "--exit-on-error", "-d", pg["PGDATABASE"], str(src / DUMP)],
-         pg, f"restore into {db_name}")
+    _run(
+        ["pg_restore", "--no-owner", "--no-privileges", "--exit-on-error", "-d", pg["PGDATABASE"], str(src / DUMP)],
+        pg,
+        f"restore into {db_name}",
+    )
     existing = {b["Name"] for b in s3.list_buckets().get("Buckets", [])}
     if name not in existing:
         s3.create_bucket(Bucket=name)
@@ -152,11 +175,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"registry {args.action} failed: {exc}", file=sys.stderr)
         return 1
     if args.action == "backup":
-        print(f"registry backup {args.folder}: database {result['database']}, {result['objects']} objects "
-              f"({result['bytes']} bytes) from {result['artifacts']}")
+        print(
+            f"registry backup {args.folder}: database {result['database']}, {result['objects']} objects "
+            f"({result['bytes']} bytes) from {result['artifacts']}"
+        )
     else:
-        print(f"registry restored from {args.folder} into {result['restored_into']}, {result['objects']} objects "
-              f"into {result['restored_artifacts']}")
+        print(
+            f"registry restored from {args.folder} into {result['restored_into']}, {result['objects']} objects "
+            f"into {result['restored_artifacts']}"
+        )
     return 0
 
 

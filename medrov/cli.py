@@ -19,22 +19,27 @@ from medrov import metric_files, paths
 from medrov.cli_sources import sources_app
 from medrov.errors import MedrovError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="MedROV: open-vocabulary detection for medical images.")
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help="MedROV: open-vocabulary detection for medical images."
+)
 app.add_typer(sources_app, name="sources")
 
 ParamsOpt = typer.Option(None, "--params", help="params file (default: the project's params.yaml)")
 SetOpt = typer.Option([], "--set", "-S", help="dotted override, e.g. data.workers=1 (repeatable)")
 TrustOpt = typer.Option(
-    False, "--trust-weights",
+    False,
+    "--trust-weights",
     help="load weights that are not plain model checkpoints (arbitrary pickles can run code: only for files you trust; "
-         "also MEDROV_TRUST_WEIGHTS=1)",
+    "also MEDROV_TRUST_WEIGHTS=1)",
 )
 
 
 def _trust(flag: bool) -> None:
     """``--trust-weights``: read by medrov.model.weights before any load, in this process and its children."""
     if flag:
-        os.environ["MEDROV_TRUST_WEIGHTS"] = "1"  # the name medrov.model.weights.TRUST_ENV (not imported: convert knows no model)
+        os.environ["MEDROV_TRUST_WEIGHTS"] = (
+            "1"  # the name medrov.model.weights.TRUST_ENV (not imported: convert knows no model)
+        )
 
 
 def _setup(verbose: bool = False) -> None:
@@ -60,7 +65,9 @@ def convert(
     sources: Optional[Path] = typer.Option(None, help="sources file (default: data.sources in params)"),
     out: Optional[Path] = typer.Option(None, help="output folder (default: data.out in params)"),
     workers: Optional[int] = typer.Option(None, min=1, help="worker processes (default: data.workers)"),
-    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="convert on a Ray cluster ('local' starts one here)"),
+    ray_address: Optional[str] = typer.Option(
+        None, "--ray-address", help="convert on a Ray cluster ('local' starts one here)"
+    ),
     metrics: Optional[Path] = typer.Option(None, help="write the summary as JSON here (for DVC)"),
     no_progress: bool = typer.Option(False, "--no-progress", help="hide progress bars"),
     params: Optional[Path] = ParamsOpt,
@@ -87,7 +94,9 @@ def convert(
 @app.command()
 def validate(
     data: Optional[Path] = typer.Option(None, help="converted dataset folder (default: validate.data in params)"),
-    report: Optional[Path] = typer.Option(None, help="write the Data Docs site and validation.json here (default: validate.report)"),
+    report: Optional[Path] = typer.Option(
+        None, help="write the Data Docs site and validation.json here (default: validate.report)"
+    ),
     metrics: Optional[Path] = typer.Option(None, help="write the summary as JSON here (for DVC)"),
     params: Optional[Path] = ParamsOpt,
     set_: list[str] = SetOpt,
@@ -106,8 +115,9 @@ def validate(
     if report_dir:
         typer.echo(f"report: {paths.resolve(report_dir) / 'index.html'}")
     if not summary["success"]:
-        raise ValidationFailed(f"{summary['failed']} hard expectation(s) failed (listed above)",
-                               paths.resolve(data or cfg.validate_.data))
+        raise ValidationFailed(
+            f"{summary['failed']} hard expectation(s) failed (listed above)", paths.resolve(data or cfg.validate_.data)
+        )
 
 
 @app.command()
@@ -145,8 +155,12 @@ def demo_sources(
 @app.command()
 def train(
     profile: Optional[str] = typer.Option(None, help="training profile in params.yaml (default: train.profile)"),
-    closed_set: bool = typer.Option(False, "--closed-set", help="train the closed-set YOLOv8 baseline on the same data and budget"),
-    resume: bool = typer.Option(False, "--resume", help="continue the interrupted run of this profile from weights/last.pt"),
+    closed_set: bool = typer.Option(
+        False, "--closed-set", help="train the closed-set YOLOv8 baseline on the same data and budget"
+    ),
+    resume: bool = typer.Option(
+        False, "--resume", help="continue the interrupted run of this profile from weights/last.pt"
+    ),
     metrics: Optional[Path] = typer.Option(None, help="write the run summary as JSON here (for DVC)"),
     params: Optional[Path] = ParamsOpt,
     trust: bool = TrustOpt,
@@ -162,7 +176,9 @@ def train(
     _write_metrics(metrics, metric_files.train(info))  # the full summary: runs/<profile>/medrov.json
     typer.echo(f"trained {info['kind']} model: {info['weights']} ({info['epochs_done']} epochs, {info['seconds']} s)")
     if "mlflow" in info:
-        typer.echo(f"mlflow run {info['mlflow']['run_id']} in {info['mlflow']['tracking_uri']} (model {info['mlflow']['model_uri']})")
+        typer.echo(
+            f"mlflow run {info['mlflow']['run_id']} in {info['mlflow']['tracking_uri']} (model {info['mlflow']['model_uri']})"  # noqa: E501
+        )
 
 
 @app.command()
@@ -170,8 +186,12 @@ def evaluate(
     weights: Optional[Path] = typer.Option(None, help="model to evaluate (default: the active profile's best.pt)"),
     closed_set: bool = typer.Option(False, "--closed-set", help="default to the closed-set baseline's weights"),
     split: Optional[str] = typer.Option(None, help="train, val or test (default: evaluate.split)"),
-    metrics: Optional[Path] = typer.Option(None, help="headline metrics JSON (default: evaluate.metrics; the whole result: evaluate.detail)"),
-    plots: Optional[Path] = typer.Option(None, help="folder for PR-curve and per-modality PNGs (default: evaluate.plots)"),
+    metrics: Optional[Path] = typer.Option(
+        None, help="headline metrics JSON (default: evaluate.metrics; the whole result: evaluate.detail)"
+    ),
+    plots: Optional[Path] = typer.Option(
+        None, help="folder for PR-curve and per-modality PNGs (default: evaluate.plots)"
+    ),
     params: Optional[Path] = ParamsOpt,
     trust: bool = TrustOpt,
     set_: list[str] = SetOpt,
@@ -185,13 +205,17 @@ def evaluate(
     cfg = load_params(params, set_)
     w = default_weights(cfg, weights, closed_set)
     # the whole result goes to evaluate.detail, the DVC metric file gets its headline
-    headline = paths.resolve(metrics) if metrics else (paths.resolve(cfg.evaluate.metrics) if cfg.evaluate.metrics else None)
+    headline = (
+        paths.resolve(metrics) if metrics else (paths.resolve(cfg.evaluate.metrics) if cfg.evaluate.metrics else None)
+    )
     detail = paths.resolve(cfg.evaluate.detail) if cfg.evaluate.detail else None
     result = steps.evaluate(w, cfg, split=split, out_metrics=detail, plots_dir=paths.resolve(plots) if plots else None)
     metric_files.write(headline, metric_files.evaluate(result))
     for group in ("all", "base", "novel"):
         if group in result:
-            typer.echo(f"{group:>6}: mAP50 {result[group]['map50']:.4f}  mAP50-95 {result[group]['map50_95']:.4f}  ({result[group]['classes']} classes)")
+            typer.echo(
+                f"{group:>6}: mAP50 {result[group]['map50']:.4f}  mAP50-95 {result[group]['map50_95']:.4f}  ({result[group]['classes']} classes)"  # noqa: E501
+            )
     for mod, r in result["modality"].items():
         if "all" in r:
             typer.echo(f"  {mod:<15} mAP50 {r['all']['map50']:.4f} ({r['images']} images)")
@@ -203,7 +227,10 @@ def evaluate(
 def predict(
     path: Path = typer.Argument(..., help="image (PNG/JPG), NIfTI volume, DICOM series folder, or a folder of those"),
     prompt: list[str] = typer.Option(..., "--prompt", "-p", help="what to find, e.g. 'liver tumor' (repeatable)"),
-    weights: Optional[str] = typer.Option(None, help="weights file or MLflow model URI, e.g. models:/medrov@champion (default: the registry's champion, else the latest model of the active profile)"),
+    weights: Optional[str] = typer.Option(
+        None,
+        help="weights file or MLflow model URI, e.g. models:/medrov@champion (default: the registry's champion, else the latest model of the active profile)",  # noqa: E501
+    ),
     out: Path = typer.Option(Path("predictions"), help="folder for one JSON and overlay PNG(s) per input"),
     conf: float = typer.Option(0.25, min=0, max=1, help="score threshold"),
     imgsz: int = typer.Option(640, min=32, help="inference size"),
@@ -218,19 +245,33 @@ def predict(
     from medrov import steps
     from medrov.config import load_params
 
-    summary = steps.predict(load_params(params, set_), paths.resolve(path, Path.cwd()), list(prompt),
-                            paths.resolve(out, Path.cwd()), weights=weights, conf=conf, imgsz=imgsz, modality=modality,
-                            threads=threads)
+    summary = steps.predict(
+        load_params(params, set_),
+        paths.resolve(path, Path.cwd()),
+        list(prompt),
+        paths.resolve(out, Path.cwd()),
+        weights=weights,
+        conf=conf,
+        imgsz=imgsz,
+        modality=modality,
+        threads=threads,
+    )
     typer.echo(json.dumps(summary, indent=2, default=str))
 
 
 @app.command()
 def export(
-    prompt: list[str] = typer.Option([], "--prompt", "-p", help="the fixed vocabulary baked into the ONNX model (repeatable)"),
+    prompt: list[str] = typer.Option(
+        [], "--prompt", "-p", help="the fixed vocabulary baked into the ONNX model (repeatable)"
+    ),
     weights: Optional[Path] = typer.Option(None, help="model (default: the latest model of the active profile)"),
-    out: Path = typer.Option(Path("exports/medrov.onnx"), help="ONNX file to write (a .json sidecar lists the classes)"),
+    out: Path = typer.Option(
+        Path("exports/medrov.onnx"), help="ONNX file to write (a .json sidecar lists the classes)"
+    ),
     imgsz: int = typer.Option(640, min=32, help="input size of the exported model"),
-    fold: bool = typer.Option(False, "--fold", help="fold the prompts into the weights (closed-set speed; also writes the folded .pt)"),
+    fold: bool = typer.Option(
+        False, "--fold", help="fold the prompts into the weights (closed-set speed; also writes the folded .pt)"
+    ),
     params: Optional[Path] = ParamsOpt,
     trust: bool = TrustOpt,
     set_: list[str] = SetOpt,
@@ -243,8 +284,9 @@ def export(
 
     cfg = load_params(params, set_)
     w = default_weights(cfg, weights)
-    written = export_onnx(w, list(prompt), prompter(cfg) if prompt else None, paths.resolve(out, Path.cwd()),
-                          imgsz=imgsz, fold=fold)
+    written = export_onnx(
+        w, list(prompt), prompter(cfg) if prompt else None, paths.resolve(out, Path.cwd()), imgsz=imgsz, fold=fold
+    )
     meta = read_sidecar(written)
     folded = f" (folded; PyTorch form {written.with_name(meta['pytorch'])})" if meta.get("folded") else ""
     typer.echo(f"exported: {written}{folded}")
@@ -252,7 +294,9 @@ def export(
 
 @app.command()
 def promote(
-    run_id: Optional[str] = typer.Option(None, "--run-id", help="train run whose model to promote (default: the active profile's latest)"),
+    run_id: Optional[str] = typer.Option(
+        None, "--run-id", help="train run whose model to promote (default: the active profile's latest)"
+    ),
     split: Optional[str] = typer.Option(None, help="split of the gating metrics (default: promote.split)"),
     metrics: Optional[Path] = typer.Option(None, help="write the decision's headline as JSON here (the DVC metric)"),
     detail: Optional[Path] = typer.Option(None, help="write the whole decision (both sides' figures) as JSON here"),
@@ -272,8 +316,10 @@ def promote(
     ch, cp = result["challenger"], result["champion"]
     typer.echo(f"{result['model']} v{result['version']} (run {result['run_id']}): {result['decision'].upper()}")
     if ch:
-        typer.echo(f"  challenger {ch['split']} {ch['metric']} base+novel {ch['all']:.4f}"
-                   + (f"  champion v{result['previous_champion_version']} {cp['all']:.4f}" if cp else ""))
+        typer.echo(
+            f"  challenger {ch['split']} {ch['metric']} base+novel {ch['all']:.4f}"
+            + (f"  champion v{result['previous_champion_version']} {cp['all']:.4f}" if cp else "")
+        )
     typer.echo(f"  reason: {result['reason']}")
     if result.get("note"):
         typer.echo(f"  note: {result['note']}")
@@ -286,7 +332,9 @@ def rollback(params: Optional[Path] = ParamsOpt, set_: list[str] = SetOpt) -> No
     from medrov.config import load_params
 
     result = steps.rollback(load_params(params, set_))
-    typer.echo(f"{result['model']}: champion v{result['from_version']} -> v{result['to_version']} (run {result['run_id']})")
+    typer.echo(
+        f"{result['model']}: champion v{result['from_version']} -> v{result['to_version']} (run {result['run_id']})"
+    )
 
 
 @app.command()
@@ -302,20 +350,30 @@ def models(params: Optional[Path] = ParamsOpt, set_: list[str] = SetOpt) -> None
         typer.echo(f"no versions of {cfg.promote.model_name!r} in {uri}")
         return
     typer.echo(f"{cfg.promote.model_name} in {uri}")
-    typer.echo(f"{'version':>7}  {'aliases':<22} {'gate':<13} {'base+novel':>10} {'base':>7} {'novel':>7}  {'decision':<9} run / modalities")
+    typer.echo(
+        f"{'version':>7}  {'aliases':<22} {'gate':<13} {'base+novel':>10} {'base':>7} {'novel':>7}  {'decision':<9} run / modalities"  # noqa: E501
+    )
     fmt = lambda v: f"{float(v):.4f}" if v not in (None, "") else "-"  # noqa: E731
     for r in rows:
         gate = f"{r['split']} {r['metric']}" if r["split"] else "-"
         mods = " ".join(f"{m}={fmt(v)}" for m, v in r["modality"].items())
-        typer.echo(f"{r['version']:>7}  {','.join(r['aliases']) or '-':<22} {gate:<13} {fmt(r['all']):>10} {fmt(r['base']):>7} "
-                   f"{fmt(r['novel']):>7}  {r['decision'] or '-':<9} {r['run_id']}  {mods}")
+        typer.echo(
+            f"{r['version']:>7}  {','.join(r['aliases']) or '-':<22} {gate:<13} {fmt(r['all']):>10} {fmt(r['base']):>7} "  # noqa: E501
+            f"{fmt(r['novel']):>7}  {r['decision'] or '-':<9} {r['run_id']}  {mods}"
+        )
 
 
 @app.command()
 def tune(
-    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (default: tune.ray_address; none starts a local Ray)"),
+    address: Optional[str] = typer.Option(
+        None, "--address", help="Ray cluster address (default: tune.ray_address; none starts a local Ray)"
+    ),
     num_samples: Optional[int] = typer.Option(None, "--num-samples", min=1, help="trials (default: tune.num_samples)"),
-    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else tracking.uri, else the embedded store)"),
+    tracking_uri: Optional[str] = typer.Option(
+        None,
+        "--tracking-uri",
+        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else tracking.uri, else the embedded store)",
+    ),
     best: Optional[Path] = typer.Option(None, help="write the best config here (default: tune.best)"),
     metrics: Optional[Path] = typer.Option(None, help="write the sweep summary as JSON here"),
     params: Optional[Path] = ParamsOpt,
@@ -326,12 +384,19 @@ def tune(
     from medrov.config import load_params
 
     cfg = load_params(params, set_)
-    summary = step.run(cfg, address=address, num_samples=num_samples, tracking_uri=tracking_uri,
-                       best_file=paths.resolve(best, Path.cwd()) if best else None)
+    summary = step.run(
+        cfg,
+        address=address,
+        num_samples=num_samples,
+        tracking_uri=tracking_uri,
+        best_file=paths.resolve(best, Path.cwd()) if best else None,
+    )
     _write_metrics(metrics, summary)
     for trial in summary["trials"]:
         score = "failed" if trial["objective"] is None else f"{trial['objective']:.5f}"
-        typer.echo(f"  {trial['trial'][:40]:<40} {score:>9} after {trial['epochs']} epoch(s)  {json.dumps(trial['config'])}")
+        typer.echo(
+            f"  {trial['trial'][:40]:<40} {score:>9} after {trial['epochs']} epoch(s)  {json.dumps(trial['config'])}"
+        )
     typer.echo(f"best {summary['metric']} = {summary['best_score']:.5f}: {json.dumps(summary['best'])}")
     typer.echo(f"written to {summary['best_file']}; apply with: {summary['dvc_exp_run']}")
 

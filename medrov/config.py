@@ -180,7 +180,9 @@ class PseudoParams(Section):
     crops_per_image: int = Field(5, ge=0)
     enlarge: float = Field(0.3, ge=0)  # crop = box enlarged by this fraction
     negative_class: Literal["slot", "predicted"] = "slot"  # the class id a negative box is appended with
-    teacher: Literal["ema", "model", "student"] = "ema"  # extra no-grad pass of the EMA / current weights, or the training forward itself
+    teacher: Literal["ema", "model", "student"] = (
+        "ema"  # extra no-grad pass of the EMA / current weights, or the training forward itself
+    )
     start_epoch: int = Field(0, ge=0)  # epochs of plain training before the mechanisms switch on
     gallery: int = Field(16, ge=0)  # pseudo-labelled crops kept per class for the audit gallery
 
@@ -249,7 +251,9 @@ class TuneParams(Section):
         "pseudo.conf_c": {"uniform": [0.7, 0.95]},
     }
     seed: int | None = 0  # seeds the random search; null: a different sweep each time
-    ray_address: str | None = None  # a Ray cluster (ray://host:10001), auto (the one RAY_ADDRESS names); null/local: a Ray here
+    ray_address: str | None = (
+        None  # a Ray cluster (ray://host:10001), auto (the one RAY_ADDRESS names); null/local: a Ray here
+    )
     num_cpus: int | None = Field(None, ge=1)  # local Ray only; default: every core
     num_gpus: int | None = Field(None, ge=0)  # local Ray only; default: what Ray detects
     storage: str = "runs/tune"  # Ray Tune results, one folder per trial (a shared path or s3:// on a cluster)
@@ -269,7 +273,9 @@ class TuneParams(Section):
                 raise ValueError(f"space.{key}: {kind} needs [low, high] numbers, got {values}")
             lo, hi = values
             if not lo < hi or (kind == "loguniform" and lo <= 0):
-                raise ValueError(f"space.{key}: {kind} needs low < high{' and low > 0' if kind == 'loguniform' else ''}, got {values}")
+                raise ValueError(
+                    f"space.{key}: {kind} needs low < high{' and low > 0' if kind == 'loguniform' else ''}, got {values}"  # noqa: E501
+                )
         return self
 
 
@@ -343,9 +349,7 @@ def load_params(path: str | Path | None = None, overrides: list[str] | tuple[str
     try:
         return Params.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
-        )
+        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors())
         raise ConfigError(problems, file) from exc
 
 

@@ -43,8 +43,12 @@ def train(info: dict[str, Any]) -> dict[str, Any]:
 
 def evaluate(result: dict[str, Any]) -> dict[str, Any]:
     """Base+novel mAP50 and mAP50-95, and mAP50 of base and of novel classes, on ``evaluate.split``."""
-    out = {"map50": _map(result.get("all")), "map50_95": _map(result.get("all"), "map50_95"),
-           "base": _map(result.get("base")), "novel": _map(result.get("novel"))}
+    out = {
+        "map50": _map(result.get("all")),
+        "map50_95": _map(result.get("all"), "map50_95"),
+        "base": _map(result.get("base")),
+        "novel": _map(result.get("novel")),
+    }
     return {k: v for k, v in out.items() if v is not None}
 
 

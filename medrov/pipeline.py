@@ -39,7 +39,9 @@ def error_lines(output: str, limit: int = 8) -> list[str]:
     return lines[-limit:]
 
 
-def run_command(args: list[str], root: Path | None = None, what: str | None = None, timeout: float | None = None) -> str:
+def run_command(
+    args: list[str], root: Path | None = None, what: str | None = None, timeout: float | None = None
+) -> str:
     """Run a command in the project root; returns its output.
 
     Raises:
@@ -60,7 +62,9 @@ def run_command(args: list[str], root: Path | None = None, what: str | None = No
 
 def dvc(args: list[str], root: Path | None = None, timeout: float | None = None) -> str:
     """``dvc ARGS`` with this interpreter's DVC."""
-    return run_command([sys.executable, "-m", "dvc", *args], root, what=f"dvc {' '.join(args)}".strip(), timeout=timeout)
+    return run_command(
+        [sys.executable, "-m", "dvc", *args], root, what=f"dvc {' '.join(args)}".strip(), timeout=timeout
+    )
 
 
 def default_remote(root: Path | None = None) -> str | None:
@@ -102,8 +106,13 @@ def _headline(name: str, data: dict[str, Any]) -> list[tuple[str, Any]]:
 
 
 # which metrics file each DVC stage writes (dvc.yaml)
-STAGE_METRICS = {"convert": "convert.json", "validate": "validate.json", "train": "train.json", "evaluate": "eval.json",
-                 "promote": "promote.json"}
+STAGE_METRICS = {
+    "convert": "convert.json",
+    "validate": "validate.json",
+    "train": "train.json",
+    "evaluate": "eval.json",
+    "promote": "promote.json",
+}
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -130,24 +139,32 @@ def stage_line(stage: str, root: Path | None = None) -> str:
     if stage == "convert" and cfg is not None:
         s = _read(paths.resolve(cfg.data.out, root) / "convert_summary.json")
         if s:
-            return (f"convert: {s.get('converted')} of {s.get('total')} inputs converted, {s.get('quarantined')} quarantined, "
-                    f"{s.get('reused')} reused -> {s.get('images')} images, {s.get('boxes')} boxes")
+            return (
+                f"convert: {s.get('converted')} of {s.get('total')} inputs converted, {s.get('quarantined')} quarantined, "  # noqa: E501
+                f"{s.get('reused')} reused -> {s.get('images')} images, {s.get('boxes')} boxes"
+            )
     if stage == "validate" and cfg is not None and cfg.validate_.report:
         s = _read(paths.resolve(cfg.validate_.report, root) / "validation.json")
         if s:
             verdict = "passed" if s.get("success") else "FAILED"
-            return (f"validate: {verdict}, {s.get('passed')} of {s.get('expectations')} expectations, {s.get('failed')} failed, "
-                    f"{s.get('warnings')} warnings")
+            return (
+                f"validate: {verdict}, {s.get('passed')} of {s.get('expectations')} expectations, {s.get('failed')} failed, "  # noqa: E501
+                f"{s.get('warnings')} warnings"
+            )
     if stage == "train" and head:
         return f"train: {head.get('epochs')} epochs, ultralytics val mAP50 {_fmt(head.get('val_map50', '-'))}"
     if stage == "evaluate" and head:
         split = cfg.evaluate.split if cfg is not None else "?"
-        return (f"evaluate: {split} mAP50 {_fmt(head.get('map50', '-'))} (base {_fmt(head.get('base', '-'))}, "
-                f"novel {_fmt(head.get('novel', '-'))}), mAP50-95 {_fmt(head.get('map50_95', '-'))}")
+        return (
+            f"evaluate: {split} mAP50 {_fmt(head.get('map50', '-'))} (base {_fmt(head.get('base', '-'))}, "
+            f"novel {_fmt(head.get('novel', '-'))}), mAP50-95 {_fmt(head.get('map50_95', '-'))}"
+        )
     if stage == "promote":
         s = _read(root / "reports" / "promote.json") or head
         if s:
-            return f"promote: {s.get('model', 'model')} v{s.get('version')} {s.get('decision')}: {s.get('reason', '')}".rstrip(": ")
+            return f"promote: {s.get('model', 'model')} v{s.get('version')} {s.get('decision')}: {s.get('reason', '')}".rstrip(  # noqa: E501
+                ": "
+            )
     if head:
         return f"{stage}: " + ", ".join(f"{k} {_fmt(v)}" for k, v in _headline(stage, head))
     return f"{stage}: done"
@@ -185,8 +202,14 @@ def _links(decision: dict[str, Any], root: Path) -> dict[str, str]:
     return out
 
 
-def summary_markdown(steps: list[dict[str, Any]], metrics: dict[str, dict[str, Any]], title: str = "medrov pipeline run",
-                     fresh: set[str] | None = None, decision: dict[str, Any] | None = None, root: Path | None = None) -> str:
+def summary_markdown(
+    steps: list[dict[str, Any]],
+    metrics: dict[str, dict[str, Any]],
+    title: str = "medrov pipeline run",
+    fresh: set[str] | None = None,
+    decision: dict[str, Any] | None = None,
+    root: Path | None = None,
+) -> str:
     """A Markdown run summary: one row per step, the model decision with its MLflow links, then the headline
     metrics, each file marked fresh (written by this run) or from an earlier run.
 
@@ -206,21 +229,36 @@ def summary_markdown(steps: list[dict[str, Any]], metrics: dict[str, dict[str, A
         links = _links(decision, root or paths.project_root())
         version = f"{decision.get('model')} v{decision.get('version')}"
         run = decision.get("run_id", "-")
-        lines += ["", f"## Model (decision of {when})", "", "| | |", "|---|---|",
-                  f"| registry version | [{version}]({links['version']}) |" if "version" in links else f"| registry version | {version} |",
-                  f"| decision | {decision.get('decision')}: {decision.get('reason', '')} |",
-                  f"| MLflow train run | [{run}]({links['run']}) |" if "run" in links else f"| MLflow train run | {run} |"]
+        lines += [
+            "",
+            f"## Model (decision of {when})",
+            "",
+            "| | |",
+            "|---|---|",
+            f"| registry version | [{version}]({links['version']}) |"
+            if "version" in links
+            else f"| registry version | {version} |",
+            f"| decision | {decision.get('decision')}: {decision.get('reason', '')} |",
+            f"| MLflow train run | [{run}]({links['run']}) |" if "run" in links else f"| MLflow train run | {run} |",
+        ]
         ch = decision.get("challenger") or {}
         if ch:
             cp = decision.get("champion") or {}
-            lines.append(f"| {ch.get('split')} {ch.get('metric')} base+novel | {_fmt(ch.get('all'))}"
-                         + (f" (champion v{decision.get('previous_champion_version')}: {_fmt(cp.get('all'))})" if cp else "") + " |")
+            lines.append(
+                f"| {ch.get('split')} {ch.get('metric')} base+novel | {_fmt(ch.get('all'))}"
+                + (f" (champion v{decision.get('previous_champion_version')}: {_fmt(cp.get('all'))})" if cp else "")
+                + " |"
+            )
     lines += ["", "## Metrics", ""]
     if not metrics:
         lines.append("no metrics/*.json in the project yet")
     for name, data in metrics.items():
         stale = fresh is not None and name not in fresh
-        mark = " (from an earlier run: its stage did not run now)" if stale else (" (this run)" if fresh is not None else "")
+        mark = (
+            " (from an earlier run: its stage did not run now)"
+            if stale
+            else (" (this run)" if fresh is not None else "")
+        )
         lines += [f"**{name}**{mark}", "", "| metric | value |", "|---|---|"]
         lines += [f"| {k} | {v:.5g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in _headline(name, data)]
         lines.append("")

@@ -86,8 +86,13 @@ def best_fragment(config: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def run(params: Params, address: str | None = None, num_samples: int | None = None, tracking_uri: str | None = None,
-        best_file: str | Path | None = None) -> dict[str, Any]:
+def run(
+    params: Params,
+    address: str | None = None,
+    num_samples: int | None = None,
+    tracking_uri: str | None = None,
+    best_file: str | Path | None = None,
+) -> dict[str, Any]:
     """Run the sweep (see :func:`_run`); an explicit ``tracking_uri`` wins over ``MLFLOW_TRACKING_URI`` for this
     call only (local Ray trials inherit it)."""
     previous = os.environ.get("MLFLOW_TRACKING_URI")
@@ -102,8 +107,13 @@ def run(params: Params, address: str | None = None, num_samples: int | None = No
             os.environ["MLFLOW_TRACKING_URI"] = previous
 
 
-def _run(params: Params, address: str | None = None, num_samples: int | None = None, tracking_uri: str | None = None,
-        best_file: str | Path | None = None) -> dict[str, Any]:
+def _run(
+    params: Params,
+    address: str | None = None,
+    num_samples: int | None = None,
+    tracking_uri: str | None = None,
+    best_file: str | Path | None = None,
+) -> dict[str, Any]:
     """Run the sweep of ``params.tune``; returns the best config, its score and one row per trial.
 
     Args:
@@ -142,12 +152,18 @@ def _run(params: Params, address: str | None = None, num_samples: int | None = N
     uri = trk.tracking_uri(params.tracking)
     experiment_id = trk.experiment_id(client, params.tracking)
     # the sweep's run carries the provenance of every step run (git, data); its trials are train runs under it
-    parent = client.create_run(experiment_id, run_name="tune",
-                               tags={**trk.run_tags(params, "tune"), "medrov.profile": profile})
+    parent = client.create_run(
+        experiment_id, run_name="tune", tags={**trk.run_tags(params, "tune"), "medrov.profile": profile}
+    )
     parent_id = parent.info.run_id
-    for key, value in {"tune.profile": profile, "tune.epochs": cfg.epochs, "tune.num_samples": samples,
-                       "tune.resources": json.dumps(cfg.resources.model_dump()), "tune.space": json.dumps(cfg.space),
-                       "tune.metric": cfg.metric}.items():
+    for key, value in {
+        "tune.profile": profile,
+        "tune.epochs": cfg.epochs,
+        "tune.num_samples": samples,
+        "tune.resources": json.dumps(cfg.resources.model_dump()),
+        "tune.space": json.dumps(cfg.space),
+        "tune.metric": cfg.metric,
+    }.items():
         client.log_param(parent_id, key, value)
 
     started = time.perf_counter()
@@ -155,25 +171,45 @@ def _run(params: Params, address: str | None = None, num_samples: int | None = N
     try:
         owns_ray = _init_ray(cfg, address or cfg.ray_address)
         trainable = tune.with_parameters(
-            tune_trial, base=params.model_dump(mode="json", by_alias=True), root=str(root), profile=profile, epochs=cfg.epochs,
-            metric=cfg.metric, device="''" if cfg.resources.gpu > 0 else "cpu",
+            tune_trial,
+            base=params.model_dump(mode="json", by_alias=True),
+            root=str(root),
+            profile=profile,
+            epochs=cfg.epochs,
+            metric=cfg.metric,
+            device="''" if cfg.resources.gpu > 0 else "cpu",
             tracking={"uri": uri, "parent_run_id": parent_id},
         )
         trainable = tune.with_resources(trainable, {"cpu": cfg.resources.cpu, "gpu": cfg.resources.gpu})
-        scheduler = ASHAScheduler(time_attr="training_iteration", max_t=cfg.epochs, grace_period=min(cfg.grace_period, cfg.epochs),
-                                  reduction_factor=cfg.reduction_factor)
+        scheduler = ASHAScheduler(
+            time_attr="training_iteration",
+            max_t=cfg.epochs,
+            grace_period=min(cfg.grace_period, cfg.epochs),
+            reduction_factor=cfg.reduction_factor,
+        )
         tuner = tune.Tuner(
             trainable,
             param_space=search_space(cfg.space),
             tune_config=tune.TuneConfig(
-                metric="objective", mode=cfg.mode, scheduler=scheduler, num_samples=samples,
-                reuse_actors=True,  # a trial process keeps torch/ultralytics imported and the encoder loaded for the next
+                metric="objective",
+                mode=cfg.mode,
+                scheduler=scheduler,
+                num_samples=samples,
+                reuse_actors=True,  # a trial process keeps torch/ultralytics imported and the encoder loaded for the next  # noqa: E501
                 search_alg=BasicVariantGenerator(random_state=cfg.seed, max_concurrent=cfg.max_concurrent or 0),
             ),
-            run_config=tune.RunConfig(name=f"tune-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=str(storage), verbose=1),
+            run_config=tune.RunConfig(
+                name=f"tune-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=str(storage), verbose=1
+            ),
         )
-        log.info("tune: %d trials of %s (%d epochs max, ASHA grace %d) over %s", samples, profile, cfg.epochs,
-                 cfg.grace_period, ", ".join(cfg.space))
+        log.info(
+            "tune: %d trials of %s (%d epochs max, ASHA grace %d) over %s",
+            samples,
+            profile,
+            cfg.epochs,
+            cfg.grace_period,
+            ", ".join(cfg.space),
+        )
         grid = tuner.fit()
     except BaseException:
         client.set_terminated(parent_id, "FAILED")

@@ -40,19 +40,30 @@ def main() -> None:
     sources.write_text(f"sources:\n  - name: BCCD\n    root: {bccd / 'BCCD'}\n    split: imagesets\n")
     params = load_params(overrides=["data.workers=2", *args.overrides])
     convert.run(params.data, sources_file=sources, out_dir=work / "data" / "omnis", progress=False)
-    overrides = [f"train.data={work / 'data' / 'omnis' / 'omnis.yaml'}", f"train.project={work / 'runs'}",
-                 f"train.profile={args.profile}", *args.overrides]
+    overrides = [
+        f"train.data={work / 'data' / 'omnis' / 'omnis.yaml'}",
+        f"train.project={work / 'runs'}",
+        f"train.profile={args.profile}",
+        *args.overrides,
+    ]
     params = load_params(overrides=overrides)
     rows = {}
     for closed in (False, True):
         info = train(params, closed_set=closed)
-        res = evaluate(info["weights"], params, split="test", out_metrics=work / f"eval-{info['kind']}.json",
-                       plots_dir=work / f"plots-{info['kind']}")
+        res = evaluate(
+            info["weights"],
+            params,
+            split="test",
+            out_metrics=work / f"eval-{info['kind']}.json",
+            plots_dir=work / f"plots-{info['kind']}",
+        )
         rows[info["kind"]] = {g: res.get(g) for g in ("all", "base", "novel")} | {"train_seconds": info["seconds"]}
     print(json.dumps(rows, indent=2))
     for kind, r in rows.items():
-        print(f"{kind:>16}: mAP50 all {r['all']['map50']:.4f}  base {r['base']['map50']:.4f}  "
-              f"novel {(r['novel'] or {}).get('map50', float('nan')):.4f}  ({r['train_seconds']} s training)")
+        print(
+            f"{kind:>16}: mAP50 all {r['all']['map50']:.4f}  base {r['base']['map50']:.4f}  "
+            f"novel {(r['novel'] or {}).get('map50', float('nan')):.4f}  ({r['train_seconds']} s training)"
+        )
 
 
 if __name__ == "__main__":

@@ -29,7 +29,17 @@ DEFAULT_CSV = REPO_ROOT.parent / "shared" / "data" / "medrov_presence_matrix.csv
 DEFAULT_TS_LABELS = REPO_ROOT.parent / "shared" / "data" / "totalsegmentator" / "labels_total.json"
 DEFAULT_OUT = REPO_ROOT / "medrov" / "catalog"
 
-MODALITIES = ["ct", "mri", "xray", "ultrasound", "histopathology", "dermoscopy", "fundoscopy", "endoscopy", "microscopy"]
+MODALITIES = [
+    "ct",
+    "mri",
+    "xray",
+    "ultrasound",
+    "histopathology",
+    "dermoscopy",
+    "fundoscopy",
+    "endoscopy",
+    "microscopy",
+]
 FORMATS = ["nifti", "dicom", "mask2d", "voc", "coco", "csv", "yolo"]
 VOLUME_MODALITIES = {"ct", "mri"}
 
@@ -44,132 +54,280 @@ MSD_LICENCE = "CC BY-SA 4.0"
 
 SOURCES: dict[str, dict] = {
     "AbdomenAtlas": dict(
-        title="AbdomenAtlas 1.0 Mini (abdominal CT, 9 organs)", modality="ct", format="nifti", licence=SEE,
-        homepage="https://github.com/MrGiovanni/AbdomenAtlas"),
+        title="AbdomenAtlas 1.0 Mini (abdominal CT, 9 organs)",
+        modality="ct",
+        format="nifti",
+        licence=SEE,
+        homepage="https://github.com/MrGiovanni/AbdomenAtlas",
+    ),
     "AbdomenCT1K": dict(
-        title="AbdomenCT-1K (liver, kidney, spleen, pancreas)", modality="ct", format="nifti", licence=SEE,
-        homepage="https://github.com/JunMa11/AbdomenCT-1K"),
+        title="AbdomenCT-1K (liver, kidney, spleen, pancreas)",
+        modality="ct",
+        format="nifti",
+        licence=SEE,
+        homepage="https://github.com/JunMa11/AbdomenCT-1K",
+    ),
     "ACDC": dict(
-        title="ACDC: Automated Cardiac Diagnosis Challenge (cine MRI)", modality="mri", format="nifti", licence=SEE,
-        homepage="https://www.creatis.insa-lyon.fr/Challenge/acdc/"),
+        title="ACDC: Automated Cardiac Diagnosis Challenge (cine MRI)",
+        modality="mri",
+        format="nifti",
+        licence=SEE,
+        homepage="https://www.creatis.insa-lyon.fr/Challenge/acdc/",
+    ),
     "AMOSF": dict(
-        title="AMOS 2022, female cases (label 15 prostate/uterus = uterus)", modality="ct", format="nifti",
-        licence="CC BY 4.0", homepage="https://amos22.grand-challenge.org/",
+        title="AMOS 2022, female cases (label 15 prostate/uterus = uterus)",
+        modality="ct",
+        format="nifti",
+        licence="CC BY 4.0",
+        homepage="https://amos22.grand-challenge.org/",
         note="AMOS splits in two rows by sex, not by modality: AMOSF annotates uterus (prostate -1), AMOSM "
-             "annotates prostate (uterus -1). AMOS holds CT (500) and MRI (100) scans; ct = the majority part."),
+        "annotates prostate (uterus -1). AMOS holds CT (500) and MRI (100) scans; ct = the majority part.",
+    ),
     "AMOSM": dict(
-        title="AMOS 2022, male cases (label 15 prostate/uterus = prostate)", modality="ct", format="nifti",
-        licence="CC BY 4.0", homepage="https://amos22.grand-challenge.org/",
-        note="see AMOSF: male half of AMOS; ct = the majority part (AMOS also has 100 MRI scans)."),
+        title="AMOS 2022, male cases (label 15 prostate/uterus = prostate)",
+        modality="ct",
+        format="nifti",
+        licence="CC BY 4.0",
+        homepage="https://amos22.grand-challenge.org/",
+        note="see AMOSF: male half of AMOS; ct = the majority part (AMOS also has 100 MRI scans).",
+    ),
     "BCCD": dict(
-        title="BCCD: Blood Cell Count and Detection", modality="microscopy", format="voc", licence="MIT",
-        homepage="https://github.com/Shenggan/BCCD_Dataset"),
+        title="BCCD: Blood Cell Count and Detection",
+        modality="microscopy",
+        format="voc",
+        licence="MIT",
+        homepage="https://github.com/Shenggan/BCCD_Dataset",
+    ),
     "BHSD": dict(
-        title="BHSD: 3D Brain Hemorrhage Segmentation Dataset (head CT)", modality="ct", format="nifti", licence=SEE,
-        homepage="https://github.com/White65534/BHSD"),
+        title="BHSD: 3D Brain Hemorrhage Segmentation Dataset (head CT)",
+        modality="ct",
+        format="nifti",
+        licence=SEE,
+        homepage="https://github.com/White65534/BHSD",
+    ),
     "BOrg": dict(
-        title="BOrg: brain organoid mitosis dataset (confocal microscopy)", modality="microscopy", format="coco",
-        licence=SEE, homepage="https://github.com/awaisrauf/borg",
-        note="COCO JSON per split, 50 px boxes around point annotations (recipes.yaml, CATALOG-LAYOUTS.md)."),
+        title="BOrg: brain organoid mitosis dataset (confocal microscopy)",
+        modality="microscopy",
+        format="coco",
+        licence=SEE,
+        homepage="https://github.com/awaisrauf/borg",
+        note="COCO JSON per split, 50 px boxes around point annotations (recipes.yaml, CATALOG-LAYOUTS.md).",
+    ),
     "BUSI": dict(
-        title="BUSI: Breast Ultrasound Images", modality="ultrasound", format="mask2d", licence=SEE,
-        homepage="https://scholar.cu.edu.eg/?q=afahmy/pages/dataset"),
+        title="BUSI: Breast Ultrasound Images",
+        modality="ultrasound",
+        format="mask2d",
+        licence=SEE,
+        homepage="https://scholar.cu.edu.eg/?q=afahmy/pages/dataset",
+    ),
     "Consep": dict(
-        title="CoNSeP: colorectal nuclear segmentation and phenotypes (H&E)", modality="histopathology",
-        format="mask2d", licence=SEE, homepage="https://warwick.ac.uk/fac/cross_fac/tia/data/hovernet/",
+        title="CoNSeP: colorectal nuclear segmentation and phenotypes (H&E)",
+        modality="histopathology",
+        format="mask2d",
+        licence=SEE,
+        homepage="https://warwick.ac.uk/fac/cross_fac/tia/data/hovernet/",
         note="instance/type maps in .mat files; CoNSeP's 7 types are merged into inflammatory, epithelial and "
-             "spindle-shaped (vocabulary name 'fibroblast')."),
+        "spindle-shaped (vocabulary name 'fibroblast').",
+    ),
     "COVID19": dict(
-        title="COVID-19 CT lung and infection segmentation dataset", modality="ct", format="nifti", licence=SEE,
-        homepage="https://zenodo.org/record/3757476"),
+        title="COVID-19 CT lung and infection segmentation dataset",
+        modality="ct",
+        format="nifti",
+        licence=SEE,
+        homepage="https://zenodo.org/record/3757476",
+    ),
     "CPM17": dict(
         title="CPM-17: MICCAI 2017 computational precision medicine nuclei segmentation (H&E)",
-        modality="histopathology", format="mask2d", licence=SEE, homepage="https://github.com/vqdang/hover_net",
-        note="instance maps in .mat files; download links are in the HoVer-Net README."),
+        modality="histopathology",
+        format="mask2d",
+        licence=SEE,
+        homepage="https://github.com/vqdang/hover_net",
+        note="instance maps in .mat files; download links are in the HoVer-Net README.",
+    ),
     "CrossModa": dict(
-        title="crossMoDA: vestibular schwannoma and cochlea (T1ce / hrT2 MRI)", modality="mri", format="nifti",
-        licence=SEE, homepage="https://crossmoda-challenge.ml/"),
+        title="crossMoDA: vestibular schwannoma and cochlea (T1ce / hrT2 MRI)",
+        modality="mri",
+        format="nifti",
+        licence=SEE,
+        homepage="https://crossmoda-challenge.ml/",
+    ),
     "CXR8": dict(
-        title="NIH ChestX-ray8 (bounding-box subset, 8 findings)", modality="xray", format="csv", licence=SEE,
+        title="NIH ChestX-ray8 (bounding-box subset, 8 findings)",
+        modality="xray",
+        format="csv",
+        licence=SEE,
         homepage="https://nihcc.app.box.com/v/ChestXray-NIHCC",
-        note="boxes come from BBox_List_2017.csv (about 1,000 images with boxes)."),
+        note="boxes come from BBox_List_2017.csv (about 1,000 images with boxes).",
+    ),
     "FLARE22": dict(
-        title="FLARE 2022: fast and low-resource abdominal organ segmentation (CT)", modality="ct", format="nifti",
-        licence=SEE, homepage="https://flare22.grand-challenge.org/"),
+        title="FLARE 2022: fast and low-resource abdominal organ segmentation (CT)",
+        modality="ct",
+        format="nifti",
+        licence=SEE,
+        homepage="https://flare22.grand-challenge.org/",
+    ),
     "HaNSeg": dict(
-        title="HaN-Seg: head and neck organ-at-risk CT segmentation", modality="ct", format="nifti", licence=SEE,
+        title="HaN-Seg: head and neck organ-at-risk CT segmentation",
+        modality="ct",
+        format="nifti",
+        licence=SEE,
         homepage="https://han-seg2023.grand-challenge.org/",
-        note="upstream volumes and masks are NRRD (.seg.nrrd); nifti = volumetric label maps, convert on import."),
+        note="upstream volumes and masks are NRRD (.seg.nrrd); nifti = volumetric label maps, convert on import.",
+    ),
     "IDRID": dict(
-        title="IDRiD: Indian Diabetic Retinopathy Image Dataset (optic disc)", modality="fundoscopy",
-        format="mask2d", licence="CC BY 4.0", homepage="https://idrid.grand-challenge.org/"),
+        title="IDRiD: Indian Diabetic Retinopathy Image Dataset (optic disc)",
+        modality="fundoscopy",
+        format="mask2d",
+        licence="CC BY 4.0",
+        homepage="https://idrid.grand-challenge.org/",
+    ),
     "KIPA22": dict(
-        title="KiPA 2022: kidney parsing for renal cancer treatment (CTA)", modality="ct", format="nifti",
-        licence=SEE, homepage="https://kipa22.grand-challenge.org/"),
+        title="KiPA 2022: kidney parsing for renal cancer treatment (CTA)",
+        modality="ct",
+        format="nifti",
+        licence=SEE,
+        homepage="https://kipa22.grand-challenge.org/",
+    ),
     "KVASIR": dict(
-        title="Kvasir-SEG: gastrointestinal polyp segmentation", modality="endoscopy", format="mask2d", licence=SEE,
+        title="Kvasir-SEG: gastrointestinal polyp segmentation",
+        modality="endoscopy",
+        format="mask2d",
+        licence=SEE,
         homepage="https://datasets.simula.no/kvasir-seg/",
-        note="masks plus a bounding-box json (kavsir_bboxes.json)."),
+        note="masks plus a bounding-box json (kavsir_bboxes.json).",
+    ),
     "M5HCM": dict(
-        title="M5 malaria dataset, high-cost microscope images", modality="microscopy", format="voc", licence=SEE,
+        title="M5 malaria dataset, high-cost microscope images",
+        modality="microscopy",
+        format="voc",
+        licence=SEE,
         homepage="https://github.com/intelligentMachines-ITU/LowCostmalariaDetection_CVPR_2022",
-        note="HCM/LCM = high-/low-cost microscope halves of one source; Pascal VOC XML per image (recipes.yaml)."),
+        note="HCM/LCM = high-/low-cost microscope halves of one source; Pascal VOC XML per image (recipes.yaml).",
+    ),
     "M5LCM": dict(
-        title="M5 malaria dataset, low-cost microscope images", modality="microscopy", format="voc", licence=SEE,
+        title="M5 malaria dataset, low-cost microscope images",
+        modality="microscopy",
+        format="voc",
+        licence=SEE,
         homepage="https://github.com/intelligentMachines-ITU/LowCostmalariaDetection_CVPR_2022",
-        note="see M5HCM; Pascal VOC XML per image (recipes.yaml)."),
+        note="see M5HCM; Pascal VOC XML per image (recipes.yaml).",
+    ),
     "MMWHSCT": dict(
-        title="MM-WHS 2017: multi-modality whole heart segmentation (CT part)", modality="ct", format="nifti",
-        licence=SEE, homepage="https://zmiclab.github.io/zxh/0/mmwhs/"),
+        title="MM-WHS 2017: multi-modality whole heart segmentation (CT part)",
+        modality="ct",
+        format="nifti",
+        licence=SEE,
+        homepage="https://zmiclab.github.io/zxh/0/mmwhs/",
+    ),
     "MMWHSMRI": dict(
-        title="MM-WHS 2017: multi-modality whole heart segmentation (MRI part)", modality="mri", format="nifti",
-        licence=SEE, homepage="https://zmiclab.github.io/zxh/0/mmwhs/"),
+        title="MM-WHS 2017: multi-modality whole heart segmentation (MRI part)",
+        modality="mri",
+        format="nifti",
+        licence=SEE,
+        homepage="https://zmiclab.github.io/zxh/0/mmwhs/",
+    ),
     "MnMs": dict(
-        title="M&Ms: multi-centre, multi-vendor and multi-disease cardiac segmentation (cine MRI)", modality="mri",
-        format="nifti", licence=SEE, homepage="https://www.ub.edu/mnms/"),
+        title="M&Ms: multi-centre, multi-vendor and multi-disease cardiac segmentation (cine MRI)",
+        modality="mri",
+        format="nifti",
+        licence=SEE,
+        homepage="https://www.ub.edu/mnms/",
+    ),
     "MSD_Brain": dict(
-        title="Medical Segmentation Decathlon, Task01 BrainTumour (multi-parametric MRI)", modality="mri",
-        format="nifti", licence=MSD_LICENCE, homepage=MSD),
+        title="Medical Segmentation Decathlon, Task01 BrainTumour (multi-parametric MRI)",
+        modality="mri",
+        format="nifti",
+        licence=MSD_LICENCE,
+        homepage=MSD,
+    ),
     "MSD_Colon": dict(
-        title="Medical Segmentation Decathlon, Task10 Colon (CT)", modality="ct", format="nifti",
-        licence=MSD_LICENCE, homepage=MSD),
+        title="Medical Segmentation Decathlon, Task10 Colon (CT)",
+        modality="ct",
+        format="nifti",
+        licence=MSD_LICENCE,
+        homepage=MSD,
+    ),
     "MSD_Heart": dict(
-        title="Medical Segmentation Decathlon, Task02 Heart (left atrium, MRI)", modality="mri", format="nifti",
-        licence=MSD_LICENCE, homepage=MSD),
+        title="Medical Segmentation Decathlon, Task02 Heart (left atrium, MRI)",
+        modality="mri",
+        format="nifti",
+        licence=MSD_LICENCE,
+        homepage=MSD,
+    ),
     "MSD_HepaticVessel": dict(
-        title="Medical Segmentation Decathlon, Task08 HepaticVessel (CT)", modality="ct", format="nifti",
-        licence=MSD_LICENCE, homepage=MSD),
+        title="Medical Segmentation Decathlon, Task08 HepaticVessel (CT)",
+        modality="ct",
+        format="nifti",
+        licence=MSD_LICENCE,
+        homepage=MSD,
+    ),
     "MSD_Hippocampus": dict(
-        title="Medical Segmentation Decathlon, Task04 Hippocampus (MRI)", modality="mri", format="nifti",
-        licence=MSD_LICENCE, homepage=MSD),
+        title="Medical Segmentation Decathlon, Task04 Hippocampus (MRI)",
+        modality="mri",
+        format="nifti",
+        licence=MSD_LICENCE,
+        homepage=MSD,
+    ),
     "MSD_Prostate": dict(
-        title="Medical Segmentation Decathlon, Task05 Prostate (multi-parametric MRI)", modality="mri",
-        format="nifti", licence=MSD_LICENCE, homepage=MSD),
+        title="Medical Segmentation Decathlon, Task05 Prostate (multi-parametric MRI)",
+        modality="mri",
+        format="nifti",
+        licence=MSD_LICENCE,
+        homepage=MSD,
+    ),
     "MSD_Spleen": dict(
-        title="Medical Segmentation Decathlon, Task09 Spleen (CT)", modality="ct", format="nifti",
-        licence=MSD_LICENCE, homepage=MSD),
+        title="Medical Segmentation Decathlon, Task09 Spleen (CT)",
+        modality="ct",
+        format="nifti",
+        licence=MSD_LICENCE,
+        homepage=MSD,
+    ),
     "Polypgen": dict(
-        title="PolypGen: multi-centre polyp detection and segmentation (colonoscopy)", modality="endoscopy",
-        format="mask2d", licence=SEE, homepage="https://www.synapse.org/#!Synapse:syn26376615",
-        note="masks plus per-image bounding-box text files."),
+        title="PolypGen: multi-centre polyp detection and segmentation (colonoscopy)",
+        modality="endoscopy",
+        format="mask2d",
+        licence=SEE,
+        homepage="https://www.synapse.org/#!Synapse:syn26376615",
+        note="masks plus per-image bounding-box text files.",
+    ),
     "PROMISE": dict(
-        title="PROMISE12: prostate MR image segmentation", modality="mri", format="nifti", licence=SEE,
+        title="PROMISE12: prostate MR image segmentation",
+        modality="mri",
+        format="nifti",
+        licence=SEE,
         homepage="https://promise12.grand-challenge.org/",
-        note="upstream volumes and masks are MetaImage (.mhd/.raw); nifti = volumetric label maps, convert on import."),
+        note="upstream volumes and masks are MetaImage (.mhd/.raw); nifti = volumetric label maps, convert on import.",
+    ),
     "TotalSegmentorMRI": dict(
-        title="TotalSegmentator MRI dataset", modality="mri", format="nifti", licence=SEE,
-        homepage="https://github.com/wasserth/TotalSegmentator"),
-    "TotalSegmentorCT": dict(
-        title="TotalSegmentator CT dataset (v2, 117 classes)", modality="ct", format="nifti", licence="CC BY 4.0",
+        title="TotalSegmentator MRI dataset",
+        modality="mri",
+        format="nifti",
+        licence=SEE,
         homepage="https://github.com/wasserth/TotalSegmentator",
-        note="one NIfTI mask per structure upstream; labels below follow the 'total' task ids (labels_total.json)."),
+    ),
+    "TotalSegmentorCT": dict(
+        title="TotalSegmentator CT dataset (v2, 117 classes)",
+        modality="ct",
+        format="nifti",
+        licence="CC BY 4.0",
+        homepage="https://github.com/wasserth/TotalSegmentator",
+        note="one NIfTI mask per structure upstream; labels below follow the 'total' task ids (labels_total.json).",
+    ),
     "TNBC": dict(
-        title="TNBC nuclei segmentation dataset (Naylor et al., H&E)", modality="histopathology", format="mask2d",
-        licence=SEE, homepage="https://zenodo.org/record/1175282"),
+        title="TNBC nuclei segmentation dataset (Naylor et al., H&E)",
+        modality="histopathology",
+        format="mask2d",
+        licence=SEE,
+        homepage="https://zenodo.org/record/1175282",
+    ),
     "ISIC": dict(
-        title="ISIC skin lesion challenge (dermoscopy, lesion masks)", modality="dermoscopy", format="mask2d",
-        licence=SEE, homepage="https://challenge.isic-archive.com/data/",
-        note="the matrix does not say which ISIC year; ISIC lesion masks include benign lesions."),
+        title="ISIC skin lesion challenge (dermoscopy, lesion masks)",
+        modality="dermoscopy",
+        format="mask2d",
+        licence=SEE,
+        homepage="https://challenge.isic-archive.com/data/",
+        note="the matrix does not say which ISIC year; ISIC lesion masks include benign lesions.",
+    ),
 }
 
 # ---------------------------------------------------------------------------------------------------------
@@ -178,29 +336,101 @@ SOURCES: dict[str, dict] = {
 # MedROV's TotalSegmentorCT row does not annotate it).
 # ---------------------------------------------------------------------------------------------------------
 TS_ID_TO_NAME: dict[int, str] = {
-    1: "spleen", 2: "kidney_right", 3: "kidney_left", 4: "gallbladder", 5: "liver", 6: "stomach", 7: "pancreas",
-    8: "adrenal_gland_right", 9: "adrenal_gland_left", 10: "lung_upper_lobe_left", 11: "lung_lower_lobe_left",
-    12: "lung_upper_lobe_right", 13: "lung_middle_lobe_right", 14: "lung_lower_lobe_right", 15: "esophagus",
-    16: "trachea", 17: "thyroid_gland", 18: "small_bowel", 19: "duodenum", 20: "colon", 21: "urinary_bladder",
-    22: "prostate", 23: "kidney_cyst_left", 24: "kidney_cyst_right", 25: "sacrum", 26: "vertebrae_S1",
-    27: "vertebrae_L5", 28: "vertebrae_L4", 29: "vertebrae_L3", 30: "vertebrae_L2", 31: "vertebrae_L1",
-    32: "vertebrae_T12", 33: "vertebrae_T11", 34: "vertebrae_T10", 35: "vertebrae_T9", 36: "vertebrae_T8",
-    37: "vertebrae_T7", 38: "vertebrae_T6", 39: "vertebrae_T5", 40: "vertebrae_T4", 41: "vertebrae_T3",
-    42: "vertebrae_T2", 43: "vertebrae_T1", 44: "vertebrae_C7", 45: "vertebrae_C6", 46: "vertebrae_C5",
-    47: "vertebrae_C4", 48: "vertebrae_C3", 49: "vertebrae_C2", 50: "vertebrae_C1", 51: "heart", 52: "aorta",
-    53: "pulmonary_vein", 54: "brachiocephalic_trunk", 55: "subclavian_artery_right", 56: "subclavian_artery_left",
-    57: "common_carotid_artery_right", 58: "common_carotid_artery_left", 59: "brachiocephalic_vein_left",
-    60: "brachiocephalic_vein_right", 61: "atrial_appendage_left", 62: "superior_vena_cava",
-    63: "inferior_vena_cava", 64: "portal_vein_and_splenic_vein", 65: "iliac_artery_left",
-    66: "iliac_artery_right", 67: "iliac_vena_left", 68: "iliac_vena_right", 69: "humerus_left",
-    70: "humerus_right", 71: "scapula_left", 72: "scapula_right", 73: "clavicula_left", 74: "clavicula_right",
-    75: "femur_left", 76: "femur_right", 77: "hip_left", 78: "hip_right", 79: "spinal_cord",
-    80: "gluteus_maximus_left", 81: "gluteus_maximus_right", 82: "gluteus_medius_left",
-    83: "gluteus_medius_right", 84: "gluteus_minimus_left", 85: "gluteus_minimus_right", 86: "autochthon_left",
-    87: "autochthon_right", 88: "iliopsoas_left", 89: "iliopsoas_right", 90: "brain", 91: "skull",
+    1: "spleen",
+    2: "kidney_right",
+    3: "kidney_left",
+    4: "gallbladder",
+    5: "liver",
+    6: "stomach",
+    7: "pancreas",
+    8: "adrenal_gland_right",
+    9: "adrenal_gland_left",
+    10: "lung_upper_lobe_left",
+    11: "lung_lower_lobe_left",
+    12: "lung_upper_lobe_right",
+    13: "lung_middle_lobe_right",
+    14: "lung_lower_lobe_right",
+    15: "esophagus",
+    16: "trachea",
+    17: "thyroid_gland",
+    18: "small_bowel",
+    19: "duodenum",
+    20: "colon",
+    21: "urinary_bladder",
+    22: "prostate",
+    23: "kidney_cyst_left",
+    24: "kidney_cyst_right",
+    25: "sacrum",
+    26: "vertebrae_S1",
+    27: "vertebrae_L5",
+    28: "vertebrae_L4",
+    29: "vertebrae_L3",
+    30: "vertebrae_L2",
+    31: "vertebrae_L1",
+    32: "vertebrae_T12",
+    33: "vertebrae_T11",
+    34: "vertebrae_T10",
+    35: "vertebrae_T9",
+    36: "vertebrae_T8",
+    37: "vertebrae_T7",
+    38: "vertebrae_T6",
+    39: "vertebrae_T5",
+    40: "vertebrae_T4",
+    41: "vertebrae_T3",
+    42: "vertebrae_T2",
+    43: "vertebrae_T1",
+    44: "vertebrae_C7",
+    45: "vertebrae_C6",
+    46: "vertebrae_C5",
+    47: "vertebrae_C4",
+    48: "vertebrae_C3",
+    49: "vertebrae_C2",
+    50: "vertebrae_C1",
+    51: "heart",
+    52: "aorta",
+    53: "pulmonary_vein",
+    54: "brachiocephalic_trunk",
+    55: "subclavian_artery_right",
+    56: "subclavian_artery_left",
+    57: "common_carotid_artery_right",
+    58: "common_carotid_artery_left",
+    59: "brachiocephalic_vein_left",
+    60: "brachiocephalic_vein_right",
+    61: "atrial_appendage_left",
+    62: "superior_vena_cava",
+    63: "inferior_vena_cava",
+    64: "portal_vein_and_splenic_vein",
+    65: "iliac_artery_left",
+    66: "iliac_artery_right",
+    67: "iliac_vena_left",
+    68: "iliac_vena_right",
+    69: "humerus_left",
+    70: "humerus_right",
+    71: "scapula_left",
+    72: "scapula_right",
+    73: "clavicula_left",
+    74: "clavicula_right",
+    75: "femur_left",
+    76: "femur_right",
+    77: "hip_left",
+    78: "hip_right",
+    79: "spinal_cord",
+    80: "gluteus_maximus_left",
+    81: "gluteus_maximus_right",
+    82: "gluteus_medius_left",
+    83: "gluteus_medius_right",
+    84: "gluteus_minimus_left",
+    85: "gluteus_minimus_right",
+    86: "autochthon_left",
+    87: "autochthon_right",
+    88: "iliopsoas_left",
+    89: "iliopsoas_right",
+    90: "brain",
+    91: "skull",
     **{91 + i: f"rib_left_{i}" for i in range(1, 13)},
     **{103 + i: f"rib_right_{i}" for i in range(1, 13)},
-    116: "sternum", 117: "costal_cartilages",
+    116: "sternum",
+    117: "costal_cartilages",
 }
 
 # names whose target is not found by the generic rules in ts_target()
@@ -273,8 +503,10 @@ NOVEL: dict[str, tuple[list[str], str]] = {
     "posterior hippocampus": (["anterior hippocampus"], "one of two hippocampus parts"),
     "prostate transitional zone": (["prostate peripheral zone", "prostate"], "one of two prostate zones"),
     # CT / MRI lesions: one lesion type per dataset family
-    "subdural brain hemorrhage": (["epidural brain hemorrhage", "subarachnoid brain hemorrhage"],
-                                  "one of five hemorrhage types (CT)"),
+    "subdural brain hemorrhage": (
+        ["epidural brain hemorrhage", "subarachnoid brain hemorrhage"],
+        "one of five hemorrhage types (CT)",
+    ),
     "kidney tumor": (["kidney", "renal artery"], "renal lesion next to base kidney anatomy (CT)"),
     "enhancing brain tumor": (["non-enhancing brain tumor", "cerebral edema"], "one of three glioma sub-regions (MRI)"),
     # X-ray findings
@@ -286,8 +518,10 @@ NOVEL: dict[str, tuple[list[str], str]] = {
     "inflammatory": (["epithelial", "fibroblast", "nuclei"], "one of three CoNSeP nucleus types"),
     # microscopy: one cell type, one parasite stage, one mitosis phase
     "white blood cell": (["red blood cell", "platelets"], "one of three blood cell types (BCCD)"),
-    "schizont malaria parasite": (["trophozoite malaria parasite", "ring malaria parasite"],
-                                  "one of four malaria life stages (M5)"),
+    "schizont malaria parasite": (
+        ["trophozoite malaria parasite", "ring malaria parasite"],
+        "one of four malaria life stages (M5)",
+    ),
     "anaphase": (["metaphase", "telophase"], "one of four mitosis phases (BOrg)"),
 }
 
@@ -364,8 +598,14 @@ def build(csv_path: Path, ts_labels_path: Path | None = None) -> tuple[dict, dic
     classes = []
     for j, parts in enumerate(columns):
         mods = {SOURCES[s]["modality"] for s, vals in matrix.items() if vals[j] in (0, 1)}
-        classes.append(dict(name=parts[0], synonyms=parts[1:], modalities=[m for m in MODALITIES if m in mods],
-                            split="novel" if parts[0] in NOVEL else "base"))
+        classes.append(
+            dict(
+                name=parts[0],
+                synonyms=parts[1:],
+                modalities=[m for m in MODALITIES if m in mods],
+                split="novel" if parts[0] in NOVEL else "base",
+            )
+        )
     for extra in EXTRA_CLASSES:
         classes.append(dict(extra, extra=True))
     unknown_novel = set(NOVEL) - vocab_set
@@ -393,10 +633,15 @@ def build(csv_path: Path, ts_labels_path: Path | None = None) -> tuple[dict, dic
     sources: dict[str, dict] = {}
     for s, vals in matrix.items():
         meta = SOURCES[s]
-        entry = dict(title=meta["title"], modality=meta["modality"],
-                     dims=3 if meta["modality"] in VOLUME_MODALITIES else 2, format=meta["format"],
-                     licence=meta["licence"], homepage=meta["homepage"],
-                     presence={names[j]: v for j, v in enumerate(vals) if v in (0, 1)})
+        entry = dict(
+            title=meta["title"],
+            modality=meta["modality"],
+            dims=3 if meta["modality"] in VOLUME_MODALITIES else 2,
+            format=meta["format"],
+            licence=meta["licence"],
+            homepage=meta["homepage"],
+            presence={names[j]: v for j, v in enumerate(vals) if v in (0, 1)},
+        )
         if meta.get("note"):
             entry["_note"] = meta["note"]
         sources[s] = entry
@@ -416,11 +661,15 @@ def build(csv_path: Path, ts_labels_path: Path | None = None) -> tuple[dict, dic
     annotated = {c for c, v in ts_row.items() if v == 1}
     targets = {t for t in ts_labels.values() if t is not None}
     if targets - annotated:
-        raise ValueError(f"TotalSegmentator ids map to classes the TotalSegmentorCT row does not annotate: "
-                         f"{sorted(targets - annotated)}")
+        raise ValueError(
+            f"TotalSegmentator ids map to classes the TotalSegmentorCT row does not annotate: "
+            f"{sorted(targets - annotated)}"
+        )
     unmapped = [c for c in names if c in annotated - targets]
-    report.append(f"TotalSegmentorCT: {len(ts_labels)} ids, {len(targets)} target classes, "
-                  f"{sum(t is None for t in ts_labels.values())} ids ignored (null)")
+    report.append(
+        f"TotalSegmentorCT: {len(ts_labels)} ids, {len(targets)} target classes, "
+        f"{sum(t is None for t in ts_labels.values())} ids ignored (null)"
+    )
     report.append("TotalSegmentorCT M=1 classes with no id mapped to them: " + (", ".join(unmapped) or "none"))
     sources["TotalSegmentorCT"]["label_names"] = "labels_total.json"
     sources["TotalSegmentorCT"]["labels"] = ts_labels
@@ -430,9 +679,16 @@ def build(csv_path: Path, ts_labels_path: Path | None = None) -> tuple[dict, dic
         raise ValueError("BCCD_LABELS does not cover exactly the BCCD row's annotated classes")
     sources["BCCD"]["labels"] = dict(BCCD_LABELS)
 
-    novel_mods = sorted({m for c in classes if c["split"] == "novel" for m in c["modalities"]
-                         if any(SOURCES[s]["modality"] == m and matrix[s][col[c["name"]]] == 1 for s in matrix)},
-                        key=MODALITIES.index)
+    novel_mods = sorted(
+        {
+            m
+            for c in classes
+            if c["split"] == "novel"
+            for m in c["modalities"]
+            if any(SOURCES[s]["modality"] == m and matrix[s][col[c["name"]]] == 1 for s in matrix)
+        },
+        key=MODALITIES.index,
+    )
     report.append(f"novel: {len(NOVEL)} classes over {len(novel_mods)} modalities ({', '.join(novel_mods)})")
     vocabulary["_novel_modalities"] = novel_mods
     return vocabulary, {"sources": sources}, report

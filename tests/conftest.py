@@ -16,7 +16,14 @@ SHARED_DATA = Path(os.environ.get("MEDROV_SHARED_DATA", ROOT.parent / "shared" /
 PROJECT_STATE = ("mlflow.db", "mlartifacts", "mlruns", "runs", ".cache")
 
 # the tier of a test is its folder (tests/infra reads files only: unit); `make test-fast` runs unit and data
-TIERS = {"unit": "unit", "infra": "unit", "data": "data", "faults": "data", "model": "model", "integration": "integration"}
+TIERS = {
+    "unit": "unit",
+    "infra": "unit",
+    "data": "data",
+    "faults": "data",
+    "model": "model",
+    "integration": "integration",
+}
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -64,8 +71,9 @@ def project_tree_untouched():
     changed = sorted(k for k in before.keys() & after.keys() if before[k] != after[k])
     added, removed = sorted(after.keys() - before.keys()), sorted(before.keys() - after.keys())
     assert not (changed or added or removed), (
-        f"the tests changed the project tree: added {added[:10]} ({len(added)}), changed {changed[:10]} ({len(changed)}), "
-        f"removed {removed[:10]} ({len(removed)})")
+        f"the tests changed the project tree: added {added[:10]} ({len(added)}), changed {changed[:10]} ({len(changed)}), "  # noqa: E501
+        f"removed {removed[:10]} ({len(removed)})"
+    )
 
 
 @pytest.fixture
@@ -93,14 +101,25 @@ def tiny_omnis(tmp_path_factory) -> Path:
     from medrov.data import convert, demo
 
     root = tmp_path_factory.mktemp("tiny-omnis")
-    params = load_params(ROOT / "params.yaml", [
-        "demo.ct_volumes=2", "demo.mri_volumes=2", "demo.volume_shape=[64,64,8]", "demo.xray_images=4",
-        "demo.microscopy_images=6", "demo.endoscopy_images=4", "demo.image_size=64", "data.workers=1",
-    ])
+    params = load_params(
+        ROOT / "params.yaml",
+        [
+            "demo.ct_volumes=2",
+            "demo.mri_volumes=2",
+            "demo.volume_shape=[64,64,8]",
+            "demo.xray_images=4",
+            "demo.microscopy_images=6",
+            "demo.endoscopy_images=4",
+            "demo.image_size=64",
+            "data.workers=1",
+        ],
+    )
     demo.generate(params.demo, root / "data" / "raw" / "synthetic")
     text = (ROOT / "data" / "sources.yaml").read_text()
     (root / "data" / "sources.yaml").write_text(text.replace("{shared}", str(root / "no-shared-data")))
-    convert.run(params.data, sources_file=root / "data" / "sources.yaml", out_dir=root / "data" / "omnis", progress=False)
+    convert.run(
+        params.data, sources_file=root / "data" / "sources.yaml", out_dir=root / "data" / "omnis", progress=False
+    )
     return root / "data" / "omnis"
 
 

@@ -20,7 +20,17 @@ import yaml
 from medrov.errors import ConfigError
 from medrov.paths import CATALOG_DIR
 
-MODALITIES = ("ct", "mri", "xray", "ultrasound", "histopathology", "dermoscopy", "fundoscopy", "endoscopy", "microscopy")
+MODALITIES = (
+    "ct",
+    "mri",
+    "xray",
+    "ultrasound",
+    "histopathology",
+    "dermoscopy",
+    "fundoscopy",
+    "endoscopy",
+    "microscopy",
+)
 VOLUME_MODALITIES = ("ct", "mri")
 
 

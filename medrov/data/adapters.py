@@ -175,7 +175,7 @@ def _read_image(path: Path) -> np.ndarray:
 
 
 def _checked_boxes(raw: list[Box], width: int, height: int, where: str, notes: list[dict]) -> list[Box]:
-    """Apply :func:`check_box`; repaired or dropped boxes are recorded in ``notes`` (they go to the quarantine report)."""
+    """Apply :func:`check_box`; repaired or dropped boxes are recorded in ``notes`` (they go to the quarantine report)."""  # noqa: E501
     kept = []
     for box in raw:
         fixed, problem = check_box(box, width, height)
@@ -218,7 +218,9 @@ def enumerate_volume(source: ResolvedSource) -> tuple[list[Item], list[Skipped]]
 
 def _affines_match(a: np.ndarray, b: np.ndarray, spacing: tuple[float, ...]) -> bool:
     tol = 0.01 * max(min(spacing), 1e-3)
-    return np.allclose(a[:3, :3], b[:3, :3], atol=tol) and np.allclose(a[:3, 3], b[:3, 3], atol=max(0.5 * min(spacing), 1e-3))
+    return np.allclose(a[:3, :3], b[:3, :3], atol=tol) and np.allclose(
+        a[:3, 3], b[:3, 3], atol=max(0.5 * min(spacing), 1e-3)
+    )
 
 
 def load_volume(source: ResolvedSource, item: Item, params: DataParams) -> tuple[list[Sample], list[dict]]:
@@ -245,7 +247,9 @@ def volume_samples(
             image_path,
         )
     if not _affines_match(image.affine, label.affine, image.spacing):
-        raise SourceReadError(f"image/mask affine mismatch with {label_path.name}: they are not on the same grid", image_path)
+        raise SourceReadError(
+            f"image/mask affine mismatch with {label_path.name}: they are not on the same grid", image_path
+        )
     lab = label.array
     if np.issubdtype(lab.dtype, np.floating):
         if not np.all(np.isfinite(lab)) or not np.array_equal(lab, np.round(lab)):
@@ -264,7 +268,9 @@ def volume_samples(
         raise SourceReadError("empty mask: the label volume has no foreground voxels", label_path)
     unknown = [int(i) for i in ids if str(int(i)) not in class_map]
     if unknown:
-        shown = f"{unknown}" if len(unknown) <= 10 else f"[{', '.join(map(str, unknown[:10]))}, ...] ({len(unknown)} ids)"
+        shown = (
+            f"{unknown}" if len(unknown) <= 10 else f"[{', '.join(map(str, unknown[:10]))}, ...] ({len(unknown)} ids)"
+        )
         raise SourceReadError(f"unknown label ids {shown} (not in the label map of source {source.name})", label_path)
     ignored = [int(i) for i in ids if class_map[str(int(i))] is None]
     if ignored:
@@ -307,14 +313,18 @@ def enumerate_mask2d(source: ResolvedSource) -> tuple[list[Item], list[Skipped]]
             rel = image.relative_to(source.root)
             masks = {}
             for native in source.class_map:
-                candidate = source.path(_template(spec.labels.replace("{class}", "{{class}}"), rel).replace("{class}", native))
+                candidate = source.path(
+                    _template(spec.labels.replace("{class}", "{{class}}"), rel).replace("{class}", native)
+                )
                 if candidate.exists():
                     masks[native] = str(candidate)
             if not masks:
                 skipped.append(Skipped(str(image), f"no mask file matches {spec.labels}"))
                 continue
             item_id = safe_id(str(rel))
-            items.append(Item(source.name, item_id, [str(image), *masks.values()], _group(source, item_id), {"masks": masks}))
+            items.append(
+                Item(source.name, item_id, [str(image), *masks.values()], _group(source, item_id), {"masks": masks})
+            )
     return items, skipped
 
 
@@ -449,11 +459,16 @@ def enumerate_coco(source: ResolvedSource) -> tuple[list[Item], list[Skipped]]:
         with entry_guard(skipped, f"{ann_file}#annotations[{index}]"):
             image_id = ann.get("image_id")
             if image_id not in per_image:
-                skipped.append(Skipped(f"{ann_file}#annotation{ann.get('id')}", f"refers to unknown image id {image_id}"))
+                skipped.append(
+                    Skipped(f"{ann_file}#annotation{ann.get('id')}", f"refers to unknown image id {image_id}")
+                )
                 continue
             per_image[image_id].append(
                 # an unknown or malformed category id stays as its text: the image is then quarantined naming it
-                {"category": categories.get(str(ann.get("category_id")), str(ann.get("category_id"))), "bbox": ann.get("bbox")}
+                {
+                    "category": categories.get(str(ann.get("category_id")), str(ann.get("category_id"))),
+                    "bbox": ann.get("bbox"),
+                }
             )
     images_dir = source.path(source.spec.images or "images")
     items = []
@@ -512,7 +527,11 @@ def enumerate_csv(source: ResolvedSource) -> tuple[list[Item], list[Skipped]]:
                     skipped.append(Skipped(f"{csv_file}:{line_no}", "row has no image name"))
                     continue
                 rows_by_image.setdefault(row[cols.image], []).append(
-                    {"line": line_no, "label": row[cols.label], "coords": [row[cols.x0], row[cols.y0], row[cols.x1], row[cols.y1]]}
+                    {
+                        "line": line_no,
+                        "label": row[cols.label],
+                        "coords": [row[cols.x0], row[cols.y0], row[cols.x1], row[cols.y1]],
+                    }
                 )
     except OSError as exc:
         raise SourceReadError(f"cannot read CSV ({exc})", csv_file) from exc
@@ -524,7 +543,9 @@ def enumerate_csv(source: ResolvedSource) -> tuple[list[Item], list[Skipped]]:
         with entry_guard(skipped, images_dir / name):
             path = confined(source, images_dir / name, name, f"{csv_file}:{rows[0]['line']}")
             item_id = safe_id(name)
-            items.append(Item(source.name, item_id, [str(path)], _group(source, item_id), {"rows": rows, "csv": str(csv_file)}))
+            items.append(
+                Item(source.name, item_id, [str(path)], _group(source, item_id), {"rows": rows, "csv": str(csv_file)})
+            )
     return items, skipped
 
 
@@ -588,14 +609,22 @@ def load_yolo(source: ResolvedSource, item: Item, params: DataParams) -> tuple[l
         try:
             cls, xc, yc, bw, bh = int(parts[0]), *(float(v) for v in parts[1:5])
         except (ValueError, IndexError) as exc:
-            raise SourceReadError(f"line {line_no}: expected 'class xc yc w h', got {line.strip()!r}", label_path) from exc
+            raise SourceReadError(
+                f"line {line_no}: expected 'class xc yc w h', got {line.strip()!r}", label_path
+            ) from exc
         if len(parts) != 5:
             raise SourceReadError(f"line {line_no}: expected 5 numbers, got {len(parts)}", label_path)
         if not 0 <= cls < len(names):
-            raise SourceReadError(f"line {line_no}: unknown class id {cls} (source lists {len(names)} classes)", label_path)
+            raise SourceReadError(
+                f"line {line_no}: unknown class id {cls} (source lists {len(names)} classes)", label_path
+            )
         target = _map_class(source, names[cls], label_path)
         if target is not None:
-            raw.append(Box(target, (xc - bw / 2) * width, (yc - bh / 2) * height, (xc + bw / 2) * width, (yc + bh / 2) * height))
+            raw.append(
+                Box(
+                    target, (xc - bw / 2) * width, (yc - bh / 2) * height, (xc + bw / 2) * width, (yc + bh / 2) * height
+                )
+            )
     notes: list[dict] = []
     boxes = _checked_boxes(raw, width, height, label_path, notes)
     _require_objects(boxes, label_path, params)

@@ -46,7 +46,16 @@ STATE_DIR = ".state"
 TMP_SUFFIX = ".partial"
 LOCK_DIR = ".locks"
 # settings that change pixels or boxes; the others (workers, split fractions...) do not force a reconversion
-_CONTENT_PARAMS = ("boxes", "connectivity", "min_box_pixels", "skip_empty_slices", "keep_empty_images", "ct_window", "mri_percentiles", "png_compress_level")
+_CONTENT_PARAMS = (
+    "boxes",
+    "connectivity",
+    "min_box_pixels",
+    "skip_empty_slices",
+    "keep_empty_images",
+    "ct_window",
+    "mri_percentiles",
+    "png_compress_level",
+)
 
 
 def _tmp_name(path: Path) -> Path:
@@ -211,7 +220,11 @@ def process_item(
         _remove_outputs(out, previous)
         state_file.unlink(missing_ok=True)
         detail = traceback.format_exc(limit=3).strip().splitlines()[-1]
-        return {**base, "status": "quarantined", "reason": f"{item.inputs[0]}: internal error {type(exc).__name__}: {exc} ({detail})"}
+        return {
+            **base,
+            "status": "quarantined",
+            "reason": f"{item.inputs[0]}: internal error {type(exc).__name__}: {exc} ({detail})",
+        }
     state = {**base, "fingerprint": fingerprint, "records": records, "boxes": boxes, "notes": notes}
     _remove_outputs(out, previous, keep={r[k] for r in records for k in ("image", "label")})
     state_file.parent.mkdir(parents=True, exist_ok=True)
@@ -286,7 +299,9 @@ def _run_pool(jobs: list[tuple], workers: int) -> Iterator[dict[str, Any]]:
             return
         unfinished = [i for i in pending if i not in finished]
         suspects, pending = unfinished[: workers + 1], unfinished[workers + 1 :]
-        log.warning("a convert worker died: re-running %d input(s) one by one to find which, then a fresh pool", len(suspects))
+        log.warning(
+            "a convert worker died: re-running %d input(s) one by one to find which, then a fresh pool", len(suspects)
+        )
         for i in suspects:
             yield _run_alone(jobs[i])
 
@@ -358,7 +373,11 @@ def _run_jobs_ray(jobs: list[tuple], address: str, workers: int) -> Iterator[dic
             for ref in done:
                 try:
                     yield ray.get(ref)
-                except (ray.exceptions.WorkerCrashedError, ray.exceptions.RayTaskError, ray.exceptions.OutOfMemoryError) as exc:
+                except (
+                    ray.exceptions.WorkerCrashedError,
+                    ray.exceptions.RayTaskError,
+                    ray.exceptions.OutOfMemoryError,
+                ) as exc:
                     # a dead or failing Ray worker is that input's fault, like a dead pool worker
                     yield _died(job_of[ref], f"Ray worker failed ({type(exc).__name__}), out of memory?")
     finally:
@@ -379,7 +398,7 @@ def writer_lock(out: Path, names: list[str], whole: bool) -> Iterator[None]:
 
     folder = out / LOCK_DIR
     folder.mkdir(parents=True, exist_ok=True)
-    me = f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')} ({' '.join(sys.argv)[:120]})"
+    me = f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')} ({' '.join(sys.argv)[:120]})"  # noqa: E501
     wanted = (["dataset"] if whole else []) + [f"source-{n}" for n in sorted(names)]
     with ExitStack() as stack:
         for name in wanted:
@@ -387,8 +406,12 @@ def writer_lock(out: Path, names: list[str], whole: bool) -> Iterator[None]:
             try:
                 lock.acquire()
             except Timeout:
-                holder = (folder / f"{name}.holder").read_text().strip() if (folder / f"{name}.holder").is_file() else "unknown process"
-                what = "the dataset" if name == "dataset" else f"source {name[len('source-'):]}"
+                holder = (
+                    (folder / f"{name}.holder").read_text().strip()
+                    if (folder / f"{name}.holder").is_file()
+                    else "unknown process"
+                )
+                what = "the dataset" if name == "dataset" else f"source {name[len('source-') :]}"
                 raise OutputBusy(f"another convert is writing {what} here: {holder}", out) from None
             stack.callback(lock.release)
             holder = folder / f"{name}.holder"
@@ -400,7 +423,9 @@ def writer_lock(out: Path, names: list[str], whole: bool) -> Iterator[None]:
 
 def _clean_partials(out: Path, only: set[str] | None = None) -> int:
     removed = 0
-    roots = [out] if only is None else [out / folder / name for folder in ("images", "labels", STATE_DIR) for name in only]
+    roots = (
+        [out] if only is None else [out / folder / name for folder in ("images", "labels", STATE_DIR) for name in only]
+    )
     for root in roots:
         for tmp in root.rglob(f"*{TMP_SUFFIX}"):
             tmp.unlink(missing_ok=True)
@@ -434,7 +459,16 @@ def _enumerate(source: ResolvedSource) -> tuple[list[Item], list[Skipped], bool]
     except SourceReadError as exc:
         return [], [Skipped(exc.path or str(source.root), str(exc))], True
     except Exception as exc:  # an adapter bug must not stop the other sources
-        return [], [Skipped(str(source.root), f"cannot list the inputs of source {source.name}: internal error {type(exc).__name__}: {exc}")], True
+        return (
+            [],
+            [
+                Skipped(
+                    str(source.root),
+                    f"cannot list the inputs of source {source.name}: internal error {type(exc).__name__}: {exc}",
+                )
+            ],
+            True,
+        )
     skipped = [Skipped(printable(s.input), printable(s.reason)) for s in skipped]
     unique, seen = [], set()
     for item in items:
@@ -450,7 +484,7 @@ def _enumerate(source: ResolvedSource) -> tuple[list[Item], list[Skipped], bool]
 
 
 def _earlier_rows(out: Path, source: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Manifest and box rows of ``source`` from the previous run whose files are still on disk (a dropped source keeps them)."""
+    """Manifest and box rows of ``source`` from the previous run whose files are still on disk (a dropped source keeps them)."""  # noqa: E501
     try:
         manifest = pd.read_parquet(out / "manifest.parquet")
         boxes = pd.read_parquet(out / "boxes.parquet")
@@ -475,18 +509,25 @@ def _remove_orphans(
         return [top / name for name in names if name not in protected]
 
     for root in (r for folder in ("images", "labels") for r in roots(folder)):
-        for file in (root.rglob("*") if root.is_dir() else [root] if root.is_file() else []):
+        for file in root.rglob("*") if root.is_dir() else [root] if root.is_file() else []:
             if file.is_file() and file.relative_to(out).as_posix() not in keep:
                 file.unlink()
                 removed += 1
     for state_root in roots(STATE_DIR):
-        for file in (state_root.rglob("*.json") if state_root.is_dir() else [state_root] if state_root.suffix == ".json" else []):
+        for file in (
+            state_root.rglob("*.json") if state_root.is_dir() else [state_root] if state_root.suffix == ".json" else []
+        ):
             if file not in live_states:
                 file.unlink()
     for folder in ("images", "labels", STATE_DIR):
         root = out / folder
         for sub in sorted(root.glob("*"), reverse=True) if root.is_dir() else []:
-            if sub.is_dir() and (only is None or sub.name in only) and sub.name not in protected and not any(sub.iterdir()):
+            if (
+                sub.is_dir()
+                and (only is None or sub.name in only)
+                and sub.name not in protected
+                and not any(sub.iterdir())
+            ):
                 sub.rmdir()
     return removed
 
@@ -542,7 +583,10 @@ def run(
     if only is not None:
         unknown = only - {s.name for s in every_source}
         if unknown:
-            raise ConfigError(f"no source named {', '.join(sorted(unknown))} (sources: {', '.join(s.name for s in every_source)})", sources_path)
+            raise ConfigError(
+                f"no source named {', '.join(sorted(unknown))} (sources: {', '.join(s.name for s in every_source)})",
+                sources_path,
+            )
     sources = [s for s in every_source if only is None or s.name in only]
     out = paths.resolve(out_dir or params.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -583,12 +627,18 @@ def _run_locked(
         )
         for item in items:
             fixed = source.spec.split if source.spec.split in SPLITS else None
-            split_for[(source.name, item.item_id)] = item.split or fixed or split_of(source.name, item.group, params.split)
+            split_for[(source.name, item.item_id)] = (
+                item.split or fixed or split_of(source.name, item.group, params.split)
+            )
             jobs.append((source, item, params, out, class_ids))
-        log.info("%s: %d input(s) found (%s, %s)", source.name, per_source_total[source.name], source.modality, source.format)
+        log.info(
+            "%s: %d input(s) found (%s, %s)", source.name, per_source_total[source.name], source.modality, source.format
+        )
 
     bars = {
-        s.name: tqdm(total=per_source_total[s.name], desc=s.name, unit="input", position=i, leave=True, disable=not progress)
+        s.name: tqdm(
+            total=per_source_total[s.name], desc=s.name, unit="input", position=i, leave=True, disable=not progress
+        )
         for i, s in enumerate(sources)
     }
     for source_name, count in Counter(q["source"] for q in quarantine).items():
@@ -606,9 +656,15 @@ def _run_locked(
         status[outcome["status"]] += 1
         if outcome["status"] == "quarantined":
             quarantine.append(
-                {"input": outcome["inputs"][0], "source": outcome["source"], "level": "input", "action": "quarantined", "reason": outcome["reason"]}
+                {
+                    "input": outcome["inputs"][0],
+                    "source": outcome["source"],
+                    "level": "input",
+                    "action": "quarantined",
+                    "reason": outcome["reason"],
+                }
             )
-            log.warning("quarantined %s", outcome["reason"][:10 * REASON_LIMIT])
+            log.warning("quarantined %s", outcome["reason"][: 10 * REASON_LIMIT])
             continue
         split = split_for[(outcome["source"], outcome["item_id"])]
         records.extend({**r, "split": split} for r in outcome["records"])
@@ -632,7 +688,9 @@ def _run_locked(
     for row in quarantine:
         row["reason"] = cap_reason(row["reason"])
     quarantine_table = pd.DataFrame.from_records(quarantine, columns=["input", "source", "level", "action", "reason"])
-    orphans = _remove_orphans(out, set(manifest["image"]) | set(manifest["label"]), live_states, only, protected=dropped)
+    orphans = _remove_orphans(
+        out, set(manifest["image"]) | set(manifest["label"]), live_states, only, protected=dropped
+    )
 
     if only is None:
         _write_table(manifest, out / "manifest.parquet")
@@ -642,7 +700,9 @@ def _run_locked(
         for split in SPLITS:
             images = manifest.loc[manifest["split"] == split, "image"]
             _atomic_write_text(out / f"{split}.txt", "".join(f"./{p}\n" for p in images))
-        _atomic_write_text(out / "omnis.yaml", yaml.safe_dump(dataset_yaml(vocab, sources), sort_keys=False, allow_unicode=True))
+        _atomic_write_text(
+            out / "omnis.yaml", yaml.safe_dump(dataset_yaml(vocab, sources), sort_keys=False, allow_unicode=True)
+        )
 
     converted = status["converted"] + status["reused"]
     quarantined = int((quarantine_table["level"] == "input").sum())
@@ -664,7 +724,9 @@ def _run_locked(
                 "inputs": per_source_total[s.name],
                 "images": int((manifest["source"] == s.name).sum()),
                 "boxes": int((box_table["source"] == s.name).sum()),
-                "quarantined": int(((quarantine_table["source"] == s.name) & (quarantine_table["level"] == "input")).sum()),
+                "quarantined": int(
+                    ((quarantine_table["source"] == s.name) & (quarantine_table["level"] == "input")).sum()
+                ),
                 **({"dropped": True, "kept_from_earlier_run": kept[s.name]} if s.name in dropped else {}),
             }
             for s in sources
@@ -680,10 +742,38 @@ def _run_locked(
 
 
 _MANIFEST_COLUMNS = [
-    "image", "label", "source", "modality", "split", "item_id", "volume_id", "patient_id", "slice_index",
-    "width", "height", "channels", "spacing_x", "spacing_y", "spacing_z", "n_boxes", "input",
+    "image",
+    "label",
+    "source",
+    "modality",
+    "split",
+    "item_id",
+    "volume_id",
+    "patient_id",
+    "slice_index",
+    "width",
+    "height",
+    "channels",
+    "spacing_x",
+    "spacing_y",
+    "spacing_z",
+    "n_boxes",
+    "input",
 ]
-_BOX_COLUMNS = ["image", "source", "class_id", "class_name", "x_center", "y_center", "width", "height", "x0", "y0", "x1", "y1"]
+_BOX_COLUMNS = [
+    "image",
+    "source",
+    "class_id",
+    "class_name",
+    "x_center",
+    "y_center",
+    "width",
+    "height",
+    "x0",
+    "y0",
+    "x1",
+    "y1",
+]
 
 
 def _write_table(frame: pd.DataFrame, path: Path) -> None:

@@ -43,8 +43,17 @@ TRUTH_IDS = {"liver": 1, "spleen": 2, "right kidney": 3, "left kidney": 4, "kidn
 
 
 # --- shapes --------------------------------------------------------------------------------------------------
-def _blob(shape: tuple[int, int], cx: float, cy: float, rx: float, ry: float, angle: float = 0.0,
-          lobes: int = 0, amp: float = 0.0, phase: float = 0.0) -> np.ndarray:
+def _blob(
+    shape: tuple[int, int],
+    cx: float,
+    cy: float,
+    rx: float,
+    ry: float,
+    angle: float = 0.0,
+    lobes: int = 0,
+    amp: float = 0.0,
+    phase: float = 0.0,
+) -> np.ndarray:
     """A rotated ellipse whose radius is modulated by ``amp * cos(lobes * theta + phase)`` (a lobed outline).
 
     Axis 0 of ``shape`` is x, axis 1 is y (the array order of the volumes and, transposed, of the 2D images).
@@ -89,19 +98,55 @@ def _abdomen(rng: np.random.Generator, shape: tuple[int, int, int], with_tumour:
     """
     nx, ny, nz = shape
     j = lambda lo=0.9, hi=1.1: rng.uniform(lo, hi)  # noqa: E731 - per-organ jitter
-    out = {k: np.zeros(shape, dtype=bool) for k in
-           ("body", "fat", "spine", "aorta", "gas", "liver", "spleen", "right kidney", "left kidney", "kidney tumor")}
+    out = {
+        k: np.zeros(shape, dtype=bool)
+        for k in (
+            "body",
+            "fat",
+            "spine",
+            "aorta",
+            "gas",
+            "liver",
+            "spleen",
+            "right kidney",
+            "left kidney",
+            "kidney tumor",
+        )
+    }
     # organ centre offsets along z (slices), so the organs do not all peak on the same slice
     zc = {k: nz / 2 + rng.uniform(-0.3, 0.3) * nz for k in ("liver", "spleen", "right kidney", "left kidney")}
     geo = {
-        "liver": dict(cx=0.67 * nx * j(0.97, 1.03), cy=0.55 * ny * j(0.95, 1.05), rx=0.19 * nx * j(), ry=0.17 * ny * j(),
-                      angle=rng.uniform(-0.3, 0.3), lobes=3, amp=0.12, phase=rng.uniform(0, 6.3)),
-        "spleen": dict(cx=0.28 * nx * j(0.95, 1.05), cy=0.45 * ny * j(0.95, 1.05), rx=0.07 * nx * j(), ry=0.12 * ny * j(),
-                       angle=rng.uniform(0.2, 0.6)),
-        "right kidney": dict(cx=0.64 * nx * j(0.97, 1.03), cy=0.32 * ny * j(0.95, 1.05), rx=0.055 * nx * j(),
-                             ry=0.08 * ny * j(), angle=rng.uniform(-0.5, -0.2)),
-        "left kidney": dict(cx=0.36 * nx * j(0.97, 1.03), cy=0.32 * ny * j(0.95, 1.05), rx=0.055 * nx * j(),
-                            ry=0.08 * ny * j(), angle=rng.uniform(0.2, 0.5)),
+        "liver": dict(
+            cx=0.67 * nx * j(0.97, 1.03),
+            cy=0.55 * ny * j(0.95, 1.05),
+            rx=0.19 * nx * j(),
+            ry=0.17 * ny * j(),
+            angle=rng.uniform(-0.3, 0.3),
+            lobes=3,
+            amp=0.12,
+            phase=rng.uniform(0, 6.3),
+        ),
+        "spleen": dict(
+            cx=0.28 * nx * j(0.95, 1.05),
+            cy=0.45 * ny * j(0.95, 1.05),
+            rx=0.07 * nx * j(),
+            ry=0.12 * ny * j(),
+            angle=rng.uniform(0.2, 0.6),
+        ),
+        "right kidney": dict(
+            cx=0.64 * nx * j(0.97, 1.03),
+            cy=0.32 * ny * j(0.95, 1.05),
+            rx=0.055 * nx * j(),
+            ry=0.08 * ny * j(),
+            angle=rng.uniform(-0.5, -0.2),
+        ),
+        "left kidney": dict(
+            cx=0.36 * nx * j(0.97, 1.03),
+            cy=0.32 * ny * j(0.95, 1.05),
+            rx=0.055 * nx * j(),
+            ry=0.08 * ny * j(),
+            angle=rng.uniform(0.2, 0.5),
+        ),
     }
     tumour_side = "right kidney" if rng.random() < 0.5 else "left kidney"
     tumour_z = zc[tumour_side] + rng.uniform(-0.15, 0.15) * nz
@@ -117,8 +162,17 @@ def _abdomen(rng: np.random.Generator, shape: tuple[int, int, int], with_tumour:
             # size profile along z: sqrt(1 - d^2) never below 0.6 inside the volume, so no slivers
             d = (z - zc[name]) / (0.75 * nz)
             f = math.sqrt(max(0.0, 1 - min(d * d, 0.64)))
-            mask = _blob(plane, g["cx"], g["cy"], g["rx"] * f, g["ry"] * f, g["angle"], g.get("lobes", 0),
-                         g.get("amp", 0.0), g.get("phase", 0.0))
+            mask = _blob(
+                plane,
+                g["cx"],
+                g["cy"],
+                g["rx"] * f,
+                g["ry"] * f,
+                g["angle"],
+                g.get("lobes", 0),
+                g.get("amp", 0.0),
+                g.get("phase", 0.0),
+            )
             if name == "spleen":  # crescent: the hilum side is hollowed out
                 mask &= ~_blob(plane, g["cx"] + 0.05 * nx, g["cy"], g["rx"] * f, g["ry"] * f * 0.8, g["angle"])
             out[name][:, :, z] = mask & inner
@@ -187,9 +241,12 @@ class _Truth:
 
     def volume(self, source: str, name: str, organs: dict[str, np.ndarray], lps: bool, image: str) -> None:
         present = [c for c in TRUTH_IDS if organs[c].any()]
-        _save_nifti(_label_volume(organs, {c: TRUTH_IDS[c] for c in present}), self.root / source / "labels" / name, lps)
-        entry = self.index.setdefault(source, {"kind": "volume", "label_map": {v: k for k, v in TRUTH_IDS.items()},
-                                               "items": []})
+        _save_nifti(
+            _label_volume(organs, {c: TRUTH_IDS[c] for c in present}), self.root / source / "labels" / name, lps
+        )
+        entry = self.index.setdefault(
+            source, {"kind": "volume", "label_map": {v: k for k, v in TRUTH_IDS.items()}, "items": []}
+        )
         entry["items"].append({"image": image, "label": f"{source}/labels/{name}", "classes": present})
 
     def boxes(self, source: str, image: str, rows: list[tuple[str, int, int, int, int]]) -> None:
@@ -207,13 +264,26 @@ class _Truth:
                 writer.writerows(rows)
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / "sources.yaml").write_text(truth_sources_yaml(self.root.name))
-        (self.root / "truth.json").write_text(json.dumps(
-            {"about": "every object of every class in every synthetic image, annotated by its source or not",
-             "sources": self.index}, indent=1))
+        (self.root / "truth.json").write_text(
+            json.dumps(
+                {
+                    "about": "every object of every class in every synthetic image, annotated by its source or not",
+                    "sources": self.index,
+                },
+                indent=1,
+            )
+        )
 
 
-def _ct_source(root: Path, rng: np.random.Generator, cfg: DemoParams, name: str, label_ids: dict[str, int],
-               lps: bool, truth: _Truth) -> int:
+def _ct_source(
+    root: Path,
+    rng: np.random.Generator,
+    cfg: DemoParams,
+    name: str,
+    label_ids: dict[str, int],
+    lps: bool,
+    truth: _Truth,
+) -> int:
     hu = {"liver": 150.0, "spleen": 120.0, "right kidney": 240.0, "left kidney": 240.0, "kidney tumor": 35.0}
     shape = tuple(cfg.volume_shape)
     for case in range(cfg.ct_volumes):
@@ -261,7 +331,9 @@ def _mri_source(root: Path, rng: np.random.Generator, cfg: DemoParams, truth: _T
             mr[rim] = 520  # cortex rim
         mr[_hilum(organs, shape)] = 900  # sinus fat
         x, y = np.ogrid[: shape[0], : shape[1]]
-        bias = (1 + 0.25 * np.cos(x / shape[0] * math.pi + rng.uniform(0, 3)) * np.cos(y / shape[1] * math.pi))[..., None]
+        bias = (1 + 0.25 * np.cos(x / shape[0] * math.pi + rng.uniform(0, 3)) * np.cos(y / shape[1] * math.pi))[
+            ..., None
+        ]
         mr = np.clip(mr * bias + rng.normal(0, 25, shape), 0, None) * rng.uniform(0.5, 2.0)
         item = f"subject_{case:03d}.nii.gz"
         _save_nifti(mr.astype(np.float32), root / "SynthAbdomenMRI" / "images" / item)
@@ -367,14 +439,24 @@ def _smear_source(root: Path, rng: np.random.Generator, cfg: DemoParams, truth: 
                 img[mask] = (120, 70, 160)
             x0, y0, x1, y1 = _extent(mask)
             objects.append((names[cat], x0, y0, x1, y1))
-            annotations.append({"id": len(annotations) + 1, "image_id": i + 1, "category_id": cat,
-                                "bbox": [x0, y0, x1 - x0, y1 - y0], "area": int(mask.sum()), "iscrowd": 0})
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": i + 1,
+                    "category_id": cat,
+                    "bbox": [x0, y0, x1 - x0, y1 - y0],
+                    "area": int(mask.sum()),
+                    "iscrowd": 0,
+                }
+            )
         img += rng.normal(0, 5, img.shape)
         name = f"smear_{i:03d}.png"
         Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(folder / "images" / name)
         images.append({"id": i + 1, "file_name": name, "width": s, "height": s})
         truth.boxes("SynthBloodSmear", name, objects)
-    (folder / "annotations.json").write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
+    (folder / "annotations.json").write_text(
+        json.dumps({"images": images, "annotations": annotations, "categories": categories})
+    )
     return cfg.microscopy_images
 
 
@@ -425,22 +507,50 @@ def truth_sources_yaml(truth: str) -> str:
     a fully annotated Omnis to evaluate on (a class with M=0 in a demo source is M=1 there)."""
     window = "[-160, 240]"
     label_map = "{" + ", ".join(f"{v}: {k}" for k, v in TRUTH_IDS.items()) + "}"
-    lines = ["# Written by medrov demo-sources: the demo sources with their full truth (see medrov/data/demo.py).",
-             "# Never read by the demo pipeline; convert it yourself to evaluate against every object.", "sources:"]
-    for name, modality, window_line in (("SynthAbdomenCT", "ct", True), ("SynthKidneyCT", "ct", True),
-                                        ("SynthAbdomenMRI", "mri", False)):
-        lines += [f"  - name: {name}", f"    root: ../{name}", f"    modality: {modality}", "    format: volume",
-                  "    images: images/*.nii.gz", f"    labels: ../{truth}/{name}/labels/{{name}}", f"    label_map: {label_map}"]
+    lines = [
+        "# Written by medrov demo-sources: the demo sources with their full truth (see medrov/data/demo.py).",
+        "# Never read by the demo pipeline; convert it yourself to evaluate against every object.",
+        "sources:",
+    ]
+    for name, modality, window_line in (
+        ("SynthAbdomenCT", "ct", True),
+        ("SynthKidneyCT", "ct", True),
+        ("SynthAbdomenMRI", "mri", False),
+    ):
+        lines += [
+            f"  - name: {name}",
+            f"    root: ../{name}",
+            f"    modality: {modality}",
+            "    format: volume",
+            "    images: images/*.nii.gz",
+            f"    labels: ../{truth}/{name}/labels/{{name}}",
+            f"    label_map: {label_map}",
+        ]
         lines += [f"    ct_window: {window}"] if window_line else []
-    lines += ["  - name: SynthChestXray", "    root: ../SynthChestXray", "    modality: xray", "    format: csv",
-              "    images: images", f"    annotations: ../{truth}/SynthChestXray/boxes.csv",
-              "    classes: [lung nodule, lung mass, cardiomegaly]",
-              "  - name: SynthBloodSmear", "    root: ../SynthBloodSmear", "    modality: microscopy", "    format: csv",
-              "    images: images", f"    annotations: ../{truth}/SynthBloodSmear/boxes.csv",
-              "    classes: [red blood cell, white blood cell, platelets]",
-              "  - name: SynthPolyp", "    root: ../SynthPolyp", "    modality: endoscopy", "    format: mask2d",
-              "    images: images/*.png", "    labels: masks/{stem}_{class}.png", "    classes: [polyp]",
-              "    label_map: {polyp: colon polyp}"]
+    lines += [
+        "  - name: SynthChestXray",
+        "    root: ../SynthChestXray",
+        "    modality: xray",
+        "    format: csv",
+        "    images: images",
+        f"    annotations: ../{truth}/SynthChestXray/boxes.csv",
+        "    classes: [lung nodule, lung mass, cardiomegaly]",
+        "  - name: SynthBloodSmear",
+        "    root: ../SynthBloodSmear",
+        "    modality: microscopy",
+        "    format: csv",
+        "    images: images",
+        f"    annotations: ../{truth}/SynthBloodSmear/boxes.csv",
+        "    classes: [red blood cell, white blood cell, platelets]",
+        "  - name: SynthPolyp",
+        "    root: ../SynthPolyp",
+        "    modality: endoscopy",
+        "    format: mask2d",
+        "    images: images/*.png",
+        "    labels: masks/{stem}_{class}.png",
+        "    classes: [polyp]",
+        "    label_map: {polyp: colon polyp}",
+    ]
     return "\n".join(lines) + "\n"
 
 

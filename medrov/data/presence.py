@@ -107,6 +107,7 @@ def image_sources(data_dir: str | Path) -> tuple[dict[str, int], list[str]]:
     order = list(read_presence(root / "presence.csv").index)
     index = {name: i for i, name in enumerate(order)}
     manifest = pd.read_parquet(root / "manifest.parquet", columns=["image", "source"])
-    mapping = {str((root / img).resolve()): index.get(str(src), -1)
-               for img, src in zip(manifest["image"], manifest["source"])}
+    mapping = {
+        str((root / img).resolve()): index.get(str(src), -1) for img, src in zip(manifest["image"], manifest["source"])
+    }
     return mapping, order

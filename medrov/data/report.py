@@ -68,7 +68,9 @@ def _box_sizes(boxes: pd.DataFrame, manifest: pd.DataFrame, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(8, 4))
     bins = np.logspace(np.log10(max(side.min(), 1e-4)), 0, 40)
     for m in present:
-        ax.hist(side[modality == m], bins=bins, histtype="step", linewidth=1.5, label=f"{m} ({int((modality == m).sum())})")
+        ax.hist(
+            side[modality == m], bins=bins, histtype="step", linewidth=1.5, label=f"{m} ({int((modality == m).sum())})"
+        )
     ax.set_xscale("log")
     ax.set_xlabel("box size: sqrt(width x height), fraction of the image")
     ax.set_ylabel("boxes")
@@ -84,7 +86,9 @@ def _samples(data: Path, boxes: pd.DataFrame, manifest: pd.DataFrame, path: Path
 
     plt = _plt()
     present = [m for m in MODALITIES if (manifest["modality"] == m).any()]
-    fig, axes = plt.subplots(len(present), per_modality, figsize=(2.6 * per_modality, 2.6 * len(present)), squeeze=False)
+    fig, axes = plt.subplots(
+        len(present), per_modality, figsize=(2.6 * per_modality, 2.6 * len(present)), squeeze=False
+    )
     by_image = dict(tuple(boxes.groupby("image")))
     for row, m in enumerate(present):
         rows = manifest[(manifest["modality"] == m) & (manifest["n_boxes"] > 0)]
@@ -98,7 +102,16 @@ def _samples(data: Path, boxes: pd.DataFrame, manifest: pd.DataFrame, path: Path
             with Image.open(data / record["image"]) as img:
                 ax.imshow(np.asarray(img.convert("RGB")))
             for _, b in by_image.get(record["image"], pd.DataFrame()).iterrows():
-                ax.add_patch(plt.Rectangle((b["x0"], b["y0"]), b["x1"] - b["x0"], b["y1"] - b["y0"], fill=False, edgecolor="yellow", linewidth=0.8))
+                ax.add_patch(
+                    plt.Rectangle(
+                        (b["x0"], b["y0"]),
+                        b["x1"] - b["x0"],
+                        b["y1"] - b["y0"],
+                        fill=False,
+                        edgecolor="yellow",
+                        linewidth=0.8,
+                    )
+                )
                 ax.text(b["x0"], b["y0"], b["class_name"], color="yellow", fontsize=5, va="bottom")
             ax.set_title(f"{m}: {record['source']}", fontsize=7)
     fig.tight_layout()
@@ -141,22 +154,31 @@ def run(data: Path, out: Path) -> Path:
     _presence(presence, out / "presence.png")
 
     vocab = load_vocabulary()
-    per_source = manifest.groupby(["source", "modality"]).agg(images=("image", "size"), volumes=("volume_id", "nunique")).reset_index()
+    per_source = (
+        manifest.groupby(["source", "modality"])
+        .agg(images=("image", "size"), volumes=("volume_id", "nunique"))
+        .reset_index()
+    )
     per_source["boxes"] = per_source["source"].map(boxes.groupby("source").size()).fillna(0).astype(int)
-    per_source["classes"] = per_source["source"].map(boxes.groupby("source")["class_name"].nunique()).fillna(0).astype(int)
+    per_source["classes"] = (
+        per_source["source"].map(boxes.groupby("source")["class_name"].nunique()).fillna(0).astype(int)
+    )
     splits = manifest.groupby("split").size().reindex(list(SPLITS)).fillna(0).astype(int)
     lines = [
         "# Omnis dataset card",
         "",
-        f"{len(manifest)} images from {manifest['volume_id'].nunique()} inputs of {manifest['source'].nunique()} sources "
-        f"in {manifest['modality'].nunique()} modalities; {len(boxes)} boxes of {boxes['class_name'].nunique()} classes "
-        f"({int(boxes['novel'].sum())} boxes of novel classes). Vocabulary: {len(vocab)} classes, {len(vocab.novel)} novel.",
+        f"{len(manifest)} images from {manifest['volume_id'].nunique()} inputs of {manifest['source'].nunique()} sources "  # noqa: E501
+        f"in {manifest['modality'].nunique()} modalities; {len(boxes)} boxes of {boxes['class_name'].nunique()} classes "  # noqa: E501
+        f"({int(boxes['novel'].sum())} boxes of novel classes). Vocabulary: {len(vocab)} classes, {len(vocab.novel)} novel.",  # noqa: E501
         "",
         "Splits (by patient/volume): " + ", ".join(f"{s} {n}" for s, n in splits.items()),
         "",
         "| source | modality | inputs | images | boxes | classes |",
         "|---|---|---|---|---|---|",
-        *(f"| {r.source} | {r.modality} | {r.volumes} | {r.images} | {r.boxes} | {r.classes} |" for r in per_source.itertuples()),
+        *(
+            f"| {r.source} | {r.modality} | {r.volumes} | {r.images} | {r.boxes} | {r.classes} |"
+            for r in per_source.itertuples()
+        ),
         "",
         "![images per source](images_per_source.png)",
         "![images per modality](images_per_modality.png)",
@@ -169,8 +191,11 @@ def run(data: Path, out: Path) -> Path:
     quarantine = data / "quarantine.csv"
     if quarantine.is_file():
         q = pd.read_csv(quarantine)
-        lines += ["", f"Quarantine: {int((q['level'] == 'input').sum())} inputs not converted, "
-                  f"{int((q['level'] == 'box').sum())} boxes clipped or dropped (see quarantine.csv)."]
+        lines += [
+            "",
+            f"Quarantine: {int((q['level'] == 'input').sum())} inputs not converted, "
+            f"{int((q['level'] == 'box').sum())} boxes clipped or dropped (see quarantine.csv).",
+        ]
     card = out / "README.md"
     card.write_text("\n".join(lines) + "\n")
     log.info("dataset card written to %s", card)

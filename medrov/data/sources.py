@@ -157,7 +157,9 @@ def resolve_source(spec: SourceSpec, base: Path, vocab: Vocabulary, where: Path)
             continue
         cls = vocab.lookup(target)
         if cls is None:
-            raise ConfigError(f"source {spec.name}: label {native!r} maps to {target!r}, which is not in the vocabulary", where)
+            raise ConfigError(
+                f"source {spec.name}: label {native!r} maps to {target!r}, which is not in the vocabulary", where
+            )
         resolved_map[native] = cls.name
     for cls_name in spec.presence:
         if vocab.lookup(cls_name) is None:

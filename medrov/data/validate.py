@@ -62,7 +62,9 @@ class CheckResult:
         if self.success:
             return head
         examples = "; ".join(self.examples[:3])
-        return f"{head}: {self.unexpected_count} of {self.element_count} rows" + (f" (e.g. {examples})" if examples else "")
+        return f"{head}: {self.unexpected_count} of {self.element_count} rows" + (
+            f" (e.g. {examples})" if examples else ""
+        )
 
 
 # ---------------------------------------------------------------- derived tables
@@ -134,11 +136,20 @@ def _label_lines(data: Path, labels: pd.Series, images: pd.Series) -> tuple[pd.D
     numeric = pd.DataFrame(index=lines.index)
     for i, name in enumerate(("class_id", "x_center", "y_center", "width", "height")):
         column = fields[i] if i in fields.columns else pd.Series(np.nan, index=lines.index)
-        lines[name] = (column if column.dtype.kind == "f" else pd.to_numeric(column, errors="coerce")).astype(float).to_numpy()
+        lines[name] = (
+            (column if column.dtype.kind == "f" else pd.to_numeric(column, errors="coerce")).astype(float).to_numpy()
+        )
         numeric[name] = lines[name]
     bad = pd.Series(n_fields != 5, index=lines.index) | numeric.isna().any(axis=1) | (numeric["class_id"] % 1 != 0)
     lines["parse_error"] = _problems(
-        bad, lambda i: lines.loc[i, "label"] + ":" + lines.loc[i, "line_no"].astype(str) + " " + lines.loc[i, "text"].str.slice(0, 60)
+        bad,
+        lambda i: (
+            lines.loc[i, "label"]
+            + ":"
+            + lines.loc[i, "line_no"].astype(str)
+            + " "
+            + lines.loc[i, "text"].str.slice(0, 60)
+        ),
     )
     return lines, pd.Series(missing, index=labels.index)
 
@@ -158,8 +169,12 @@ def _split_fields(text_lines: list[str]) -> pd.DataFrame:
         return pd.DataFrame(index=pd.RangeIndex(0))
     try:
         fields = pd.read_csv(
-            io.StringIO("\n".join(text_lines)), sep=r"\s+", header=None, names=range(_MAX_FIELDS),
-            skip_blank_lines=False, engine="c",
+            io.StringIO("\n".join(text_lines)),
+            sep=r"\s+",
+            header=None,
+            names=range(_MAX_FIELDS),
+            skip_blank_lines=False,
+            engine="c",
         )
         if len(fields) == len(text_lines):
             return fields
@@ -192,15 +207,27 @@ def build_tables(data: Path, vocab: Vocabulary, params: ValidateParams) -> dict[
     facts = _image_facts(data, manifest["image"].tolist(), params.check_pixels)
     facts.index = manifest.index
     manifest["image_missing"] = _problems(~facts["exists"], lambda i: manifest.loc[i, "image"])
-    manifest["unreadable"] = _problems(facts["error"].notna(), lambda i: manifest.loc[i, "image"] + ": " + facts.loc[i, "error"])
-    size_bad = facts["exists"] & facts["error"].isna() & (
-        (facts["file_width"] != manifest["width"]) | (facts["file_height"] != manifest["height"])
+    manifest["unreadable"] = _problems(
+        facts["error"].notna(), lambda i: manifest.loc[i, "image"] + ": " + facts.loc[i, "error"]
+    )
+    size_bad = (
+        facts["exists"]
+        & facts["error"].isna()
+        & ((facts["file_width"] != manifest["width"]) | (facts["file_height"] != manifest["height"]))
     )
     manifest["size_mismatch"] = _problems(
         size_bad,
-        lambda i: manifest.loc[i, "image"] + ": manifest " + manifest.loc[i, "width"].astype(str) + "x"
-        + manifest.loc[i, "height"].astype(str) + ", file " + facts.loc[i, "file_width"].astype(str) + "x"
-        + facts.loc[i, "file_height"].astype(str),
+        lambda i: (
+            manifest.loc[i, "image"]
+            + ": manifest "
+            + manifest.loc[i, "width"].astype(str)
+            + "x"
+            + manifest.loc[i, "height"].astype(str)
+            + ", file "
+            + facts.loc[i, "file_width"].astype(str)
+            + "x"
+            + facts.loc[i, "file_height"].astype(str)
+        ),
     )
     manifest["constant_image"] = _problems(facts["constant"], lambda i: manifest.loc[i, "image"])
 
@@ -209,15 +236,28 @@ def build_tables(data: Path, vocab: Vocabulary, params: ValidateParams) -> dict[
     actual = manifest["image"].map(boxes.groupby("image").size()).fillna(0).astype(int)
     manifest["n_boxes_mismatch"] = _problems(
         actual != manifest["n_boxes"],
-        lambda i: manifest.loc[i, "image"] + ": n_boxes " + manifest.loc[i, "n_boxes"].astype(str) + ", boxes table " + actual[i].astype(str),
+        lambda i: (
+            manifest.loc[i, "image"]
+            + ": n_boxes "
+            + manifest.loc[i, "n_boxes"].astype(str)
+            + ", boxes table "
+            + actual[i].astype(str)
+        ),
     )
 
     listed = np.concatenate([_hash(manifest["image"]), _hash(manifest["label"])])
     # ultralytics writes labels/<source>.cache (its label index) next to our labels: not an orphan
-    disk = [p.relative_to(data).as_posix() for folder in ("images", "labels") if (data / folder).is_dir()
-            for p in (data / folder).rglob("*") if p.is_file() and not (folder == "labels" and p.suffix == ".cache")]
+    disk = [
+        p.relative_to(data).as_posix()
+        for folder in ("images", "labels")
+        if (data / folder).is_dir()
+        for p in (data / folder).rglob("*")
+        if p.is_file() and not (folder == "labels" and p.suffix == ".cache")
+    ]
     files = pd.DataFrame({"path": pd.Series(disk, dtype=object)})
-    files["orphan"] = _problems(pd.Series(~np.isin(_hash(files["path"]), listed), index=files.index), lambda i: files.loc[i, "path"])
+    files["orphan"] = _problems(
+        pd.Series(~np.isin(_hash(files["path"]), listed), index=files.index), lambda i: files.loc[i, "path"]
+    )
 
     names = pd.Series({c.id: c.name for c in vocab.classes})
     boxes["x_min"] = boxes["x_center"] - boxes["width"] / 2
@@ -227,10 +267,19 @@ def build_tables(data: Path, vocab: Vocabulary, params: ValidateParams) -> dict[
     expected_name = boxes["class_id"].map(names)
     boxes["name_mismatch"] = _problems(
         expected_name.notna() & (expected_name != boxes["class_name"]),
-        lambda i: boxes.loc[i, "image"] + ": id " + boxes.loc[i, "class_id"].astype(str) + " is " + expected_name[i] + ", not " + boxes.loc[i, "class_name"],
+        lambda i: (
+            boxes.loc[i, "image"]
+            + ": id "
+            + boxes.loc[i, "class_id"].astype(str)
+            + " is "
+            + expected_name[i]
+            + ", not "
+            + boxes.loc[i, "class_name"]
+        ),
     )
     boxes["image_not_in_manifest"] = _problems(
-        pd.Series(~np.isin(_hash(boxes["image"]), _hash(manifest["image"])), index=boxes.index), lambda i: boxes.loc[i, "image"]
+        pd.Series(~np.isin(_hash(boxes["image"]), _hash(manifest["image"])), index=boxes.index),
+        lambda i: boxes.loc[i, "image"],
     )
     boxes["source_class"] = boxes["source"] + "/" + boxes["class_name"]
     presence_long = presence.stack()
@@ -244,7 +293,8 @@ def build_tables(data: Path, vocab: Vocabulary, params: ValidateParams) -> dict[
     box_keys = _box_keys(boxes)
     line_keys = _box_keys(parsed)
     boxes["missing_from_label_file"] = _problems(
-        pd.Series(~np.isin(box_keys, line_keys), index=boxes.index), lambda i: boxes.loc[i, "image"] + " " + boxes.loc[i, "class_name"]
+        pd.Series(~np.isin(box_keys, line_keys), index=boxes.index),
+        lambda i: boxes.loc[i, "image"] + " " + boxes.loc[i, "class_name"],
     )
     lines["missing_from_boxes_table"] = _problems(
         pd.Series(~np.isin(line_keys, box_keys), index=parsed.index).reindex(lines.index, fill_value=False),
@@ -256,7 +306,10 @@ def build_tables(data: Path, vocab: Vocabulary, params: ValidateParams) -> dict[
         per = manifest.groupby(column)["split"].agg(lambda s: ",".join(sorted(set(s))))
         groups.append(pd.DataFrame({"kind": column, "group": per.index, "splits": per.values}))
     group_table = pd.concat(groups, ignore_index=True)
-    group_table["leak"] = _problems(group_table["splits"].str.contains(","), lambda i: group_table.loc[i, "group"] + " in " + group_table.loc[i, "splits"])
+    group_table["leak"] = _problems(
+        group_table["splits"].str.contains(","),
+        lambda i: group_table.loc[i, "group"] + " in " + group_table.loc[i, "splits"],
+    )
 
     share = boxes.groupby(["source", "class_name"]).size() / boxes.groupby("source").size()
     share_table = share.rename("share").reset_index()
@@ -268,8 +321,16 @@ def build_tables(data: Path, vocab: Vocabulary, params: ValidateParams) -> dict[
     share_table["out_of_bounds"] = _problems(
         # a source with a single class has share 1 by construction: nothing to judge
         (n_classes > 1) & ((share_table["share"] < low) | (share_table["share"] > high)),
-        lambda i: share_table.loc[i, "source_class"] + " share " + share_table.loc[i, "share"].round(3).astype(str)
-        + " not in [" + low[i].astype(str) + ", " + high[i].astype(str) + "]",
+        lambda i: (
+            share_table.loc[i, "source_class"]
+            + " share "
+            + share_table.loc[i, "share"].round(3).astype(str)
+            + " not in ["
+            + low[i].astype(str)
+            + ", "
+            + high[i].astype(str)
+            + "]"
+        ),
     )
 
     area = boxes["width"] * boxes["height"]
@@ -282,10 +343,27 @@ def build_tables(data: Path, vocab: Vocabulary, params: ValidateParams) -> dict[
     robust_z = ((log_area - median).abs() / (1.4826 * mad).clip(lower=0.5)).fillna(0.0)
     boxes["size_outlier"] = _problems(
         robust_z > params.box_size_mad,
-        lambda i: boxes.loc[i, "image"] + " " + boxes.loc[i, "class_name"] + " area " + area[i].map(lambda a: f"{a:.2g}")
-        + " (" + robust_z[i].round(1).astype(str) + " MADs from the " + modality[i].fillna("?") + " median)",
+        lambda i: (
+            boxes.loc[i, "image"]
+            + " "
+            + boxes.loc[i, "class_name"]
+            + " area "
+            + area[i].map(lambda a: f"{a:.2g}")
+            + " ("
+            + robust_z[i].round(1).astype(str)
+            + " MADs from the "
+            + modality[i].fillna("?")
+            + " median)"
+        ),
     )
-    return {"manifest": manifest, "boxes": boxes, "label_lines": lines, "files": files, "split_groups": group_table, "class_share": share_table}
+    return {
+        "manifest": manifest,
+        "boxes": boxes,
+        "label_lines": lines,
+        "files": files,
+        "split_groups": group_table,
+        "class_share": share_table,
+    }
 
 
 # ---------------------------------------------------------------- checks
@@ -301,10 +379,34 @@ def checks(vocab: Vocabulary, params: ValidateParams) -> list[Check]:
 
     # manifest and the image files
     c.append(Check("manifest", "image", "expect_column_values_to_be_unique", {}, E, "one manifest row per image"))
-    c.append(Check("manifest", "split", "expect_column_values_to_be_in_set", {"value_set": list(SPLITS)}, E, "split is train, val or test", "image"))
-    c.append(Check("manifest", "modality", "expect_column_values_to_be_in_set", {"value_set": list(MODALITIES)}, E, "modality is known", "image"))
-    c.append(Check("manifest", "width", "expect_column_values_to_be_between", {"min_value": 1}, E, "width > 0", "image"))
-    c.append(Check("manifest", "height", "expect_column_values_to_be_between", {"min_value": 1}, E, "height > 0", "image"))
+    c.append(
+        Check(
+            "manifest",
+            "split",
+            "expect_column_values_to_be_in_set",
+            {"value_set": list(SPLITS)},
+            E,
+            "split is train, val or test",
+            "image",
+        )
+    )
+    c.append(
+        Check(
+            "manifest",
+            "modality",
+            "expect_column_values_to_be_in_set",
+            {"value_set": list(MODALITIES)},
+            E,
+            "modality is known",
+            "image",
+        )
+    )
+    c.append(
+        Check("manifest", "width", "expect_column_values_to_be_between", {"min_value": 1}, E, "width > 0", "image")
+    )
+    c.append(
+        Check("manifest", "height", "expect_column_values_to_be_between", {"min_value": 1}, E, "height > 0", "image")
+    )
     null("manifest", "image_missing", "every manifest row has its image file")
     null("manifest", "label_missing", "every manifest row has its label file")
     null("manifest", "unreadable", "every image decodes")
@@ -314,34 +416,154 @@ def checks(vocab: Vocabulary, params: ValidateParams) -> list[Check]:
     null("files", "orphan", "every image and label file on disk has a manifest row")
     # boxes
     for column in ("x_center", "y_center"):
-        c.append(Check("boxes", column, "expect_column_values_to_be_between", {"min_value": 0, "max_value": 1}, E, "normalised coordinate in [0, 1]", "image"))
+        c.append(
+            Check(
+                "boxes",
+                column,
+                "expect_column_values_to_be_between",
+                {"min_value": 0, "max_value": 1},
+                E,
+                "normalised coordinate in [0, 1]",
+                "image",
+            )
+        )
     for column in ("width", "height"):
-        c.append(Check("boxes", column, "expect_column_values_to_be_between", {"min_value": 0, "max_value": 1, "strict_min": True}, E, "normalised size in (0, 1]", "image"))
+        c.append(
+            Check(
+                "boxes",
+                column,
+                "expect_column_values_to_be_between",
+                {"min_value": 0, "max_value": 1, "strict_min": True},
+                E,
+                "normalised size in (0, 1]",
+                "image",
+            )
+        )
     for column in ("x_min", "y_min"):
-        c.append(Check("boxes", column, "expect_column_values_to_be_between", {"min_value": -tol}, E, "box inside the image", "image"))
+        c.append(
+            Check(
+                "boxes",
+                column,
+                "expect_column_values_to_be_between",
+                {"min_value": -tol},
+                E,
+                "box inside the image",
+                "image",
+            )
+        )
     for column in ("x_max", "y_max"):
-        c.append(Check("boxes", column, "expect_column_values_to_be_between", {"max_value": 1 + tol}, E, "box inside the image", "image"))
-    c.append(Check("boxes", "class_id", "expect_column_values_to_be_in_set", {"value_set": [cl.id for cl in vocab.classes]}, E, "class id in the vocabulary", "image"))
+        c.append(
+            Check(
+                "boxes",
+                column,
+                "expect_column_values_to_be_between",
+                {"max_value": 1 + tol},
+                E,
+                "box inside the image",
+                "image",
+            )
+        )
+    c.append(
+        Check(
+            "boxes",
+            "class_id",
+            "expect_column_values_to_be_in_set",
+            {"value_set": [cl.id for cl in vocab.classes]},
+            E,
+            "class id in the vocabulary",
+            "image",
+        )
+    )
     null("boxes", "name_mismatch", "class name matches the vocabulary entry of its id")
     null("boxes", "image_not_in_manifest", "every box belongs to a manifest image")
-    c.append(Check("boxes", "image,class_id,x_center,y_center,width,height", "expect_compound_columns_to_be_unique", {}, E, "no duplicate (image, class, box) rows", "image"))
+    c.append(
+        Check(
+            "boxes",
+            "image,class_id,x_center,y_center,width,height",
+            "expect_compound_columns_to_be_unique",
+            {},
+            E,
+            "no duplicate (image, class, box) rows",
+            "image",
+        )
+    )
     null("boxes", "presence_missing", "every (source, class) with a box has an entry in presence.csv")
-    c.append(Check("boxes", "presence", "expect_column_values_to_be_in_set", {"value_set": [1]}, E, "every (source, class) with a box is annotated there (M = 1)", "source_class"))
-    c.append(Check("boxes", "presence", "expect_column_values_to_not_be_in_set", {"value_set": [-1]}, E, "no class appears in a source where it cannot exist (M = -1)", "source_class"))
+    c.append(
+        Check(
+            "boxes",
+            "presence",
+            "expect_column_values_to_be_in_set",
+            {"value_set": [1]},
+            E,
+            "every (source, class) with a box is annotated there (M = 1)",
+            "source_class",
+        )
+    )
+    c.append(
+        Check(
+            "boxes",
+            "presence",
+            "expect_column_values_to_not_be_in_set",
+            {"value_set": [-1]},
+            E,
+            "no class appears in a source where it cannot exist (M = -1)",
+            "source_class",
+        )
+    )
     null("boxes", "missing_from_label_file", "every box is in its label file")
     # label files (what training actually reads)
     null("label_lines", "parse_error", "every label line is five numbers")
-    c.append(Check("label_lines", "class_id", "expect_column_values_to_be_in_set", {"value_set": [cl.id for cl in vocab.classes]}, E, "label class id in the vocabulary", "label"))
+    c.append(
+        Check(
+            "label_lines",
+            "class_id",
+            "expect_column_values_to_be_in_set",
+            {"value_set": [cl.id for cl in vocab.classes]},
+            E,
+            "label class id in the vocabulary",
+            "label",
+        )
+    )
     for column in ("x_center", "y_center"):
-        c.append(Check("label_lines", column, "expect_column_values_to_be_between", {"min_value": 0, "max_value": 1}, E, "label coordinate in [0, 1]", "label"))
+        c.append(
+            Check(
+                "label_lines",
+                column,
+                "expect_column_values_to_be_between",
+                {"min_value": 0, "max_value": 1},
+                E,
+                "label coordinate in [0, 1]",
+                "label",
+            )
+        )
     for column in ("width", "height"):
-        c.append(Check("label_lines", column, "expect_column_values_to_be_between", {"min_value": 0, "max_value": 1, "strict_min": True}, E, "label size in (0, 1]", "label"))
+        c.append(
+            Check(
+                "label_lines",
+                column,
+                "expect_column_values_to_be_between",
+                {"min_value": 0, "max_value": 1, "strict_min": True},
+                E,
+                "label size in (0, 1]",
+                "label",
+            )
+        )
     null("label_lines", "missing_from_boxes_table", "every label line is in the boxes table")
     # sources and splits
     null("split_groups", "leak", "no patient or volume in two splits")
     # distribution checks: warnings
-    null("class_share", "out_of_bounds", "per-source class share within validate.class_share (or class_share_per_source)", W)
-    null("boxes", "size_outlier", f"box area within {params.box_size_mad:g} MADs of its modality's median (log scale; validate.box_size_mad)", W)
+    null(
+        "class_share",
+        "out_of_bounds",
+        "per-source class share within validate.class_share (or class_share_per_source)",
+        W,
+    )
+    null(
+        "boxes",
+        "size_outlier",
+        f"box area within {params.box_size_mad:g} MADs of its modality's median (log scale; validate.box_size_mad)",
+        W,
+    )
     return c
 
 
@@ -361,7 +583,11 @@ def _examples(result: dict[str, Any], check: Check) -> list[str]:
     index = result.get("partial_unexpected_index_list") or []
     out = []
     for i, value in enumerate(values[:3]):
-        where = index[i].get(check.index_column) if i < len(index) and isinstance(index[i], dict) and check.index_column else None
+        where = (
+            index[i].get(check.index_column)
+            if i < len(index) and isinstance(index[i], dict) and check.index_column
+            else None
+        )
         out.append(f"{where}: {value}" if where is not None and str(where) not in str(value) else str(value))
     return out
 
@@ -382,7 +608,9 @@ def _run_gx(tables: dict[str, pd.DataFrame], all_checks: list[Check], context) -
             name = f"{table}_{severity}s"
             asset = source.add_dataframe_asset(name)
             batch = asset.add_batch_definition_whole_dataframe("all")
-            suite = context.suites.add(gx.ExpectationSuite(name=name, expectations=[_gx_expectation(ch) for ch in chosen]))
+            suite = context.suites.add(
+                gx.ExpectationSuite(name=name, expectations=[_gx_expectation(ch) for ch in chosen])
+            )
             definition = context.validation_definitions.add(gx.ValidationDefinition(name=name, data=batch, suite=suite))
             index_columns = sorted({ch.index_column for ch in chosen if ch.index_column})
             fmt = {"result_format": "SUMMARY", "partial_unexpected_count": 3}
@@ -393,7 +621,19 @@ def _run_gx(tables: dict[str, pd.DataFrame], all_checks: list[Check], context) -
                 result = res.result or {}
                 if res.exception_info and res.exception_info.get("raised_exception"):
                     message = res.exception_info.get("exception_message", "")
-                    results.append(CheckResult(check.table, check.column, check.expectation, check.severity, check.description, False, len(frame), len(frame), [f"expectation could not run: {message}"]))
+                    results.append(
+                        CheckResult(
+                            check.table,
+                            check.column,
+                            check.expectation,
+                            check.severity,
+                            check.description,
+                            False,
+                            len(frame),
+                            len(frame),
+                            [f"expectation could not run: {message}"],
+                        )
+                    )
                     continue
                 results.append(
                     CheckResult(
@@ -411,7 +651,9 @@ def _run_gx(tables: dict[str, pd.DataFrame], all_checks: list[Check], context) -
     return results
 
 
-def run(params: ValidateParams, data_dir: str | Path | None = None, report_dir: str | Path | None = None) -> dict[str, Any]:
+def run(
+    params: ValidateParams, data_dir: str | Path | None = None, report_dir: str | Path | None = None
+) -> dict[str, Any]:
     """Validate a converted dataset; returns the summary (``success`` False when an error check failed).
 
     The report folder, when given, receives the GX Data Docs site (``index.html``) and ``validation.json``.
@@ -429,7 +671,9 @@ def run(params: ValidateParams, data_dir: str | Path | None = None, report_dir: 
     workdir = Path(tempfile.mkdtemp(prefix="medrov-gx-"))
     try:
         # a fresh file context per run: no "datasource already exists" on reruns, and Data Docs can be built
-        context = gx.get_context(mode="file", project_root_dir=str(workdir)) if report else gx.get_context(mode="ephemeral")
+        context = (
+            gx.get_context(mode="file", project_root_dir=str(workdir)) if report else gx.get_context(mode="ephemeral")
+        )
         from great_expectations.data_context.types.base import ProgressBarsConfig
 
         context.variables.progress_bars = ProgressBarsConfig(globally=False)  # our log says what ran
@@ -466,7 +710,9 @@ def _write_summary_page(report: Path, summary: dict[str, Any], data: Path) -> No
     with every check, its counts and examples, and the GX result pages."""
     from html import escape
 
-    pages = {p.parent.parent.parent.name: p.relative_to(report).as_posix() for p in report.glob("validations/*/*/*/*.html")}
+    pages = {
+        p.parent.parent.parent.name: p.relative_to(report).as_posix() for p in report.glob("validations/*/*/*/*.html")
+    }
     rows = []
     for r in sorted(summary["results"], key=lambda r: (r["success"], r["severity"] != "error", r["table"])):
         status = "ok" if r["success"] else ("FAIL" if r["severity"] == "error" else "WARN")
@@ -475,7 +721,7 @@ def _write_summary_page(report: Path, summary: dict[str, Any], data: Path) -> No
         examples = "<br>".join(escape(e) for e in r["examples"][:3]) if not r["success"] else ""
         rows.append(
             f'<tr class="{status}"><td>{status}</td><td>{escape(r["table"])}.{escape(r["column"])}</td>'
-            f'<td>{escape(r["description"])}</td><td>{r["unexpected_count"]} / {r["element_count"]}</td>'
+            f"<td>{escape(r['description'])}</td><td>{r['unexpected_count']} / {r['element_count']}</td>"
             f"<td>{examples}</td><td>{link}</td></tr>"
         )
     verdict = "PASSED" if summary["success"] else "FAILED"
@@ -485,17 +731,17 @@ td,th{{border:1px solid #ccc;padding:4px 8px;font-size:13px;vertical-align:top}}
 tr.FAIL td:first-child{{background:#f4b6b6;font-weight:bold}}tr.WARN td:first-child{{background:#f7e3a1}}
 tr.ok td:first-child{{background:#c8ecc8}}.verdict{{font-size:22px;font-weight:bold}}</style></head><body>
 <p class="verdict">Omnis validation {verdict}</p>
-<p>{escape(str(data))}: {summary['passed']} of {summary['expectations']} expectations passed, {summary['failed']} failed,
-{summary['warnings']} warnings; {sum(summary['rows_checked'].values())} rows checked
-({', '.join(f'{k} {v}' for k, v in summary['rows_checked'].items())}) in {summary['seconds']} s.
+<p>{escape(str(data))}: {summary["passed"]} of {summary["expectations"]} expectations passed, {summary["failed"]} failed,
+{summary["warnings"]} warnings; {sum(summary["rows_checked"].values())} rows checked
+({", ".join(f"{k} {v}" for k, v in summary["rows_checked"].items())}) in {summary["seconds"]} s.
 Full Great Expectations Data Docs: <a href="index.html">index.html</a>; machine-readable: <a href="validation.json">validation.json</a>.</p>
 <table><tr><th>status</th><th>table.column</th><th>check</th><th>unexpected / rows</th><th>examples</th><th>GX result</th></tr>
-{''.join(rows)}</table></body></html>"""
+{"".join(rows)}</table></body></html>"""  # noqa: E501
     (report / "summary.html").write_text(html)
     index = report / "index.html"
     if index.is_file():
         text = index.read_text()
-        banner = f'<p style="font:16px sans-serif;padding:8px;background:#eef"><a href="summary.html">medrov summary: validation {verdict}</a> (works offline)</p>'
+        banner = f'<p style="font:16px sans-serif;padding:8px;background:#eef"><a href="summary.html">medrov summary: validation {verdict}</a> (works offline)</p>'  # noqa: E501
         if "summary.html" not in text:
             index.write_text(text.replace("<body>", "<body>" + banner, 1))
 

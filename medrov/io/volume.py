@@ -47,7 +47,7 @@ def _check_claimed_size(img: Any, path: Path, max_bytes: int) -> None:
     memory = voxels * 8 if scaled else need  # scaled voxels come back as float64
     if memory > max_bytes:
         raise SourceReadError(
-            f"header claims {shape} {dtype} = {_mib(memory)} in memory, over the memory budget data.max_volume_bytes ({_mib(max_bytes)})",
+            f"header claims {shape} {dtype} = {_mib(memory)} in memory, over the memory budget data.max_volume_bytes ({_mib(max_bytes)})",  # noqa: E501
             path,
         )
     image_file = Path(img.file_map["image"].filename or path)
@@ -66,7 +66,8 @@ def _check_claimed_size(img: Any, path: Path, max_bytes: int) -> None:
         return  # nibabel reports the unreadable file
     if offset + need > holds:
         raise SourceReadError(
-            f"header claims {shape} {dtype} = {offset + need} bytes but the file holds {holds}: truncated or forged header", path
+            f"header claims {shape} {dtype} = {offset + need} bytes but the file holds {holds}: truncated or forged header",  # noqa: E501
+            path,
         )
 
 
@@ -124,7 +125,9 @@ def read_dicom_series(path: str | Path, max_bytes: int | None = None) -> Volume:
             raise SourceReadError(f"cannot read DICOM file {file.name} ({type(exc).__name__}: {exc})", folder) from exc
         if "PixelData" in ds:
             if int(ds.get("NumberOfFrames", 1) or 1) > 1:
-                raise SourceReadError(f"multi-frame DICOM {file.name} is not supported: give single-frame slices", folder)
+                raise SourceReadError(
+                    f"multi-frame DICOM {file.name} is not supported: give single-frame slices", folder
+                )
             slices.append((file, ds))
     if not slices:
         raise SourceReadError("no DICOM slice with pixel data in the folder", folder)
@@ -153,7 +156,10 @@ def read_dicom_series(path: str | Path, max_bytes: int | None = None) -> Volume:
     budget = MAX_VOLUME_BYTES if max_bytes is None else max_bytes
     need = int(slices[0][1].get("Rows", 0) or 0) * int(slices[0][1].get("Columns", 0) or 0) * len(slices) * 4
     if need > budget:  # decoded as float32; checked before any pixel data is decoded
-        raise SourceReadError(f"series of {len(slices)} slices needs {_mib(need)}, over the memory budget data.max_volume_bytes ({_mib(budget)})", folder)
+        raise SourceReadError(
+            f"series of {len(slices)} slices needs {_mib(need)}, over the memory budget data.max_volume_bytes ({_mib(budget)})",  # noqa: E501
+            folder,
+        )
     frames = []
     for file, ds in slices:
         try:
@@ -169,7 +175,10 @@ def read_dicom_series(path: str | Path, max_bytes: int | None = None) -> Volume:
         raise SourceReadError(f"slices of different sizes {sorted(shapes)}", folder)
     array = np.stack(frames, axis=-1)
     step = (
-        (np.asarray(slices[-1][1].ImagePositionPatient, dtype=np.float64) - np.asarray(slices[0][1].ImagePositionPatient, dtype=np.float64))
+        (
+            np.asarray(slices[-1][1].ImagePositionPatient, dtype=np.float64)
+            - np.asarray(slices[0][1].ImagePositionPatient, dtype=np.float64)
+        )
         / (len(slices) - 1)
         if len(slices) > 1
         else normal * float(slices[0][1].get("SliceThickness", 1) or 1)

@@ -108,4 +108,3 @@ class Prompter:
 
     def describe(self) -> dict[str, Any]:
         return self.encoder.describe()
-

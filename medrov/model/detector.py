@@ -43,8 +43,9 @@ def set_inference_threads(threads: int | None = None) -> int:
 class Detector:
     """Load weights once, set a vocabulary, predict on image files or arrays (RGB or grey uint8)."""
 
-    def __init__(self, weights: str | Path, prompter: Prompter | None = None, device: str = "cpu",
-                 threads: int | None = None):
+    def __init__(
+        self, weights: str | Path, prompter: Prompter | None = None, device: str = "cpu", threads: int | None = None
+    ):
         """``threads``: CPU threads for inference (default: every core; ultralytics alone would leave one idle)."""
         from medrov.model.ultra import prepare_ultralytics
 
@@ -72,8 +73,10 @@ class Detector:
         names = [prompt_name(n) for n in names]
         if self.folded:
             if names != self.vocabulary:
-                raise ModelError(f"{self.weights}: the vocabulary {self.vocabulary} is folded into the weights; "
-                                 f"load the model again to detect {names}")
+                raise ModelError(
+                    f"{self.weights}: the vocabulary {self.vocabulary} is folded into the weights; "
+                    f"load the model again to detect {names}"
+                )
             return
         if self.open_vocabulary:
             if self.prompter is None:
@@ -86,7 +89,9 @@ class Detector:
             index = {n.lower(): i for i, n in self.closed_names.items()}
             missing = [n for n in names if n.lower() not in index]
             if missing:
-                raise ModelError(f"closed-set model {self.weights} cannot detect {missing}: it knows only its training classes")
+                raise ModelError(
+                    f"closed-set model {self.weights} cannot detect {missing}: it knows only its training classes"
+                )
             self._class_filter = [index[n.lower()] for n in names]
         self.vocabulary = names
 
@@ -103,8 +108,15 @@ class Detector:
             self.yolo = folded_yolo(fold(self.yolo, self.vocabulary))
             self.folded = True
 
-    def predict(self, images: Sequence[Any], imgsz: int = 640, conf: float = 0.25, iou: float = 0.7,
-                max_det: int = 300, batch: int = 8) -> list[Detections]:
+    def predict(
+        self,
+        images: Sequence[Any],
+        imgsz: int = 640,
+        conf: float = 0.25,
+        iou: float = 0.7,
+        max_det: int = 300,
+        batch: int = 8,
+    ) -> list[Detections]:
         """Images are paths or uint8 arrays (H, W) / (H, W, 3) in RGB."""
         if not self.vocabulary:
             raise ModelError("set_vocabulary() first")
@@ -112,8 +124,14 @@ class Detector:
         out: list[Detections] = []
         for i in range(0, len(sources), batch):
             results = self.yolo.predict(
-                sources[i : i + batch], imgsz=imgsz, conf=conf, iou=iou, max_det=max_det, device=self.device,
-                classes=self._class_filter, verbose=False,
+                sources[i : i + batch],
+                imgsz=imgsz,
+                conf=conf,
+                iou=iou,
+                max_det=max_det,
+                device=self.device,
+                classes=self._class_filter,
+                verbose=False,
             )
             for r in results:
                 cls = r.boxes.cls.cpu().numpy().astype(int)

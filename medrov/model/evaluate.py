@@ -103,26 +103,49 @@ def summarise(stats: list[dict[str, np.ndarray]], novel: set[int]) -> dict[str, 
     pred = np.concatenate([s["pred"] for s in stats])
     classes, ap, curve = ap_per_class(tp, conf, pred, target)
     out: dict[str, Any] = {"images": len(stats), "boxes": int(len(target)), "classes": int(len(classes))}
-    for group, mask in (("all", np.ones(len(classes), bool)), ("base", ~np.isin(classes, list(novel))), ("novel", np.isin(classes, list(novel)))):
+    for group, mask in (
+        ("all", np.ones(len(classes), bool)),
+        ("base", ~np.isin(classes, list(novel))),
+        ("novel", np.isin(classes, list(novel))),
+    ):
         if mask.any():
-            out[group] = {"map50": float(ap[mask, 0].mean()), "map50_95": float(ap[mask].mean()), "classes": int(mask.sum())}
+            out[group] = {
+                "map50": float(ap[mask, 0].mean()),
+                "map50_95": float(ap[mask].mean()),
+                "classes": int(mask.sum()),
+            }
     out["_curves"] = {"x": RECALL_POINTS, "prec": curve, "classes": classes, "ap50": ap[:, 0]}
     return out
 
 
-def to_coco(records: dict[str, dict[str, np.ndarray]], names: dict[int, str]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def to_coco(
+    records: dict[str, dict[str, np.ndarray]], names: dict[int, str]
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Ground truth and detections of an evaluation in COCO's formats (boxes as pixel x, y, w, h), so any COCO tool
     (pycocotools, faster-coco-eval) can recompute the figures from the same predictions."""
     images, annotations, detections = [], [], []
     for image_id, (image, r) in enumerate(sorted(records.items()), start=1):
         images.append({"id": image_id, "file_name": image})
         for (x0, y0, x1, y1), c in zip(r["gt_boxes"], r["target"]):
-            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": int(c), "iscrowd": 0,
-                                "bbox": [float(x0), float(y0), float(x1 - x0), float(y1 - y0)],
-                                "area": float((x1 - x0) * (y1 - y0))})
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": int(c),
+                    "iscrowd": 0,
+                    "bbox": [float(x0), float(y0), float(x1 - x0), float(y1 - y0)],
+                    "area": float((x1 - x0) * (y1 - y0)),
+                }
+            )
         for (x0, y0, x1, y1), score, c in zip(r["boxes"], r["conf"], r["pred"]):
-            detections.append({"image_id": image_id, "category_id": int(c), "score": float(score),
-                               "bbox": [float(x0), float(y0), float(x1 - x0), float(y1 - y0)]})
+            detections.append(
+                {
+                    "image_id": image_id,
+                    "category_id": int(c),
+                    "score": float(score),
+                    "bbox": [float(x0), float(y0), float(x1 - x0), float(y1 - y0)],
+                }
+            )
     categories = [{"id": int(c), "name": n} for c, n in sorted(names.items())]
     return {"images": images, "annotations": annotations, "categories": categories}, detections
 
@@ -131,9 +154,17 @@ def _strip(summary: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in summary.items() if not k.startswith("_")}
 
 
-def evaluate(weights: str | Path, params: Params, split: str | None = None, out_metrics: str | Path | None = None,
-             plots_dir: str | Path | None = None, imgsz: int | None = None, prompter=None,
-             coco_dir: str | Path | None = None, prompts: dict[str, str] | None = None) -> dict[str, Any]:
+def evaluate(
+    weights: str | Path,
+    params: Params,
+    split: str | None = None,
+    out_metrics: str | Path | None = None,
+    plots_dir: str | Path | None = None,
+    imgsz: int | None = None,
+    prompter=None,
+    coco_dir: str | Path | None = None,
+    prompts: dict[str, str] | None = None,
+) -> dict[str, Any]:
     """Evaluate ``weights`` on a split of the Omnis dataset named by ``params.train.data``.
 
     ``prompter`` reuses an already loaded text encoder (the trainer's, for per-epoch evaluation); by default the
@@ -184,26 +215,52 @@ def evaluate(weights: str | Path, params: Params, split: str | None = None, out_
         detector.set_vocabulary(vocabulary)
         prompt_class = {prompt_name(v): c for v, c in zip(vocabulary, class_ids)}
         images = list(rows["image"])
-        dets = detector.predict([data_dir / p for p in images], imgsz=size, conf=ep.conf, iou=ep.iou, max_det=ep.max_det)
+        dets = detector.predict(
+            [data_dir / p for p in images], imgsz=size, conf=ep.conf, iou=ep.iou, max_det=ep.max_det
+        )
         for img, det in zip(images, dets):
             g = gt.get(img)
             g = g[g["class_id"].isin(class_ids)] if g is not None else None
             gt_boxes = g[["x0", "y0", "x1", "y1"]].to_numpy(float) if g is not None else np.zeros((0, 4))
             gt_cls = g["class_id"].to_numpy(int) if g is not None else np.zeros(0, int)
             pred_cls = np.array([prompt_class[n] for n in det.names], dtype=int)
-            stats[img] = {"tp": match(det.boxes, det.scores, pred_cls, gt_boxes, gt_cls), "conf": det.scores, "pred": pred_cls, "target": gt_cls}
+            stats[img] = {
+                "tp": match(det.boxes, det.scores, pred_cls, gt_boxes, gt_cls),
+                "conf": det.scores,
+                "pred": pred_cls,
+                "target": gt_cls,
+            }
             if img in shown:
-                panels.append(Panel(data_dir / img, f"{source} {Path(img).stem[-14:]}", gt_boxes,
-                                    [prompt_name(names[c]) for c in gt_cls], np.asarray(det.boxes, float),
-                                    [prompt_name(names[c]) for c in pred_cls], np.asarray(det.scores, float),
-                                    [prompt_name(names[c]) for c in class_ids]))
+                panels.append(
+                    Panel(
+                        data_dir / img,
+                        f"{source} {Path(img).stem[-14:]}",
+                        gt_boxes,
+                        [prompt_name(names[c]) for c in gt_cls],
+                        np.asarray(det.boxes, float),
+                        [prompt_name(names[c]) for c in pred_cls],
+                        np.asarray(det.scores, float),
+                        [prompt_name(names[c]) for c in class_ids],
+                    )
+                )
             if coco_dir is not None:
-                records[img] = {"boxes": np.asarray(det.boxes, float).reshape(-1, 4), "conf": det.scores, "pred": pred_cls,
-                                "gt_boxes": gt_boxes, "target": gt_cls}
+                records[img] = {
+                    "boxes": np.asarray(det.boxes, float).reshape(-1, 4),
+                    "conf": det.scores,
+                    "pred": pred_cls,
+                    "gt_boxes": gt_boxes,
+                    "target": gt_cls,
+                }
     seconds = time.time() - start
     info = manifest.set_index("image")
-    result: dict[str, Any] = {"split": split, "weights": str(weights), "open_vocabulary": detector.open_vocabulary,
-                              "imgsz": size, "images": len(stats), "seconds": round(seconds, 1)}
+    result: dict[str, Any] = {
+        "split": split,
+        "weights": str(weights),
+        "open_vocabulary": detector.open_vocabulary,
+        "imgsz": size,
+        "images": len(stats),
+        "seconds": round(seconds, 1),
+    }
     if detector.open_vocabulary:
         result["encoder"] = detector.prompter.describe()
     overall = summarise(list(stats.values()), novel)
@@ -211,8 +268,12 @@ def evaluate(weights: str | Path, params: Params, split: str | None = None, out_
     curves = overall.get("_curves")
     if curves is not None:
         result["class"] = {prompt_name(names[int(c)]): float(ap) for c, ap in zip(curves["classes"], curves["ap50"])}
-    result["modality"] = {m: _strip(summarise([stats[i] for i in g.index if i in stats], novel)) for m, g in info.groupby("modality")}
-    result["source"] = {s: _strip(summarise([stats[i] for i in g.index if i in stats], novel)) for s, g in info.groupby("source")}
+    result["modality"] = {
+        m: _strip(summarise([stats[i] for i in g.index if i in stats], novel)) for m, g in info.groupby("modality")
+    }
+    result["source"] = {
+        s: _strip(summarise([stats[i] for i in g.index if i in stats], novel)) for s, g in info.groupby("source")
+    }
     if coco_dir is not None:
         gt_json, dt_json = to_coco(records, names)
         Path(coco_dir).mkdir(parents=True, exist_ok=True)
@@ -226,8 +287,12 @@ def evaluate(weights: str | Path, params: Params, split: str | None = None, out_
         _plots(overall, result, names, novel, Path(plots_dir or root / ep.plots))
         modality = info["modality"].to_dict()
         panels.sort(key=lambda p: (modality[str(p.image.relative_to(data_dir))], str(p.image)))
-        write_grid(panels, Path(plots_dir or root / ep.plots) / "overlays.png", ep.overlay_conf, cols=max(1, ep.overlays))
-    log.info("evaluate: mAP50 all %s base %s novel %s", *(result.get(k, {}).get("map50") for k in ("all", "base", "novel")))
+        write_grid(
+            panels, Path(plots_dir or root / ep.plots) / "overlays.png", ep.overlay_conf, cols=max(1, ep.overlays)
+        )
+    log.info(
+        "evaluate: mAP50 all %s base %s novel %s", *(result.get(k, {}).get("map50") for k in ("all", "base", "novel"))
+    )
     return result
 
 
@@ -239,7 +304,9 @@ def _train_imgsz(weights) -> int | None:
         prepare_ultralytics()
         from ultralytics.nn.tasks import torch_safe_load
 
-        ckpt, _ = torch_safe_load(str(weights), safe_only=not trusted())  # weights are data: weights_only unless trusted
+        ckpt, _ = torch_safe_load(
+            str(weights), safe_only=not trusted()
+        )  # weights are data: weights_only unless trusted
         return int((ckpt.get("train_args") or {}).get("imgsz") or 0) or None
     except Exception:
         return None
@@ -256,12 +323,27 @@ def _plots(overall: dict[str, Any], result: dict[str, Any], names, novel: set[in
     fig, ax = plt.subplots(figsize=(6, 5))
     if curves is not None and len(curves["classes"]):
         x, prec, classes = curves["x"], curves["prec"], curves["classes"]
-        for group, mask, colour in (("base", ~np.isin(classes, list(novel)), "#4C72B0"), ("novel", np.isin(classes, list(novel)), "#C44E52")):
+        for group, mask, colour in (
+            ("base", ~np.isin(classes, list(novel)), "#4C72B0"),
+            ("novel", np.isin(classes, list(novel)), "#C44E52"),
+        ):
             if mask.any():
-                ax.plot(x, prec[mask].mean(0), color=colour, lw=2.5, label=f"{group} ({mask.sum()} classes) mAP50 {curves['ap50'][mask].mean():.3f}")
+                ax.plot(
+                    x,
+                    prec[mask].mean(0),
+                    color=colour,
+                    lw=2.5,
+                    label=f"{group} ({mask.sum()} classes) mAP50 {curves['ap50'][mask].mean():.3f}",
+                )
                 for row in prec[mask]:
                     ax.plot(x, row, color=colour, lw=0.5, alpha=0.3)
-    ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title=f"PR at IoU 0.5 ({result['split']} split)")
+    ax.set(
+        xlabel="recall",
+        ylabel="precision",
+        xlim=(0, 1),
+        ylim=(0, 1.02),
+        title=f"PR at IoU 0.5 ({result['split']} split)",
+    )
     if ax.get_legend_handles_labels()[0]:
         ax.legend(loc="upper right", fontsize=8)
     else:
@@ -301,7 +383,11 @@ def _modality_figure(result: dict[str, Any]):
             for i in absent:
                 ax.text(x[i], top * 0.07, "no GT", ha="center", va="bottom", fontsize=7, rotation=90, color="#555")
     ax.set_xticks(np.arange(len(mods)), mods)
-    ax.set(ylabel="mAP50", ylim=(0, top * 1.15), title=f"mAP50 per modality ({result['split']} split; hatched = no ground truth)")
+    ax.set(
+        ylabel="mAP50",
+        ylim=(0, top * 1.15),
+        title=f"mAP50 per modality ({result['split']} split; hatched = no ground truth)",
+    )
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig

@@ -121,8 +121,16 @@ def export_onnx(
         # (or is overwritten) beside the source weights
         yolo.model.pt_path = str(Path(tmp) / f"{out.stem}.pt")
         try:
-            produced = yolo.export(format="onnx", imgsz=imgsz, half=half, device=device, simplify=simplify,
-                                   dynamic=False, batch=1, nms=False)
+            produced = yolo.export(
+                format="onnx",
+                imgsz=imgsz,
+                half=half,
+                device=device,
+                simplify=simplify,
+                dynamic=False,
+                batch=1,
+                nms=False,
+            )
         except Exception as exc:
             raise ModelError(f"{weights}: ONNX export failed ({type(exc).__name__}: {exc})") from exc
         if not produced or not Path(produced).is_file():
@@ -142,8 +150,14 @@ def export_onnx(
         "weights": str(weights.resolve()),
     }
     sidecar_path(out).write_text(json.dumps(sidecar, indent=2) + "\n")
-    log.info("exported %s (%d classes, imgsz %d%s) to %s", weights, len(names), imgsz,
-             ", folded" if pytorch_form is not None else "", out)
+    log.info(
+        "exported %s (%d classes, imgsz %d%s) to %s",
+        weights,
+        len(names),
+        imgsz,
+        ", folded" if pytorch_form is not None else "",
+        out,
+    )
     return out
 
 
@@ -153,8 +167,14 @@ def read_sidecar(onnx_path: str | Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def onnx_predict(onnx_path: str | Path, image: Any, conf: float = 0.25, iou: float = 0.7,
-                 imgsz: int | None = None, max_det: int = 300) -> OnnxDetections:
+def onnx_predict(
+    onnx_path: str | Path,
+    image: Any,
+    conf: float = 0.25,
+    iou: float = 0.7,
+    imgsz: int | None = None,
+    max_det: int = 300,
+) -> OnnxDetections:
     """Run an exported model on one image (a path, or a uint8 array (H, W) / (H, W, 3) in RGB) through ultralytics'
     predictor (letterbox, ONNX Runtime on CPU, NMS), as :class:`medrov.model.detector.Detector` does in PyTorch.
     ``imgsz`` defaults to the sidecar's (the graph's input size is fixed)."""
@@ -173,8 +193,9 @@ def onnx_predict(onnx_path: str | Path, image: Any, conf: float = 0.25, iou: flo
     result = model.predict(source, imgsz=imgsz, conf=conf, iou=iou, max_det=max_det, device="cpu", verbose=False)[0]
     classes = result.boxes.cls.cpu().numpy().astype(int)
     labels = meta.get("classes") or [str(v) for _, v in sorted(dict(result.names).items())]
-    return OnnxDetections(result.boxes.xyxy.cpu().numpy(), result.boxes.conf.cpu().numpy(), classes,
-                          [labels[c] for c in classes])
+    return OnnxDetections(
+        result.boxes.xyxy.cpu().numpy(), result.boxes.conf.cpu().numpy(), classes, [labels[c] for c in classes]
+    )
 
 
 def _bgr(image: np.ndarray) -> np.ndarray:

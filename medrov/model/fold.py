@@ -128,8 +128,10 @@ def _fold_head(head: nn.Module, text: torch.Tensor) -> None:
     t = torch.nn.functional.normalize(text.double(), dim=-1)
     for i, (seq, contrastive) in enumerate(zip(head.cv3, head.cv4)):
         if not isinstance(contrastive, BNContrastiveHead) or not hasattr(contrastive, "norm"):
-            raise ModelError(f"head level {i}: {type(contrastive).__name__} is not an unfused BNContrastiveHead "
-                             "(only worldv2 heads fold: L2-normalised image features are not affine)")
+            raise ModelError(
+                f"head level {i}: {type(contrastive).__name__} is not an unfused BNContrastiveHead "
+                "(only worldv2 heads fold: L2-normalised image features are not affine)"
+            )
         w, b = _affine(seq[-1])  # (D, c3) embedding conv
         bn = contrastive.norm
         a = bn.weight.detach().double() / (bn.running_var.detach().double() + bn.eps).sqrt()
@@ -169,8 +171,10 @@ def fold(model: Any, names: Sequence[str] | None = None) -> nn.Module:
     if not isinstance(net, WorldModel):
         raise ModelError(f"{type(net).__name__} is not a YOLO-World model: nothing to fold")
     if any(isinstance(m, ImagePoolingAttn) for m in net.model):
-        raise ModelError("this YOLO-World (v1) model has an ImagePoolingAttn: it updates the text with pooled image "
-                         "features, so the guides after it depend on each image and cannot be folded (use worldv2)")
+        raise ModelError(
+            "this YOLO-World (v1) model has an ImagePoolingAttn: it updates the text with pooled image "
+            "features, so the guides after it depend on each image and cannot be folded (use worldv2)"
+        )
     if not isinstance(net.model[-1], WorldDetect):
         raise ModelError(f"last layer is {type(net.model[-1]).__name__}, not WorldDetect")
     text = net.txt_feats.detach()
@@ -191,8 +195,11 @@ def fold(model: Any, names: Sequence[str] | None = None) -> nn.Module:
     folded.names = dict(enumerate(names))
     folded.fold_info = {"names": names, "text_sha256": hashlib.sha256(text.float().cpu().numpy().tobytes()).hexdigest()}
     folded.requires_grad_(False)
-    log.info("folded %d prompts into the network (%d C2fAttn blocks, head -> Detect)", len(names),
-             sum(isinstance(m, FoldedC2fAttn) for m in folded.model))
+    log.info(
+        "folded %d prompts into the network (%d C2fAttn blocks, head -> Detect)",
+        len(names),
+        sum(isinstance(m, FoldedC2fAttn) for m in folded.model),
+    )
     return folded
 
 

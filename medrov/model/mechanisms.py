@@ -39,7 +39,8 @@ class _PendingTargets:
             batch = dict(batch)
             h, w = batch["img"].shape[2:]
             batch["batch_idx"], batch["cls"], batch["bboxes"] = append_targets(
-                batch["batch_idx"], batch["cls"], batch["bboxes"], new, (h, w))
+                batch["batch_idx"], batch["cls"], batch["bboxes"], new, (h, w)
+            )
         return self.criterion(preds, batch)
 
     def __getattr__(self, name):
@@ -66,8 +67,21 @@ class Mechanisms:
         self.settings = settings
         self.encoder = encoder
         self.negatives_available = bool(getattr(encoder, "has_image", False))
-        fields = {k: settings[k] for k in ("iou_t", "conf_c", "nms_iou", "crop_min", "crop_max", "crops_per_image",
-                                           "enlarge", "negative_class", "labels", "negatives")}
+        fields = {
+            k: settings[k]
+            for k in (
+                "iou_t",
+                "conf_c",
+                "nms_iou",
+                "crop_min",
+                "crop_max",
+                "crops_per_image",
+                "enlarge",
+                "negative_class",
+                "labels",
+                "negatives",
+            )
+        }
         fields["negatives"] = fields["negatives"] and self.negatives_available
         self.rule = Rule(**fields)
         _, self.sources = image_sources(data["path"])
@@ -84,14 +98,22 @@ class Mechanisms:
         self.gallery_size = int(settings.get("gallery", 0))
         self.reset()
         if settings.get("negatives") and not self.negatives_available:
-            log.warning("pseudo: image-feature negatives are OFF: encoder %s has no image tower (text-only)",
-                        getattr(encoder, "spec", encoder))
+            log.warning(
+                "pseudo: image-feature negatives are OFF: encoder %s has no image tower (text-only)",
+                getattr(encoder, "spec", encoder),
+            )
 
     def describe(self) -> dict[str, Any]:
         """What is in force, for the run record and MLflow params."""
-        return {"labels": self.rule.labels, "negatives": self.rule.negatives,
-                "negatives_off_reason": None if self.rule.negatives or not self.settings.get("negatives")
-                else "encoder has no image tower", "teacher": self.teacher, "sources": self.sources}
+        return {
+            "labels": self.rule.labels,
+            "negatives": self.rule.negatives,
+            "negatives_off_reason": None
+            if self.rule.negatives or not self.settings.get("negatives")
+            else "encoder has no image tower",
+            "teacher": self.teacher,
+            "sources": self.sources,
+        }
 
     def reset(self) -> None:
         self.labels = Counter()
@@ -117,7 +139,8 @@ class Mechanisms:
         if decisions.targets or decisions.negatives:
             h, w = batch["img"].shape[2:]
             batch["batch_idx"], batch["cls"], batch["bboxes"] = append_targets(
-                batch["batch_idx"], batch["cls"], batch["bboxes"], decisions.appended(), (h, w))
+                batch["batch_idx"], batch["cls"], batch["bboxes"], decisions.appended(), (h, w)
+            )
         self._count(batch, decisions)
         self.seconds += time.perf_counter() - start
         self.batches += 1
@@ -147,8 +170,15 @@ class Mechanisms:
         scores = y[:, 4 : 4 + k]
         conf, slot = scores.max(1)
         boxes = _xywh2xyxy(y[:, :4].transpose(1, 2))
-        boxes = torch.stack((boxes[..., 0].clamp(0, w), boxes[..., 1].clamp(0, h), boxes[..., 2].clamp(0, w),
-                             boxes[..., 3].clamp(0, h)), -1)  # the part of a box inside the image is what can be judged
+        boxes = torch.stack(
+            (
+                boxes[..., 0].clamp(0, w),
+                boxes[..., 1].clamp(0, h),
+                boxes[..., 2].clamp(0, w),
+                boxes[..., 3].clamp(0, h),
+            ),
+            -1,
+        )  # the part of a box inside the image is what can be judged
         scale = torch.tensor([w, h, w, h], device=batch["bboxes"].device, dtype=batch["bboxes"].dtype)
         gt_all = _xywh2xyxy(batch["bboxes"]) * scale
         bidx = batch["batch_idx"].long()
@@ -158,12 +188,19 @@ class Mechanisms:
             keep = conf[b] >= self.rule.conf_c
             mine = bidx == b
             t = np.asarray(tiles[b], dtype=np.float64).reshape(-1, 5)
-            out.append(ImageInput(
-                boxes=boxes[b][keep].cpu().numpy(), scores=conf[b][keep].cpu().numpy(), slots=slot[b][keep].cpu().numpy(),
-                gt_boxes=gt_all[mine].cpu().numpy(), gt_slots=batch["cls"][mine].reshape(-1).long().cpu().numpy(),
-                slot_classes=np.array([self.text_class.get(x, self.text_class.get(x.strip(), -1)) for x in texts]),
-                tiles=t[:, :4], tile_sources=t[:, 4].astype(int), size=(int(h), int(w)),
-            ))
+            out.append(
+                ImageInput(
+                    boxes=boxes[b][keep].cpu().numpy(),
+                    scores=conf[b][keep].cpu().numpy(),
+                    slots=slot[b][keep].cpu().numpy(),
+                    gt_boxes=gt_all[mine].cpu().numpy(),
+                    gt_slots=batch["cls"][mine].reshape(-1).long().cpu().numpy(),
+                    slot_classes=np.array([self.text_class.get(x, self.text_class.get(x.strip(), -1)) for x in texts]),
+                    tiles=t[:, :4],
+                    tile_sources=t[:, 4].astype(int),
+                    size=(int(h), int(w)),
+                )
+            )
         return out
 
     def _crop(self, img: torch.Tensor, box) -> np.ndarray:
@@ -204,8 +241,11 @@ class Mechanisms:
             return None
         start = time.perf_counter()
         with torch.no_grad():
-            detached = {"boxes": output["boxes"].detach(), "scores": output["scores"].detach(),
-                        "feats": [f.detach() for f in output["feats"]]}
+            detached = {
+                "boxes": output["boxes"].detach(),
+                "scores": output["scores"].detach(),
+                "feats": [f.detach() for f in output["feats"]],
+            }
             y = module._inference(detached).float()
         decisions = decide(self._inputs(batch, y), self.presence, self.rule, self.rng)
         result = None
@@ -215,8 +255,9 @@ class Mechanisms:
             for j, n in enumerate(decisions.negatives):
                 text[n.image, n.slot] = emb[j].to(text.dtype)
             feats, bs = output["feats"], output["feats"][0].shape[0]
-            scores = torch.cat([module.cv4[i](module.cv3[i](feats[i]), text).view(bs, module.nc, -1)
-                                for i in range(module.nl)], -1)
+            scores = torch.cat(
+                [module.cv4[i](module.cv3[i](feats[i]), text).view(bs, module.nc, -1) for i in range(module.nl)], -1
+            )
             result = {**output, "scores": scores}
         self._append = decisions.appended() or None
         self._count(batch, decisions)
@@ -262,8 +303,13 @@ class Mechanisms:
                     writer.writerow([epoch, kind, source, name, n])
         if self.gallery:
             self.write_gallery(save_dir / f"pseudo_gallery_epoch{epoch}.png", epoch)
-        log.info("pseudo: epoch %d: %d pseudo-labels, %d negatives, %.1f ms/batch", epoch,
-                 metrics["pseudo/labels"], metrics["pseudo/negatives"], metrics["pseudo/ms_per_batch"])
+        log.info(
+            "pseudo: epoch %d: %d pseudo-labels, %d negatives, %.1f ms/batch",
+            epoch,
+            metrics["pseudo/labels"],
+            metrics["pseudo/negatives"],
+            metrics["pseudo/ms_per_batch"],
+        )
         self.reset()
         return metrics
 

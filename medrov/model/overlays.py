@@ -9,8 +9,18 @@ from pathlib import Path
 import numpy as np
 
 # one colour per class index in the prompt list of a source; truth is drawn in the same colour, dashed
-PALETTE = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
-           (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212)]
+PALETTE = [
+    (230, 25, 75),
+    (60, 180, 75),
+    (255, 225, 25),
+    (0, 130, 200),
+    (245, 130, 48),
+    (145, 30, 180),
+    (70, 240, 240),
+    (240, 50, 230),
+    (210, 245, 60),
+    (250, 190, 212),
+]
 
 
 @dataclass
@@ -60,8 +70,11 @@ def draw_panel(panel: Panel, size: int, conf: float):
     for box, name in zip(np.asarray(panel.gt_boxes, float).reshape(-1, 4), panel.gt_names):
         _dashed(draw, box * scale + shift, colour.get(name, (255, 255, 255)), 1)
     keep = np.asarray(panel.pred_scores, float) >= conf
-    for box, name, score in zip(np.asarray(panel.pred_boxes, float).reshape(-1, 4)[keep],
-                                np.asarray(panel.pred_names, object)[keep], np.asarray(panel.pred_scores)[keep]):
+    for box, name, score in zip(
+        np.asarray(panel.pred_boxes, float).reshape(-1, 4)[keep],
+        np.asarray(panel.pred_names, object)[keep],
+        np.asarray(panel.pred_scores)[keep],
+    ):
         b = box * scale + shift
         draw.rectangle(b.tolist(), outline=colour.get(name, (255, 255, 255)), width=2)
         draw.text((b[0] + 2, b[1] + 1), f"{name[:10]} {score:.2f}", fill=colour.get(name, (255, 255, 255)))
@@ -80,8 +93,11 @@ def write_grid(panels: list[Panel], path: Path, conf: float = 0.25, size: int = 
     grid = Image.new("RGB", (cols * tile[0], rows * tile[1] + 16), (0, 0, 0))
     for k, panel in enumerate(panels):
         grid.paste(draw_panel(panel, size, conf), ((k % cols) * tile[0], (k // cols) * tile[1]))
-    ImageDraw.Draw(grid).text((4, rows * tile[1] + 2), f"solid: predictions with score >= {conf:g} (class, score); "
-                              "dashed: ground truth; colour = class", fill=(235, 235, 235))
+    ImageDraw.Draw(grid).text(
+        (4, rows * tile[1] + 2),
+        f"solid: predictions with score >= {conf:g} (class, score); dashed: ground truth; colour = class",
+        fill=(235, 235, 235),
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     grid.save(path)
     return path

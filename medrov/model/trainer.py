@@ -68,11 +68,12 @@ class PromptSampler(RandomLoadText):
         }
         if self.presence is not None and self.padding:
             # padding repeats class names: only names that may be negatives here, or the M=0 ones come back
-            padding, self.padding_value = self.padding_value, [t for c in pool for t in labels["texts"][c]] or padding
+            saved = self.padding_value
+            self.padding_value = [t for c in pool for t in labels["texts"][c]] or saved
             try:
                 return super().get_params(compact)
             finally:
-                self.padding_value = padding
+                self.padding_value = saved
         return super().get_params(compact)
 
 
@@ -134,7 +135,9 @@ class OmnisTrainDataset(_HoldOut, YOLOMultiModalDataset):
         nc = int(self.data["nc"])
         source = self._sources.get(str(Path(label["im_file"]).resolve()), -1)
         if source >= 0:
-            label["bboxes"] = np.concatenate([label["bboxes"].reshape(-1, 4), _whole_image(label)], 0).astype(np.float32)
+            label["bboxes"] = np.concatenate([label["bboxes"].reshape(-1, 4), _whole_image(label)], 0).astype(
+                np.float32
+            )
             label["cls"] = np.concatenate([label["cls"].reshape(-1, 1), [[nc + source]]], 0).astype(np.float32)
             if len(label.get("segments") or []):
                 label["segments"] = list(label["segments"]) + [np.array([[0, 0], [1, 0], [1, 1], [0, 1]], np.float32)]
@@ -177,11 +180,17 @@ class OmnisEvalDataset(_HoldOut, YOLODataset):
     """Validation images during training: held-out classes are not scored (they would leak into model selection)."""
 
 
-def _omnis_data(data: dict[str, Any], held_out: Sequence[int], track_sources: bool = False,
-                presence_sampling: bool = False) -> dict[str, Any]:
+def _omnis_data(
+    data: dict[str, Any], held_out: Sequence[int], track_sources: bool = False, presence_sampling: bool = False
+) -> dict[str, Any]:
     held = sorted(set(int(c) for c in held_out))
-    return {**data, "held_out": held, "negatives": [c for c in range(int(data["nc"])) if c not in set(held)],
-            "track_sources": track_sources or presence_sampling, "presence_sampling": presence_sampling}
+    return {
+        **data,
+        "held_out": held,
+        "negatives": [c for c in range(int(data["nc"])) if c not in set(held)],
+        "track_sources": track_sources or presence_sampling,
+        "presence_sampling": presence_sampling,
+    }
 
 
 def _dataset(trainer, img_path, mode, batch, multi_modal: bool):
@@ -193,8 +202,12 @@ def _dataset(trainer, img_path, mode, batch, multi_modal: bool):
     model = trainer.model if hasattr(trainer.model, "parameters") else None  # a name before set-up
     gs = max(int(unwrap_model(model).stride.max() if model is not None else 0), 32)
     train = mode == "train"
-    data = _omnis_data(trainer.data, trainer.held_out, bool(getattr(trainer, "pseudo", None)) and train,
-                       bool(getattr(trainer, "presence_sampling", False)) and train)
+    data = _omnis_data(
+        trainer.data,
+        trainer.held_out,
+        bool(getattr(trainer, "pseudo", None)) and train,
+        bool(getattr(trainer, "presence_sampling", False)) and train,
+    )
     cls = OmnisTrainDataset if (multi_modal and mode == "train") else OmnisEvalDataset
     return cls(
         img_path=img_path,
@@ -301,8 +314,13 @@ class MedrovDetectionTrainer(DetectionTrainer):
         return _dataset(self, img_path, mode, batch, multi_modal=False)
 
 
-def make_world_trainer(text_spec: str, text_fallback: str | None, text_cache_dir: str | Path | None, held_out: Sequence[int],
-                       pseudo: dict[str, Any] | None = None):
+def make_world_trainer(
+    text_spec: str,
+    text_fallback: str | None,
+    text_cache_dir: str | Path | None,
+    held_out: Sequence[int],
+    pseudo: dict[str, Any] | None = None,
+):
     """A per-run trainer class carrying our settings (see the module docstring for why a class).
 
     ``pseudo`` (the ``pseudo`` params section plus ``seed``) switches the training mechanisms on; None or both

@@ -11,5 +11,15 @@ from medrov.steps.training import log_weights_run, train
 from medrov.steps.tuning import tune_trial
 from medrov.tracking import record_evaluation
 
-__all__ = ["evaluate", "list_models", "load_detector", "log_weights_run", "predict", "promote", "record_evaluation",
-           "rollback", "train", "tune_trial"]
+__all__ = [
+    "evaluate",
+    "list_models",
+    "load_detector",
+    "log_weights_run",
+    "predict",
+    "promote",
+    "record_evaluation",
+    "rollback",
+    "train",
+    "tune_trial",
+]

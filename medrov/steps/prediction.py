@@ -34,8 +34,17 @@ def load_detector(params: Params, weights: str | None = None, threads: int | Non
     return detector, weights
 
 
-def predict(params: Params, path: str | Path, prompts: Sequence[str], out_dir: str | Path, weights: str | None = None,
-            conf: float = 0.25, imgsz: int = 640, modality: str = "auto", threads: int | None = None) -> dict[str, Any]:
+def predict(
+    params: Params,
+    path: str | Path,
+    prompts: Sequence[str],
+    out_dir: str | Path,
+    weights: str | None = None,
+    conf: float = 0.25,
+    imgsz: int = 640,
+    modality: str = "auto",
+    threads: int | None = None,
+) -> dict[str, Any]:
     """Detect ``prompts`` on a picture, volume, DICOM series or folder; one JSON and overlay PNG(s) per input.
 
     Returns:

@@ -27,8 +27,11 @@ def log_pseudo_in_force(client: "MlflowClient", run_id: str, pseudo: dict[str, A
     """The mechanisms actually in force (params.yaml may ask for negatives a text-only encoder cannot give)."""
     if not pseudo:
         return
-    values = {"pseudo.in_force.labels": pseudo.get("labels"), "pseudo.in_force.negatives": pseudo.get("negatives"),
-              "pseudo.in_force.teacher": pseudo.get("teacher", "none")}
+    values = {
+        "pseudo.in_force.labels": pseudo.get("labels"),
+        "pseudo.in_force.negatives": pseudo.get("negatives"),
+        "pseudo.in_force.teacher": pseudo.get("teacher", "none"),
+    }
     if pseudo.get("negatives_off_reason"):
         values["pseudo.in_force.negatives_off_reason"] = pseudo["negatives_off_reason"]
     existing = client.get_run(run_id).data.params
@@ -41,8 +44,12 @@ def log_train_artifacts(client: "MlflowClient", run_id: str, params: Params, inf
     """Weights, ultralytics' plots and results, the dataset card and the validation report (where present)."""
     weights = Path(info["weights"])
     tracking.guard(lambda: client.log_artifact(run_id, str(weights), "weights"), client.tracking_uri)
-    counts = {"weights": 1, "train": tracking.log_dir(client, run_id, Path(info["save_dir"]), "train",
-                                                      ("*.png", "*.jpg", "*.csv", "*.yaml", "*.json"))}
+    counts = {
+        "weights": 1,
+        "train": tracking.log_dir(
+            client, run_id, Path(info["save_dir"]), "train", ("*.png", "*.jpg", "*.csv", "*.yaml", "*.json")
+        ),
+    }
     # whole folders: the Data Docs pages link into their sub-folders
     for key, folder in (("dataset_card", params.tracking.dataset_card), ("validate_report", params.validate_.report)):
         if folder and paths.resolve(folder).is_dir():
@@ -50,9 +57,16 @@ def log_train_artifacts(client: "MlflowClient", run_id: str, params: Params, inf
     return counts
 
 
-def train(params: Params, parent_run_id: str | None = None, profile: str | None = None, closed_set: bool = False,
-          resume: bool = False, callbacks: dict[str, list] | None = None, run_name: str | None = None,
-          tags: dict[str, str] | None = None) -> dict[str, Any]:
+def train(
+    params: Params,
+    parent_run_id: str | None = None,
+    profile: str | None = None,
+    closed_set: bool = False,
+    resume: bool = False,
+    callbacks: dict[str, list] | None = None,
+    run_name: str | None = None,
+    tags: dict[str, str] | None = None,
+) -> dict[str, Any]:
     """Train (or resume) a profile inside an MLflow run; the one door of ``medrov train``, Prefect and Ray trials.
 
     Args:
@@ -81,16 +95,27 @@ def train(params: Params, parent_run_id: str | None = None, profile: str | None 
     uri = tracking.tracking_uri(params.tracking)
     run_id = previous.get("run_id") if previous.get("tracking_uri") == uri else None
     name = run_name or f"train-{profile or params.train.profile}{'-closed' if closed_set else ''}"
-    run_tags = {f"{TAG}profile": profile or params.train.profile,
-                f"{TAG}kind": "closed-set" if closed_set else "open-vocabulary", **(tags or {})}
-    with tracking.step_run(params, "train", run_id=run_id, parent_run_id=parent_run_id, run_name=name,
-                           tags=run_tags, profile=profile or params.train.profile) as run:
+    run_tags = {
+        f"{TAG}profile": profile or params.train.profile,
+        f"{TAG}kind": "closed-set" if closed_set else "open-vocabulary",
+        **(tags or {}),
+    }
+    with tracking.step_run(
+        params,
+        "train",
+        run_id=run_id,
+        parent_run_id=parent_run_id,
+        run_name=name,
+        tags=run_tags,
+        profile=profile or params.train.profile,
+    ) as run:
         run_id = run.info.run_id
         if not previous.get("run_id") or previous.get("run_id") != run_id:  # a resumed run has its input already
             tracking.log_dataset(tracking.connect(params.tracking), run_id, params)
         record.parent.mkdir(parents=True, exist_ok=True)
-        record.write_text(json.dumps({"tracking_uri": uri, "run_id": run_id,
-                                      "experiment_id": run.info.experiment_id}, indent=2))
+        record.write_text(
+            json.dumps({"tracking_uri": uri, "run_id": run_id, "experiment_id": run.info.experiment_id}, indent=2)
+        )
         logger = tracking.EpochLogger(params, run_id, functools.partial(epoch_metrics, params))
         merged = {**(callbacks or {})}
         # the logger first: a caller's callback may end the training (Ray stops a trial inside its report)
@@ -105,9 +130,12 @@ def train(params: Params, parent_run_id: str | None = None, profile: str | None 
         prompter = logger.prompter
         if prompter is None and info.get("encoder"):
             prompter = make_prompter(params, info["encoder"]["spec"])
-        model = pyfunc.log_model(paths.resolve(params.train.data), Path(info["weights"]),
-                                 prompter if info.get("encoder") else None,
-                                 imgsz=info["args"].get("imgsz") if "args" in info else None)
+        model = pyfunc.log_model(
+            paths.resolve(params.train.data),
+            Path(info["weights"]),
+            prompter if info.get("encoder") else None,
+            imgsz=info["args"].get("imgsz") if "args" in info else None,
+        )
         client.set_tag(run_id, f"{TAG}model_uri", model.model_uri)
         client.set_tag(run_id, f"{TAG}weights_artifact", f"weights/{Path(info['weights']).name}")
         tracking.describe_run(client, run_id, training_description(params, info, profile))
@@ -124,14 +152,17 @@ def training_description(params: Params, info: dict[str, Any], profile: str | No
     encoder = (info.get("encoder") or {}).get("identity", "none (closed set)")
     pseudo = info.get("pseudo") or {}
     data = tracking.data_tags(params)
-    return (f"{info.get('kind', 'open-vocabulary')} training, profile **{profile or params.train.profile}**: "
-            f"`{args.get('model')}`, {info.get('epochs_done')} of {args.get('epochs')} epochs, "
-            f"batch {args.get('batch')}, "
-            f"{args.get('imgsz')} px, device {args.get('device')}. Data: `{params.train.data}` "
-            f"(DVC md5 {data[f'{TAG}data.omnis_dvc_md5']}). Text encoder: `{encoder}`. "
-            f"Pseudo-labels {'on' if pseudo.get('labels') else 'off'}, "
-            f"negatives {'on' if pseudo.get('negatives') else 'off'}"
-            + (f" ({pseudo['negatives_off_reason']})" if pseudo.get("negatives_off_reason") else "") + ".")
+    return (
+        f"{info.get('kind', 'open-vocabulary')} training, profile **{profile or params.train.profile}**: "
+        f"`{args.get('model')}`, {info.get('epochs_done')} of {args.get('epochs')} epochs, "
+        f"batch {args.get('batch')}, "
+        f"{args.get('imgsz')} px, device {args.get('device')}. Data: `{params.train.data}` "
+        f"(DVC md5 {data[f'{TAG}data.omnis_dvc_md5']}). Text encoder: `{encoder}`. "
+        f"Pseudo-labels {'on' if pseudo.get('labels') else 'off'}, "
+        f"negatives {'on' if pseudo.get('negatives') else 'off'}"
+        + (f" ({pseudo['negatives_off_reason']})" if pseudo.get("negatives_off_reason") else "")
+        + "."
+    )
 
 
 def log_weights_run(params: Params, weights: str | Path, encoder_spec: str | None = None, name: str = "import") -> str:
@@ -151,8 +182,9 @@ def log_weights_run(params: Params, weights: str | Path, encoder_spec: str | Non
     open_vocabulary = Detector(weights).open_vocabulary
     prompter = make_prompter(params, encoder_spec or params.text.encoder) if open_vocabulary else None
     kind = "open-vocabulary" if open_vocabulary else "closed-set"
-    with tracking.step_run(params, "train", run_name=name,
-                           tags={f"{TAG}kind": kind, f"{TAG}imported_weights": str(weights)}) as run:
+    with tracking.step_run(
+        params, "train", run_name=name, tags={f"{TAG}kind": kind, f"{TAG}imported_weights": str(weights)}
+    ) as run:
         client = tracking.connect(params.tracking)
         tracking.guard(lambda: client.log_artifact(run.info.run_id, str(weights), "weights"), client.tracking_uri)
         for key, value in tracking.encoder_tags(prompter.describe() if prompter else None, params).items():

@@ -25,8 +25,17 @@ def override(key: str, value: Any) -> str:
     return f"{key}={json.dumps(value)}"
 
 
-def tune_trial(config: dict[str, Any], *, base: dict[str, Any], root: str, profile: str, epochs: int, metric: str,
-               device: str, tracking: dict[str, str]) -> None:
+def tune_trial(
+    config: dict[str, Any],
+    *,
+    base: dict[str, Any],
+    root: str,
+    profile: str,
+    epochs: int,
+    metric: str,
+    device: str,
+    tracking: dict[str, str],
+) -> None:
     """One Ray Tune trial: train ``profile`` for ``epochs`` with the trial's overrides, report ``metric`` per epoch.
 
     Args:
@@ -66,15 +75,27 @@ def tune_trial(config: dict[str, Any], *, base: dict[str, Any], root: str, profi
             raise TuneFailed(f"the trainer reported no {metric!r} (it has {sorted(values)})")
         if not run_ids and record.is_file():  # written by the train step when its run starts
             run_ids.append(json.loads(record.read_text())["run_id"])
-        tune.report({"objective": values[metric], "epoch": int(trainer.epoch) + 1,
-                     "mlflow_run_id": run_ids[0] if run_ids else None})
+        tune.report(
+            {
+                "objective": values[metric],
+                "epoch": int(trainer.epoch) + 1,
+                "mlflow_run_id": run_ids[0] if run_ids else None,
+            }
+        )
 
-    trial_tags = {f"{TAG}tune_trial": context.get_trial_name(),
-                  f"{TAG}tune_parent_run_id": tracking["parent_run_id"]}
+    trial_tags = {f"{TAG}tune_trial": context.get_trial_name(), f"{TAG}tune_parent_run_id": tracking["parent_run_id"]}
     try:
-        train(params, parent_run_id=tracking["parent_run_id"], profile=profile, callbacks={"on_fit_epoch_end": [report]},
-              run_name=context.get_trial_name(), tags=trial_tags)
+        train(
+            params,
+            parent_run_id=tracking["parent_run_id"],
+            profile=profile,
+            callbacks={"on_fit_epoch_end": [report]},
+            run_name=context.get_trial_name(),
+            tags=trial_tags,
+        )
     except SystemExit:  # Ray ends a trial it stops (ASHA, or max_t reached) with sys.exit(0) inside report()
+        if not run_ids and record.is_file():
+            run_ids.append(json.loads(record.read_text())["run_id"])
         if run_ids:  # the run context marked it FAILED on the way out: it was stopped, not broken
             from mlflow import MlflowClient
 

@@ -92,7 +92,12 @@ def encode_cached(encoder: Encoder, texts: Sequence[str], cache_dir: str | Path 
         embeddings = _from_rows(Path(cache_dir), identity, texts)
         if embeddings is not None:
             _write(path, identity, texts, embeddings)
-            log.info("text embeddings: %d texts put together from cached rows of %s, stored as %s", len(texts), identity, path.name)
+            log.info(
+                "text embeddings: %d texts put together from cached rows of %s, stored as %s",
+                len(texts),
+                identity,
+                path.name,
+            )
             return embeddings, True
     embeddings = encoder.encode_text(texts)
     _write(path, identity, texts, embeddings)

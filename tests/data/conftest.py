@@ -27,7 +27,9 @@ CT_LABELS = {1: "liver", 2: "spleen"}
 # ---------------------------------------------------------------- low-level writers
 
 
-def ras_affine(spacing: tuple[float, float, float] = VOXEL, origin: tuple[float, float, float] = (0.0, 0.0, 0.0)) -> np.ndarray:
+def ras_affine(
+    spacing: tuple[float, float, float] = VOXEL, origin: tuple[float, float, float] = (0.0, 0.0, 0.0)
+) -> np.ndarray:
     affine = np.diag([*spacing, 1.0])
     affine[:3, 3] = origin
     return affine
@@ -287,7 +289,14 @@ class Corpus:
         """DICOM series folders (``series_NNN/slice_KKK.dcm``) with NIfTI labels on the same grid."""
         root = self.raw / name
         cases = []
-        entry = {"name": name, "root": str(root), "modality": "ct", "format": "dicom", "cases": cases, "label_map": dict(CT_LABELS)}
+        entry = {
+            "name": name,
+            "root": str(root),
+            "modality": "ct",
+            "format": "dicom",
+            "cases": cases,
+            "label_map": dict(CT_LABELS),
+        }
         built = Built(name, root, entry)
         spacing = (1.5, 1.5, 3.0)
         origin = np.array([-24.0, -24.0, 10.0])
@@ -348,7 +357,11 @@ class Corpus:
             annotations.append({"id": 2 * i + 1, "image_id": i + 1, "category_id": 1, "bbox": [10, 8, 14, 12]})
             annotations.append({"id": 2 * i + 2, "image_id": i + 1, "category_id": 2, "bbox": [30, 24, 20, 16]})
             built.items[key] = {"image": image}
-        data = {"images": images, "annotations": annotations, "categories": [{"id": 1, "name": "RBC"}, {"id": 2, "name": "WBC"}]}
+        data = {
+            "images": images,
+            "annotations": annotations,
+            "categories": [{"id": 1, "name": "RBC"}, {"id": 2, "name": "WBC"}],
+        }
         (root / "annotations.json").write_text(json.dumps(data))
         return self._add(built)
 
@@ -409,7 +422,13 @@ class Corpus:
         built = Built(
             name,
             root,
-            {"name": name, "root": str(root), "modality": "microscopy", "format": "yolo", "classes": ["red blood cell", "white blood cell"]},
+            {
+                "name": name,
+                "root": str(root),
+                "modality": "microscopy",
+                "format": "yolo",
+                "classes": ["red blood cell", "white blood cell"],
+            },
         )
         for i in range(n):
             key = f"cells_{i:03d}"

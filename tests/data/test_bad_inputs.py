@@ -236,7 +236,9 @@ def test_malformed_yolo_line(corpus, data_params):
 def test_non_numeric_csv_box(corpus, data_params):
     src = corpus.csv(n=3)
     csv_file = src.root / "boxes.csv"
-    csv_file.write_text(csv_file.read_text().replace("cxr_001.png,lung nodule,12,10", "cxr_001.png,lung nodule,twelve,10"))
+    csv_file.write_text(
+        csv_file.read_text().replace("cxr_001.png,lung nodule,12,10", "cxr_001.png,lung nodule,twelve,10")
+    )
     corpus.run(data_params).expect_one_bad(src.items["cxr_001"]["image"], ["non-numeric box", "boxes.csv"], good=2)
 
 
@@ -372,7 +374,12 @@ def _with_bad_box(corpus, fmt: str, box: tuple[float, float, float, float]):
         src = corpus.voc(n=3)
         item = src.items["img_001"]
         item["xml"].write_text(
-            corpus.voc_xml("img_001.jpg", 64, 48, [("RBC", 11, 9, 24, 20), ("WBC", 31, 25, 50, 40), ("WBC", x0 + 1, y0 + 1, x1, y1)])
+            corpus.voc_xml(
+                "img_001.jpg",
+                64,
+                48,
+                [("RBC", 11, 9, 24, 20), ("WBC", 31, 25, 50, 40), ("WBC", x0 + 1, y0 + 1, x1, y1)],
+            )
         )
         return src, item["image"], str(item["xml"])
     if fmt == "coco":
@@ -401,7 +408,9 @@ def _with_bad_box(corpus, fmt: str, box: tuple[float, float, float, float]):
 
 @pytest.mark.parametrize("fmt", ["voc", "coco", "csv", "yolo"])
 def test_box_partly_outside_is_clipped(corpus, data_params, fmt):
-    src, image, where = _with_bad_box(corpus, fmt, (20.0, 24.0, 90.0, 40.0) if fmt != "yolo" else (20.0, 24.0, 40.0, 30.0))
+    src, image, where = _with_bad_box(
+        corpus, fmt, (20.0, 24.0, 90.0, 40.0) if fmt != "yolo" else (20.0, 24.0, 40.0, 30.0)
+    )
     result = corpus.run(data_params)
     s = result.summary
     assert s["converted"] == s["total"] == src.n and s["quarantined"] == 0
@@ -423,7 +432,9 @@ def test_box_partly_outside_is_clipped(corpus, data_params, fmt):
 
 @pytest.mark.parametrize("fmt", ["voc", "coco", "csv", "yolo"])
 def test_box_entirely_outside_is_dropped(corpus, data_params, fmt):
-    src, image, where = _with_bad_box(corpus, fmt, (70.0, 50.0, 90.0, 60.0) if fmt != "yolo" else (36.0, 4.0, 44.0, 12.0))
+    src, image, where = _with_bad_box(
+        corpus, fmt, (70.0, 50.0, 90.0, 60.0) if fmt != "yolo" else (36.0, 4.0, 44.0, 12.0)
+    )
     result = corpus.run(data_params)
     s = result.summary
     assert s["converted"] == s["total"] == src.n and s["quarantined"] == 0

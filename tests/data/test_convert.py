@@ -24,7 +24,15 @@ MANIFEST_COLUMNS = {"image", "source", "modality", "split", "width", "height", "
 BOX_COLUMNS = {"image", "source", "class_id", "class_name", "x_center", "y_center", "width", "height"}
 FORMATS = ("nifti_ct", "dicom_ct", "voc", "coco", "csv", "mask2d", "yolo")
 # images per source in the corpus: volumes keep the 4 slices with organs (1..4), 2D sources one per input
-EXPECTED_IMAGES = {"TinyCT": 12, "TinyDicomCT": 8, "TinyVOC": 3, "TinyCOCO": 3, "TinyCSV": 3, "TinyPolyp": 3, "TinyYOLO": 3}
+EXPECTED_IMAGES = {
+    "TinyCT": 12,
+    "TinyDicomCT": 8,
+    "TinyVOC": 3,
+    "TinyCOCO": 3,
+    "TinyCSV": 3,
+    "TinyPolyp": 3,
+    "TinyYOLO": 3,
+}
 ANNOTATED = {
     "TinyCT": {"liver", "spleen"},
     "TinyDicomCT": {"liver", "spleen"},
@@ -84,7 +92,15 @@ def test_manifest(full):
     m = full.manifest
     assert MANIFEST_COLUMNS <= set(m.columns)
     assert m["image"].is_unique
-    modality = {"TinyCT": "ct", "TinyDicomCT": "ct", "TinyVOC": "microscopy", "TinyCOCO": "microscopy", "TinyCSV": "xray", "TinyPolyp": "endoscopy", "TinyYOLO": "microscopy"}
+    modality = {
+        "TinyCT": "ct",
+        "TinyDicomCT": "ct",
+        "TinyVOC": "microscopy",
+        "TinyCOCO": "microscopy",
+        "TinyCSV": "xray",
+        "TinyPolyp": "endoscopy",
+        "TinyYOLO": "microscopy",
+    }
     assert dict(zip(m["source"], m["modality"])) == modality
     assert set(m["split"]) <= set(SPLITS)
     for row in m.itertuples():
@@ -188,7 +204,15 @@ def test_omnis_yaml_and_split_lists(full):
     assert data["nc"] == len(vocab) == len(data["names"])
     assert data["names"][vocab["liver"].id].split("/")[0] == "liver"
     assert sorted(data["base"] + data["novel"]) == list(range(len(vocab)))
-    assert data["sources"] == {"TinyCT": "ct", "TinyDicomCT": "ct", "TinyVOC": "microscopy", "TinyCOCO": "microscopy", "TinyCSV": "xray", "TinyPolyp": "endoscopy", "TinyYOLO": "microscopy"}
+    assert data["sources"] == {
+        "TinyCT": "ct",
+        "TinyDicomCT": "ct",
+        "TinyVOC": "microscopy",
+        "TinyCOCO": "microscopy",
+        "TinyCSV": "xray",
+        "TinyPolyp": "endoscopy",
+        "TinyYOLO": "microscopy",
+    }
     listed = []
     for split in SPLITS:
         txt = full.out / data[split]
@@ -229,7 +253,9 @@ def test_nifti_and_dicom_of_the_same_anatomy_give_the_same_slices(corpus, data_p
         assert np.array_equal(a, d), k
     cols = ["class_name", "x0", "y0", "x1", "y1"]
     per = {
-        src: _sorted(b[b["source"] == src].assign(image=b["image"].str.extract(r"_z(\d+)", expand=False)))[["image", *cols]]
+        src: _sorted(b[b["source"] == src].assign(image=b["image"].str.extract(r"_z(\d+)", expand=False)))[
+            ["image", *cols]
+        ]
         for src in ("TinyCT", "TinyDicomCT")
     }
     pd.testing.assert_frame_equal(per["TinyCT"], per["TinyDicomCT"])
@@ -237,7 +263,10 @@ def test_nifti_and_dicom_of_the_same_anatomy_give_the_same_slices(corpus, data_p
     xs, ys, zs = np.nonzero(label == 1)
     liver = per["TinyCT"][per["TinyCT"]["class_name"] == "liver"]
     assert sorted(set(liver["image"].astype(int))) == sorted(set(zs.tolist()))
-    assert (liver[["x0", "y0", "x1", "y1"]].to_numpy() == [32 - 1 - xs.max(), 32 - 1 - ys.max(), 32 - xs.min(), 32 - ys.min()]).all()
+    assert (
+        liver[["x0", "y0", "x1", "y1"]].to_numpy()
+        == [32 - 1 - xs.max(), 32 - 1 - ys.max(), 32 - xs.min(), 32 - ys.min()]
+    ).all()
     liver_xc = b.loc[b["class_name"] == "liver", "x_center"]
     spleen_xc = b.loc[b["class_name"] == "spleen", "x_center"]
     assert (liver_xc < 0.5).all() and (spleen_xc > 0.5).all()  # patient right on the image left
@@ -319,7 +348,9 @@ def _modify_coco_annotation(corpus, built) -> str:
 
 def _modify_csv_row(corpus, built) -> str:
     csv_file = built.root / "boxes.csv"
-    csv_file.write_text(csv_file.read_text().replace("cxr_002.png,lung nodule,12,10,18,16", "cxr_002.png,lung nodule,13,10,18,16"))
+    csv_file.write_text(
+        csv_file.read_text().replace("cxr_002.png,lung nodule,12,10,18,16", "cxr_002.png,lung nodule,13,10,18,16")
+    )
     return str(built.items["cxr_002"]["image"])
 
 

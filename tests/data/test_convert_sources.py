@@ -16,10 +16,19 @@ from tests.conftest import ROOT
 
 @pytest.fixture
 def demo_sources(tmp_path):
-    params = load_params(ROOT / "params.yaml", [
-        "demo.ct_volumes=1", "demo.mri_volumes=1", "demo.volume_shape=[48,48,6]", "demo.xray_images=2",
-        "demo.microscopy_images=2", "demo.endoscopy_images=2", "demo.image_size=64", "data.workers=1",
-    ])
+    params = load_params(
+        ROOT / "params.yaml",
+        [
+            "demo.ct_volumes=1",
+            "demo.mri_volumes=1",
+            "demo.volume_shape=[48,48,6]",
+            "demo.xray_images=2",
+            "demo.microscopy_images=2",
+            "demo.endoscopy_images=2",
+            "demo.image_size=64",
+            "data.workers=1",
+        ],
+    )
     demo.generate(params.demo, tmp_path / "raw")
     text = (ROOT / "data" / "sources.yaml").read_text().replace("raw/synthetic/", f"{tmp_path}/raw/")
     (tmp_path / "sources.yaml").write_text(text.replace("{shared}", str(tmp_path / "no-shared-data")))
@@ -29,10 +38,19 @@ def demo_sources(tmp_path):
 def test_filtered_runs_share_a_folder_and_a_full_run_reuses_them(demo_sources, tmp_path):
     params, sources_file = demo_sources
     names = convert.source_names(params, sources_file)
-    assert names == ["SynthAbdomenCT", "SynthKidneyCT", "SynthAbdomenMRI", "SynthChestXray", "SynthBloodSmear", "SynthPolyp"]
+    assert names == [
+        "SynthAbdomenCT",
+        "SynthKidneyCT",
+        "SynthAbdomenMRI",
+        "SynthChestXray",
+        "SynthBloodSmear",
+        "SynthPolyp",
+    ]
     out = tmp_path / "omnis"
     with ThreadPoolExecutor(max_workers=3) as pool:
-        parts = list(pool.map(lambda name: convert.run(params, sources_file, out, progress=False, sources=[name]), names))
+        parts = list(
+            pool.map(lambda name: convert.run(params, sources_file, out, progress=False, sources=[name]), names)
+        )
     for name, part in zip(names, parts):
         assert set(part["sources"]) == {name}
         assert part["converted"] == part["total"] == part["sources"][name]["inputs"] > 0

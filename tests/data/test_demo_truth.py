@@ -18,8 +18,15 @@ from medrov.config import load_params
 from medrov.data import demo
 from tests.conftest import ROOT
 
-SMALL = ["demo.ct_volumes=2", "demo.mri_volumes=2", "demo.volume_shape=[64,64,4]", "demo.xray_images=6",
-         "demo.microscopy_images=4", "demo.endoscopy_images=4", "demo.image_size=64"]
+SMALL = [
+    "demo.ct_volumes=2",
+    "demo.mri_volumes=2",
+    "demo.volume_shape=[64,64,4]",
+    "demo.xray_images=6",
+    "demo.microscopy_images=4",
+    "demo.endoscopy_images=4",
+    "demo.image_size=64",
+]
 
 
 @pytest.fixture(scope="module")
@@ -50,11 +57,16 @@ def test_volume_truth_holds_the_annotated_labels_and_the_unannotated_organs(gene
     out, cfg, _ = generated
     truth = demo.truth_dir(cfg, out)
     ids = demo.TRUTH_IDS
-    annotated = {"SynthAbdomenCT": {1: "liver", 2: "spleen"},
-                 "SynthKidneyCT": {1: "right kidney", 2: "left kidney", 3: "kidney tumor"},
-                 "SynthAbdomenMRI": {1: "liver", 2: "right kidney", 3: "left kidney"}}
-    unannotated = {"SynthAbdomenCT": {"right kidney", "left kidney"}, "SynthKidneyCT": {"liver", "spleen"},
-                   "SynthAbdomenMRI": {"spleen"}}
+    annotated = {
+        "SynthAbdomenCT": {1: "liver", 2: "spleen"},
+        "SynthKidneyCT": {1: "right kidney", 2: "left kidney", 3: "kidney tumor"},
+        "SynthAbdomenMRI": {1: "liver", 2: "right kidney", 3: "left kidney"},
+    }
+    unannotated = {
+        "SynthAbdomenCT": {"right kidney", "left kidney"},
+        "SynthKidneyCT": {"liver", "spleen"},
+        "SynthAbdomenMRI": {"spleen"},
+    }
     for source, label_map in annotated.items():
         for label_file in sorted((out / source / "labels").glob("*.nii.gz")):
             src = nib.load(label_file)
@@ -88,8 +100,12 @@ def test_2d_truth_contains_every_source_annotation(generated):
         boxes = polyp[mask_file.name.replace("_polyp", "")]
         assert mask.any() and boxes
         ys, xs = np.nonzero(mask)  # the union of the truth boxes spans the mask exactly
-        assert (min(b[1] for b in boxes), min(b[2] for b in boxes), max(b[3] for b in boxes), max(b[4] for b in boxes)) == (
-            xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+        assert (
+            min(b[1] for b in boxes),
+            min(b[2] for b in boxes),
+            max(b[3] for b in boxes),
+            max(b[4] for b in boxes),
+        ) == (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
 
 
 def test_same_seed_same_truth(generated, tmp_path):
@@ -98,7 +114,9 @@ def test_same_seed_same_truth(generated, tmp_path):
     demo.generate(cfg, again)
     first, second = demo.truth_dir(cfg, out), demo.truth_dir(cfg, again)
     assert (first / "truth.json").read_text() == (second / "truth.json").read_text()
-    assert (first / "SynthChestXray" / "boxes.csv").read_bytes() == (second / "SynthChestXray" / "boxes.csv").read_bytes()
+    assert (first / "SynthChestXray" / "boxes.csv").read_bytes() == (
+        second / "SynthChestXray" / "boxes.csv"
+    ).read_bytes()
 
 
 def test_conversion_never_reads_the_truth(tiny_omnis):
@@ -120,11 +138,15 @@ def test_truth_converts_into_a_fully_annotated_omnis_with_the_same_splits(genera
     demo_file = tmp_path / "sources.yaml"
     demo_file.write_text((ROOT / "data" / "sources.yaml").read_text().replace("raw/synthetic/", f"{out}/"))
     convert.run(params.data, sources_file=demo_file, out_dir=tmp_path / "demo", progress=False)
-    convert.run(params.data, sources_file=demo.truth_dir(cfg, out) / "sources.yaml", out_dir=tmp_path / "truth", progress=False)
+    convert.run(
+        params.data, sources_file=demo.truth_dir(cfg, out) / "sources.yaml", out_dir=tmp_path / "truth", progress=False
+    )
     shown, full = (pd.read_parquet(tmp_path / d / "boxes.parquet") for d in ("demo", "truth"))
     pairs = lambda b: set(zip(b["source"], b["class_name"]))  # noqa: E731
     assert pairs(shown) < pairs(full)
-    assert {("SynthAbdomenCT", "right kidney"), ("SynthKidneyCT", "liver"), ("SynthAbdomenMRI", "spleen")} <= pairs(full) - pairs(shown)
+    assert {("SynthAbdomenCT", "right kidney"), ("SynthKidneyCT", "liver"), ("SynthAbdomenMRI", "spleen")} <= pairs(
+        full
+    ) - pairs(shown)
     key = ["image", "class_name", "x0", "y0", "x1", "y1"]
     assert len(shown.merge(full, on=key)) == len(shown)  # every demo box is a truth box
     splits = lambda d: pd.read_parquet(tmp_path / d / "manifest.parquet").set_index("image")["split"]  # noqa: E731

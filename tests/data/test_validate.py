@@ -147,7 +147,8 @@ def run(d: Path, vparams) -> dict[str, Any]:
 
 def results(summary: dict[str, Any], table: str, column: str, expectation: str | None = None) -> list[dict[str, Any]]:
     found = [
-        r for r in summary["results"]
+        r
+        for r in summary["results"]
         if r["table"] == table and r["column"] == column and (expectation is None or r["expectation"] == expectation)
     ]
     assert found, f"no check {table}.{column} {expectation or ''}"
@@ -202,7 +203,9 @@ def test_valid_folder_passes(valid_report):
     rows = summary["rows_checked"]
     assert rows["manifest"] > 0 and rows["boxes"] == rows["label_lines"] > 0
     assert rows["files"] == 2 * rows["manifest"]
-    assert lines[-1].startswith(f"validate: {summary['passed']} of {summary['expectations']} expectations passed, 0 failed")
+    assert lines[-1].startswith(
+        f"validate: {summary['passed']} of {summary['expectations']} expectations passed, 0 failed"
+    )
     metrics = validate.metrics(summary)
     assert metrics["success"] is True and metrics["failed"] == 0
     assert all(c["success"] and c["unexpected"] == 0 for c in metrics["checks"].values())
@@ -279,7 +282,14 @@ def test_box_of_an_image_not_in_the_manifest(copy, vparams):
     pd.concat([boxes, ghost], ignore_index=True).to_parquet(copy / "boxes.parquet", index=False)
     s = run(copy, vparams)
     # an image without a manifest row has no label file either
-    expect_failure(s, "boxes", "image_not_in_manifest", 1, "images/SynthPolyp/ghost_frame.png", also=("boxes.missing_from_label_file",))
+    expect_failure(
+        s,
+        "boxes",
+        "image_not_in_manifest",
+        1,
+        "images/SynthPolyp/ghost_frame.png",
+        also=("boxes.missing_from_label_file",),
+    )
     assert results(s, "boxes", "missing_from_label_file")[0]["unexpected_count"] == 1
 
 
@@ -369,7 +379,14 @@ def test_label_line_out_of_range(copy, vparams):
     label.write_text("\n".join(lines) + "\n")
     s = run(copy, vparams)
     # the file now disagrees with the boxes table both ways
-    expect_failure(s, "label_lines", "height", 1, row["label"], also=("label_lines.missing_from_boxes_table", "boxes.missing_from_label_file"))
+    expect_failure(
+        s,
+        "label_lines",
+        "height",
+        1,
+        row["label"],
+        also=("label_lines.missing_from_boxes_table", "boxes.missing_from_label_file"),
+    )
     assert results(s, "label_lines", "missing_from_boxes_table")[0]["unexpected_count"] == 1
     assert results(s, "boxes", "missing_from_label_file")[0]["unexpected_count"] == 1
 
@@ -425,7 +442,10 @@ def test_box_of_unannotated_class(copy, vparams):
     assert n > 0
     s = run(copy, vparams)
     expect_failure(s, "boxes", "presence", n, "SynthPolyp/colon polyp", expectation="expect_column_values_to_be_in_set")
-    assert "annotated there (M = 1)" in CheckResult(**results(s, "boxes", "presence", "expect_column_values_to_be_in_set")[0]).line()
+    assert (
+        "annotated there (M = 1)"
+        in CheckResult(**results(s, "boxes", "presence", "expect_column_values_to_be_in_set")[0]).line()
+    )
     assert results(s, "boxes", "presence", "expect_column_values_to_not_be_in_set")[0]["success"] is True
 
 
@@ -433,7 +453,9 @@ def test_box_of_class_that_cannot_exist(copy, vparams):
     n = _set_presence(copy, "SynthChestXray", "lung nodule", -1)
     assert n > 0
     s = run(copy, vparams)
-    r = expect_failure(s, "boxes", "presence", n, "SynthChestXray/lung nodule", expectation="expect_column_values_to_not_be_in_set")
+    r = expect_failure(
+        s, "boxes", "presence", n, "SynthChestXray/lung nodule", expectation="expect_column_values_to_not_be_in_set"
+    )
     assert "cannot exist (M = -1)" in CheckResult(**r).line()
     # -1 is not 1 either
     (annotated,) = results(s, "boxes", "presence", "expect_column_values_to_be_in_set")
@@ -609,7 +631,9 @@ def test_make_offline_scrubs_a_known_context_id(tmp_path):
     assert make_offline(tmp_path, context_id=cid) == 1
     text = page.read_text()
     assert cid not in text and "https://" not in text and "//cdn" not in text
-    assert 'src="../static/images/logo-long.png"' in text and '<a>Subscribe</a>' in text and 'href="../index.html"' in text
+    assert (
+        'src="../static/images/logo-long.png"' in text and "<a>Subscribe</a>" in text and 'href="../index.html"' in text
+    )
     assert '<script src="../static/scripts/medrov_offline.js"></script>' in text
 
 
@@ -618,7 +642,9 @@ def test_data_docs_twice_in_a_row(valid, vparams, valid_report, tmp_path):
     first, report = valid_report
     second = validate.run(vparams, data_dir=valid, report_dir=report)
     assert second["success"] is True
-    assert {k: second[k] for k in ("expectations", "passed", "failed")} == {k: first[k] for k in ("expectations", "passed", "failed")}
+    assert {k: second[k] for k in ("expectations", "passed", "failed")} == {
+        k: first[k] for k in ("expectations", "passed", "failed")
+    }
     assert json.loads((report / "validation.json").read_text())["passed"] == first["passed"]
     assert (report / "index.html").read_text().count('href="summary.html"') == 1
 
@@ -628,7 +654,9 @@ def test_data_docs_twice_in_a_row(valid, vparams, valid_report, tmp_path):
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "medrov", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "medrov", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 def test_cli_fails_on_a_broken_folder(copy, tmp_path):
@@ -706,12 +734,18 @@ def real_omnis(tmp_path_factory, params) -> Callable[[Path], Path]:
                     "root": str(shared / "totalsegmentator"),
                     "cases": [
                         {"image": "example_ct_sm.nii.gz", "label": "example_seg.nii.gz", "patient": "example_ct_sm"},
-                        {"image": "example_ct_dicom", "label": "example_seg_dicom.nii.gz", "patient": "example_ct_dicom"},
+                        {
+                            "image": "example_ct_dicom",
+                            "label": "example_seg_dicom.nii.gz",
+                            "patient": "example_ct_dicom",
+                        },
                     ],
                 },
             ]
             (root / "sources.yaml").write_text(yaml.safe_dump({"sources": entries}, sort_keys=False))
-            summary = convert.run(params.data, sources_file=root / "sources.yaml", out_dir=root / "omnis", workers=2, progress=False)
+            summary = convert.run(
+                params.data, sources_file=root / "sources.yaml", out_dir=root / "omnis", workers=2, progress=False
+            )
             assert summary["quarantined"] == 0
             cache[str(shared)] = root / "omnis"
         return cache[str(shared)]
@@ -744,4 +778,9 @@ def test_real_data_passes_then_fails_when_corrupted(shared_data, real_omnis, vpa
     assert shifted["label"] in by_check["label_lines.x_center"] and "1 of " in by_check["label_lines.x_center"]
     assert deleted["image"] in by_check["manifest.image_missing"] and "1 of " in by_check["manifest.image_missing"]
     # the edited line is no longer the box the table holds
-    assert set(by_check) == {"label_lines.x_center", "manifest.image_missing", "label_lines.missing_from_boxes_table", "boxes.missing_from_label_file"}, fails
+    assert set(by_check) == {
+        "label_lines.x_center",
+        "manifest.image_missing",
+        "label_lines.missing_from_boxes_table",
+        "boxes.missing_from_label_file",
+    }, fails

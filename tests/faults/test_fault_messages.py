@@ -62,8 +62,15 @@ def test_bad_train_settings_fail_in_one_line_before_any_run(tmp_path, override, 
 
     (tmp_path / "omnis.yaml").write_text("train: train.txt\nval: val.txt\nnames: {0: liver}\n")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    cfg = load_params(ROOT / "params.yaml", [f"tracking.uri={uri}", f"train.data={tmp_path / 'omnis.yaml'}",
-                                              f"train.project={tmp_path / 'runs'}", override])
+    cfg = load_params(
+        ROOT / "params.yaml",
+        [
+            f"tracking.uri={uri}",
+            f"train.data={tmp_path / 'omnis.yaml'}",
+            f"train.project={tmp_path / 'runs'}",
+            override,
+        ],
+    )
     with pytest.raises(ConfigError) as err:
         steps.train(cfg)
     message = str(err.value)

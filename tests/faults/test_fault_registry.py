@@ -17,8 +17,11 @@ pytestmark = pytest.mark.integration  # several processes on one real SQLite sto
 
 
 def _overrides(store: Path, model: str) -> list[str]:
-    return [f"tracking.uri=sqlite:///{store / 'mlflow.db'}", f"train.project={store / 'runs'}",
-            f"promote.model_name={model}"]
+    return [
+        f"tracking.uri=sqlite:///{store / 'mlflow.db'}",
+        f"train.project={store / 'runs'}",
+        f"promote.model_name={model}",
+    ]
 
 
 def _params(store: Path, model: str = "medrov"):
@@ -60,15 +63,16 @@ def _promote_at_once(store: Path, model: str, run_ids: list[str]) -> list[dict]:
         from pathlib import Path
         from medrov import tracking
         from medrov.config import load_params
-        params = load_params({str(ROOT / 'params.yaml')!r}, {_overrides(store, model)!r})
+        params = load_params({str(ROOT / "params.yaml")!r}, {_overrides(store, model)!r})
         tracking.connect(params.tracking)
         print("ready", flush=True)
         while not Path({str(go)!r}).exists():
             time.sleep(0.01)
         print(json.dumps(tracking.promote(params, sys.argv[1])), flush=True)
     """)
-    procs = [subprocess.Popen([sys.executable, "-c", script, rid], stdout=subprocess.PIPE, text=True)
-             for rid in run_ids]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", script, rid], stdout=subprocess.PIPE, text=True) for rid in run_ids
+    ]
     try:
         for proc in procs:
             assert proc.stdout.readline().strip() == "ready"
@@ -124,13 +128,15 @@ def test_sigterm_and_sigint_end_the_run_killed(store):
         import time
         from medrov import tracking
         from medrov.config import load_params
-        params = load_params({str(ROOT / 'params.yaml')!r}, {_overrides(store, "medrov")!r})
+        params = load_params({str(ROOT / "params.yaml")!r}, {_overrides(store, "medrov")!r})
         with tracking.step_run(params, "train", run_name="long") as run:
             print(run.info.run_id, flush=True)
             time.sleep(300)
     """)
-    procs = {sig: subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                   text=True) for sig in (signal.SIGTERM, signal.SIGINT)}
+    procs = {
+        sig: subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for sig in (signal.SIGTERM, signal.SIGINT)
+    }
     run_ids = {}
     try:
         for sig, proc in procs.items():
@@ -144,5 +150,7 @@ def test_sigterm_and_sigint_end_the_run_killed(store):
             if proc.poll() is None:
                 proc.kill()
     client = tracking.connect(params.tracking)
-    assert {sig.name: client.get_run(rid).info.status for sig, rid in run_ids.items()} == {"SIGTERM": "KILLED",
-                                                                                          "SIGINT": "KILLED"}
+    assert {sig.name: client.get_run(rid).info.status for sig, rid in run_ids.items()} == {
+        "SIGTERM": "KILLED",
+        "SIGINT": "KILLED",
+    }

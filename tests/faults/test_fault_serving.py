@@ -27,8 +27,15 @@ def test_concurrent_requests_keep_their_own_prompts(tmp_path):
     torch.save(table, tmp_path / "table.pt")
     (tmp_path / "config.json").write_text(json.dumps({"imgsz": 64, "conf": 0.0}))
     model = DetectorModel()
-    model.load_context(SimpleNamespace(artifacts={"weights": str(weights), "config": str(tmp_path / "config.json"),
-                                                  "text_embeddings": str(tmp_path / "table.pt")}))
+    model.load_context(
+        SimpleNamespace(
+            artifacts={
+                "weights": str(weights),
+                "config": str(tmp_path / "config.json"),
+                "text_embeddings": str(tmp_path / "table.pt"),
+            }
+        )
+    )
     image = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
     from PIL import Image
 

@@ -88,8 +88,19 @@ def test_cli_predict_refuses_in_one_line(tmp_path):
     image = tmp_path / "x.png"
     Image.fromarray(np.zeros((32, 32), dtype=np.uint8)).save(image)
     env = {k: v for k, v in os.environ.items() if k != "MEDROV_TRUST_WEIGHTS"}
-    command = [sys.executable, "-m", "medrov", "predict", str(image), "-p", "liver", "--weights", str(weights),
-               "--out", str(tmp_path / "out")]
+    command = [
+        sys.executable,
+        "-m",
+        "medrov",
+        "predict",
+        str(image),
+        "-p",
+        "liver",
+        "--weights",
+        str(weights),
+        "--out",
+        str(tmp_path / "out"),
+    ]
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 2, done.stderr[-2000:]
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]

@@ -19,15 +19,22 @@ def test_second_convert_fails_at_once_naming_the_holder(corpus, data_params):
     corpus.out.mkdir(parents=True)
     # the holder is a real second process that takes the lock through the same code and waits
     holder = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(f"""
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
             import sys, time
             from pathlib import Path
             from medrov.data.convert import writer_lock
             with writer_lock(Path({str(corpus.out)!r}), ["TinyVOC"], whole=True):
                 print("locked", flush=True)
                 sys.stdin.read()
-        """)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env={**os.environ},
+        """),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ},
     )
     try:
         assert holder.stdout.readline().strip() == "locked"
@@ -36,8 +43,9 @@ def test_second_convert_fails_at_once_naming_the_holder(corpus, data_params):
         message = str(err.value)
         assert "\n" not in message and f"pid {holder.pid}" in message and "another convert" in message
         with pytest.raises(OutputBusy, match="source TinyVOC"):
-            convert.run(data_params, sources_file=corpus.sources_file, out_dir=corpus.out, progress=False,
-                        sources=["TinyVOC"])
+            convert.run(
+                data_params, sources_file=corpus.sources_file, out_dir=corpus.out, progress=False, sources=["TinyVOC"]
+            )
         assert not (corpus.out / "manifest.parquet").exists()
     finally:
         holder.communicate("", timeout=30)
@@ -54,8 +62,9 @@ def test_disjoint_filtered_runs_share_the_folder(corpus, data_params):
     corpus.coco(n=2)
     corpus.write()
     with convert.writer_lock(corpus.out, ["TinyVOC"], whole=False):
-        summary = convert.run(data_params, sources_file=corpus.sources_file, out_dir=corpus.out, progress=False,
-                              sources=["TinyCOCO"])
+        summary = convert.run(
+            data_params, sources_file=corpus.sources_file, out_dir=corpus.out, progress=False, sources=["TinyCOCO"]
+        )
     assert summary["converted"] == 2
 
 

@@ -151,7 +151,11 @@ def test_published_ports_bind_loopback_and_postgres_is_not_published(compose, se
     assert published == {9000: "minio", 9001: "minio", 5000: "mlflow", 4200: "prefect-server"}
     assert "ports" not in compose["services"]["postgres"]
     raw = (INFRA / "compose.yaml").read_text()
-    assert all(p.strip().startswith('- "${MEDROV_BIND:-127.0.0.1}:') for p in raw.splitlines() if re.match(r'\s*- "\$\{MEDROV_BIND', p))
+    assert all(
+        p.strip().startswith('- "${MEDROV_BIND:-127.0.0.1}:')
+        for p in raw.splitlines()
+        if re.match(r'\s*- "\$\{MEDROV_BIND', p)
+    )
     assert raw.count("${MEDROV_BIND:-127.0.0.1}:") == 4
 
 
@@ -236,7 +240,8 @@ def test_worker_gets_the_whole_team_contract(compose, team_env):
     assert "mlflow:5000" in mlflow["MLFLOW_SERVER_ALLOWED_HOSTS"].split(",")
     assert mlflow["MLFLOW_BACKEND_STORE_URI"].startswith("postgresql+psycopg2://")
     assert compose["services"]["prefect-server"]["environment"]["PREFECT_SERVER_DATABASE_CONNECTION_URL"].startswith(
-        "postgresql+asyncpg://")
+        "postgresql+asyncpg://"
+    )
 
 
 def test_gpu_overlay_targets_the_worker():
@@ -264,7 +269,8 @@ def test_worker_dockerfile_cuda_runtime_non_root_torch_first():
     users = [a for word, a in steps if word == "USER"]
     assert users and users[-1] not in ("root", "0", "0:0"), f"runs as {users}"
     assert steps[-1][0] in ("CMD", "ENTRYPOINT") and [w for w, _ in steps].index("USER") > max(
-        i for i, (w, _) in enumerate(steps) if w == "RUN"), "every RUN happens before switching to the runtime user"
+        i for i, (w, _) in enumerate(steps) if w == "RUN"
+    ), "every RUN happens before switching to the runtime user"
     assert any(w == "RUN" and f"--uid {users[-1]}" in a for w, a in steps)
 
     runs = [a for word, a in steps if word == "RUN"]
@@ -277,7 +283,16 @@ def test_worker_dockerfile_cuda_runtime_non_root_torch_first():
 
 def test_docker_build_context_leaves_out_data_and_secrets():
     ignored = set((INFRA / "Dockerfile.dockerignore").read_text().split())
-    for entry in (".git", ".venv", "data/raw", "data/omnis", "runs", "infra/.env", "infra/team.env", ".dvc/config.local"):
+    for entry in (
+        ".git",
+        ".venv",
+        "data/raw",
+        "data/omnis",
+        "runs",
+        "infra/.env",
+        "infra/team.env",
+        ".dvc/config.local",
+    ):
         assert entry in ignored
 
 
@@ -313,7 +328,7 @@ def test_ray_up_config_is_valid_and_gpu_workers_scale_from_zero(server_env, team
     assert config["docker"]["image"] == server_env["MEDROV_IMAGE"]
     assert "--gpus" in config["docker"]["worker_run_options"]
     # the team contract reaches every container through the mounted env file, made from team.env.example
-    (remote_env, local_env), = raw["file_mounts"].items()
+    ((remote_env, local_env),) = raw["file_mounts"].items()
     assert local_env == "infra/team.env" and (ROOT / "infra" / "team.env.example").is_file()
     assert remote_env in config["docker"]["run_options"]
     assert "RAY_ADDRESS" not in team_env, "RAY_ADDRESS in a node's environment would override `ray start --address`"
@@ -428,12 +443,19 @@ def test_secret_scanner_catches_planted_secrets():
     assert find_secrets("url: postgresql://medrov:hunter2@db:5432/mlflow")
     assert find_secrets("POSTGRES_PASSWORD: s3cret")
     assert find_secrets("id AKIAIOSFODNN7EXAMPLE")
-    assert not find_secrets("POSTGRES_PASSWORD=change-me\nurl: postgresql+asyncpg://${POSTGRES_USER}:${POSTGRES_PASSWORD}@postgres")
+    assert not find_secrets(
+        "POSTGRES_PASSWORD=change-me\nurl: postgresql+asyncpg://${POSTGRES_USER}:${POSTGRES_PASSWORD}@postgres"
+    )
 
 
 def test_no_secret_values_in_infra():
-    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "infra"], cwd=ROOT,
-                            capture_output=True, text=True, check=True).stdout.split()
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "infra"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     assert "infra/compose.yaml" in listed and "infra/.env" not in listed and "infra/team.env" not in listed
     for rel in listed:
         text = (ROOT / rel).read_text(errors="replace")

@@ -12,8 +12,18 @@ import yaml
 
 from tests.conftest import ROOT
 
-PROJECT_FILES = ["medrov", "flows", "params.yaml", "dvc.yaml", "prefect.yaml", "data/sources.yaml", ".dvc/config",
-                 ".dvcignore", ".gitignore", "pyproject.toml"]
+PROJECT_FILES = [
+    "medrov",
+    "flows",
+    "params.yaml",
+    "dvc.yaml",
+    "prefect.yaml",
+    "data/sources.yaml",
+    ".dvc/config",
+    ".dvcignore",
+    ".gitignore",
+    "pyproject.toml",
+]
 
 
 def run_ok(args: list[str], cwd: Path, env: dict[str, str], timeout: float = 600) -> subprocess.CompletedProcess:

@@ -16,7 +16,9 @@ pytestmark = pytest.mark.integration
 
 def medrov(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
     env = {**os.environ, "MEDROV_ROOT": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "medrov", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "medrov", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 def test_unknown_param_key_is_one_readable_line_and_exit_2():
@@ -40,14 +42,29 @@ def test_missing_sources_file_names_the_file(tmp_path):
 
 
 def test_convert_prints_the_accounting_line(tmp_path):
-    demo = medrov("demo-sources", "--out", str(tmp_path / "raw"), "-S", "demo.ct_volumes=1", "-S", "demo.mri_volumes=1",
-                  "-S", "demo.xray_images=2", "-S", "demo.microscopy_images=2", "-S", "demo.endoscopy_images=2")
+    demo = medrov(
+        "demo-sources",
+        "--out",
+        str(tmp_path / "raw"),
+        "-S",
+        "demo.ct_volumes=1",
+        "-S",
+        "demo.mri_volumes=1",
+        "-S",
+        "demo.xray_images=2",
+        "-S",
+        "demo.microscopy_images=2",
+        "-S",
+        "demo.endoscopy_images=2",
+    )
     assert demo.returncode == 0, demo.stderr
     sources = (ROOT / "data" / "sources.yaml").read_text().replace("raw/synthetic/", f"{tmp_path}/raw/")
     sources = sources.split("  # ---- real public data")[0]
     (tmp_path / "sources.yaml").write_text(sources)
     (tmp_path / "raw" / "SynthChestXray" / "images" / "cxr_001.png").write_bytes(b"not a png")
-    result = medrov("convert", "--sources", str(tmp_path / "sources.yaml"), "--out", str(tmp_path / "omnis"), "--no-progress")
+    result = medrov(
+        "convert", "--sources", str(tmp_path / "sources.yaml"), "--out", str(tmp_path / "omnis"), "--no-progress"
+    )
     assert result.returncode == 0, result.stderr
     assert "converted 8, quarantined 1, total 9" in result.stdout
     assert "quarantine report:" in result.stdout

@@ -36,7 +36,14 @@ def test_repro_noop_metrics_plots_experiment_and_param_reruns(project):
     assert metrics["converted"] == metrics["total"] == 2 + 2 + 2 + 4 + 4 + 4
     assert metrics["quarantined"] == 0
     assert (dest / "data" / "omnis" / "manifest.parquet").is_file()
-    assert set(metrics["sources"]) == {"SynthAbdomenCT", "SynthKidneyCT", "SynthAbdomenMRI", "SynthChestXray", "SynthBloodSmear", "SynthPolyp"}
+    assert set(metrics["sources"]) == {
+        "SynthAbdomenCT",
+        "SynthKidneyCT",
+        "SynthAbdomenMRI",
+        "SynthChestXray",
+        "SynthBloodSmear",
+        "SynthPolyp",
+    }
     assert "Running stage 'train'" in first.stdout and "Running stage 'evaluate'" in first.stdout
     assert (dest / "runs" / "demo" / "weights" / "best.pt").is_file()
     assert set(json.loads((dest / "metrics" / "train.json").read_text())) == {"epochs", "val_map50"}

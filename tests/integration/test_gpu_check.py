@@ -17,8 +17,14 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_gpu_check_dry_run(tmp_path):
     out = tmp_path / "out"
     env = {**os.environ, "YOLO_CONFIG_DIR": str(tmp_path / "ultralytics"), "MEDROV_GPU_WHEELS": str(tmp_path / "none")}
-    run = subprocess.run(["bash", str(ROOT / "bench" / "gpu_check.sh"), "--dry-run", "--out", str(out)],
-                         capture_output=True, text=True, timeout=420, env=env, cwd=tmp_path)
+    run = subprocess.run(
+        ["bash", str(ROOT / "bench" / "gpu_check.sh"), "--dry-run", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=420,
+        env=env,
+        cwd=tmp_path,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     result = json.loads((out / "gpu_check.json").read_text())
     assert result["dry_run"] is True and result["env"]["device"] == "cpu"
@@ -52,7 +58,12 @@ def test_gpu_check_refuses_without_cuda_unless_dry_run(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("a CUDA device is present")
     env = {**os.environ, "YOLO_CONFIG_DIR": str(tmp_path / "ultralytics"), "MEDROV_GPU_WHEELS": str(tmp_path / "none")}
-    run = subprocess.run(["bash", str(ROOT / "bench" / "gpu_check.sh"), "--out", str(tmp_path / "o")],
-                         capture_output=True, text=True, timeout=120, env=env)
+    run = subprocess.run(
+        ["bash", str(ROOT / "bench" / "gpu_check.sh"), "--out", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
     assert run.returncode == 2 and "no CUDA device" in run.stderr
     assert not (tmp_path / "o" / "gpu_check.json").exists()

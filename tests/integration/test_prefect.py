@@ -54,8 +54,12 @@ def server(tmp_path_factory):
         "DO_NOT_TRACK": "1",
     }
     log = (home / "server.log").open("w")
-    proc = subprocess.Popen([*PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port), "--no-ui", "--analytics-off"],
-                            env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [*PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port), "--no-ui", "--analytics-off"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     deadline = time.monotonic() + 120
     while True:
         try:
@@ -112,7 +116,11 @@ def _wait_final(flow_run_id, timeout: float):
 def _artifacts(flow_run_id):
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
-    return _client_call(lambda c: c.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))))
+    return _client_call(
+        lambda c: c.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+        )
+    )
 
 
 def test_deployments_are_scheduled_and_a_worker_completes_a_triggered_pipeline_run(settings, tmp_path):
@@ -146,9 +154,14 @@ def test_deployments_are_scheduled_and_a_worker_completes_a_triggered_pipeline_r
     deadline = time.monotonic() + 60
     for name in ("nightly", "weekly-sweep"):
         while True:
-            scheduled = _client_call(lambda c: c.read_flow_runs(
-                deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployments[name].id])),
-                flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED])))))
+            scheduled = _client_call(
+                lambda c: c.read_flow_runs(
+                    deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployments[name].id])),
+                    flow_run_filter=FlowRunFilter(
+                        state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED]))
+                    ),
+                )
+            )
             if scheduled or time.monotonic() > deadline:
                 break
             time.sleep(1)
@@ -156,16 +169,24 @@ def test_deployments_are_scheduled_and_a_worker_completes_a_triggered_pipeline_r
         assert all(r.expected_start_time > r.created for r in scheduled)
 
     worker_log = (tmp_path / "worker.log").open("w")
-    worker = subprocess.Popen([*PREFECT, "worker", "start", "--pool", "medrov", "--limit", "1"], cwd=project, env=env,
-                              stdout=worker_log, stderr=subprocess.STDOUT)
+    worker = subprocess.Popen(
+        [*PREFECT, "worker", "start", "--pool", "medrov", "--limit", "1"],
+        cwd=project,
+        env=env,
+        stdout=worker_log,
+        stderr=subprocess.STDOUT,
+    )
     try:
-        run = _client_call(lambda c: c.create_flow_run_from_deployment(
-            deployments["nightly"].id, parameters={"targets": ["validate"]}))
+        run = _client_call(
+            lambda c: c.create_flow_run_from_deployment(deployments["nightly"].id, parameters={"targets": ["validate"]})
+        )
         final = _wait_final(run.id, timeout=420)
     finally:
         _stop(worker)
         worker_log.close()
-    assert final.state.type == StateType.COMPLETED, f"{final.state.type}: {final.state.message}\n{(tmp_path / 'worker.log').read_text()[-3000:]}"
+    assert final.state.type == StateType.COMPLETED, (
+        f"{final.state.type}: {final.state.message}\n{(tmp_path / 'worker.log').read_text()[-3000:]}"
+    )
 
     tasks = _client_call(lambda c: c.read_task_runs(flow_run_filter=FlowRunFilter(id={"any_": [run.id]})))
     # promote needs a trained model (the DVC stage `promote` covers it): these stages end at validate
@@ -187,9 +208,16 @@ def test_deployments_are_scheduled_and_a_worker_completes_a_triggered_pipeline_r
     # the run log carries one line of figures per stage that ran
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 
-    logs = [entry.message for entry in _client_call(lambda c: c.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id]))))]
+    logs = [
+        entry.message
+        for entry in _client_call(
+            lambda c: c.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])))
+        )
+    ]
     detail = json.loads((project / "data" / "omnis" / "convert_summary.json").read_text())
-    assert f"convert: {detail['converted']} of {detail['total']} inputs converted, 0 quarantined" in "\n".join(logs), logs
+    assert f"convert: {detail['converted']} of {detail['total']} inputs converted, 0 quarantined" in "\n".join(logs), (
+        logs
+    )
     assert any(m.startswith("validate: passed, ") for m in logs), logs
 
 
@@ -212,7 +240,11 @@ def test_a_failing_step_fails_the_flow_run_with_the_steps_error(settings, tmp_pa
     stored = _client_call(lambda c: c.read_flow_run(state.state_details.flow_run_id))
     assert stored.state.type == StateType.FAILED
     message = stored.state.message
-    assert "dvc repro convert failed" in message and "demo.ct_volumes" in message and "greater than or equal to 1" in message, message
+    assert (
+        "dvc repro convert failed" in message
+        and "demo.ct_volumes" in message
+        and "greater than or equal to 1" in message
+    ), message
     assert not (project / "data" / "omnis").exists()
 
 
@@ -236,7 +268,9 @@ def test_convert_flow_maps_one_task_per_source_and_reports_quarantine(settings, 
     assert state.is_completed(), state.message
     summary = state.result()
     assert summary["per_source"]["SynthPolyp"] == 1 and summary["quarantined"] == 1
-    assert summary["reused"] == summary["converted"] and summary["reconverted"] == 0, "assemble must reuse the per-source work"
+    assert summary["reused"] == summary["converted"] and summary["reconverted"] == 0, (
+        "assemble must reuse the per-source work"
+    )
     run_id = state.state_details.flow_run_id
     tasks = _client_call(lambda c: c.read_task_runs(flow_run_filter=FlowRunFilter(id={"any_": [run_id]})))
     names = sorted(t.name for t in tasks)
@@ -259,7 +293,9 @@ def test_train_flow_hands_its_device_list_to_the_trainer(settings, train_overrid
     from flows.train import train_flow
 
     store = f"sqlite:///{Path(train_overrides[1].split('=', 1)[1]).parent / 'mlflow.db'}"
-    state = train_flow(profile="demo", devices="cpu", overrides=[*train_overrides, f"tracking.uri={store}"], return_state=True)
+    state = train_flow(
+        profile="demo", devices="cpu", overrides=[*train_overrides, f"tracking.uri={store}"], return_state=True
+    )
     assert state.is_completed(), state.message
     info = state.result()
     assert info["args"]["device"] == "cpu" and info["profile"] == "demo" and info["epochs_done"] == 1
@@ -272,12 +308,18 @@ def test_train_flow_hands_its_device_list_to_the_trainer(settings, train_overrid
     assert run.data.tags["medrov.model_uri"] == info["mlflow"]["model_uri"] and run.info.status == "FINISHED"
     assert client.get_run(info["mlflow"]["gate_eval_run_id"]).data.tags["mlflow.parentRunId"] == run.info.run_id
     summary = {a.key: a for a in _artifacts(state.state_details.flow_run_id)}["train-summary"]
-    assert info["mlflow"]["run_id"] in summary.data and "metrics/mAP50(B)" in summary.data and "| device | cpu |" in summary.data
+    assert (
+        info["mlflow"]["run_id"] in summary.data
+        and "metrics/mAP50(B)" in summary.data
+        and "| device | cpu |" in summary.data
+    )
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not __import__("torch").cuda.is_available() or __import__("torch").cuda.device_count() < 2,
-                    reason="needs 2 CUDA devices for ultralytics DDP")
+@pytest.mark.skipif(
+    not __import__("torch").cuda.is_available() or __import__("torch").cuda.device_count() < 2,
+    reason="needs 2 CUDA devices for ultralytics DDP",
+)
 def test_train_flow_runs_ddp_on_two_gpus(settings, train_overrides):
     from flows.train import train_flow
 

@@ -15,18 +15,28 @@ pytestmark = pytest.mark.integration
 def test_ray_local_matches_process_pool(tmp_path):
     params = load_params(
         ROOT / "params.yaml",
-        ["demo.ct_volumes=2", "demo.mri_volumes=1", "demo.xray_images=3", "demo.microscopy_images=3", "demo.endoscopy_images=3"],
+        [
+            "demo.ct_volumes=2",
+            "demo.mri_volumes=1",
+            "demo.xray_images=3",
+            "demo.microscopy_images=3",
+            "demo.endoscopy_images=3",
+        ],
     )
     demo.generate(params.demo, tmp_path / "raw")
     sources = (ROOT / "data" / "sources.yaml").read_text().replace("raw/synthetic/", f"{tmp_path}/raw/")
     (tmp_path / "sources.yaml").write_text(sources.split("  # ---- real public data")[0])
 
-    pool = convert.run(params.data, sources_file=tmp_path / "sources.yaml", out_dir=tmp_path / "pool", workers=2, progress=False)
+    pool = convert.run(
+        params.data, sources_file=tmp_path / "sources.yaml", out_dir=tmp_path / "pool", workers=2, progress=False
+    )
     ray_params = params.data.model_copy(update={"ray_address": "local"})
     import ray
 
     try:
-        on_ray = convert.run(ray_params, sources_file=tmp_path / "sources.yaml", out_dir=tmp_path / "ray", workers=2, progress=False)
+        on_ray = convert.run(
+            ray_params, sources_file=tmp_path / "sources.yaml", out_dir=tmp_path / "ray", workers=2, progress=False
+        )
         assert not ray.is_initialized(), "convert must shut down the Ray instance it started"
     finally:
         if ray.is_initialized():
@@ -37,8 +47,10 @@ def test_ray_local_matches_process_pool(tmp_path):
         a = pd.read_parquet(tmp_path / "pool" / table).drop(columns=["input"], errors="ignore")
         b = pd.read_parquet(tmp_path / "ray" / table).drop(columns=["input"], errors="ignore")
         assert len(a) > 0
-        pd.testing.assert_frame_equal(a.sort_values(list(a.columns[:3])).reset_index(drop=True),
-                                      b.sort_values(list(b.columns[:3])).reset_index(drop=True))
+        pd.testing.assert_frame_equal(
+            a.sort_values(list(a.columns[:3])).reset_index(drop=True),
+            b.sort_values(list(b.columns[:3])).reset_index(drop=True),
+        )
 
 
 def test_a_second_local_ray_from_the_same_process_starts():

@@ -70,17 +70,20 @@ def test_editing_a_file_marks_exactly_the_stages_that_import_it(locked):
     assert _changed(repo) == set()
 
 
-@pytest.mark.parametrize(("key", "value", "stages"), [
-    ("pseudo.iou_t", 0.25, {"train"}),
-    ("train.profiles.demo.epochs", 7, {"train"}),
-    ("train.profiles.paper.epochs", 7, set()),  # another profile than the active one
-    ("evaluate.conf", 0.002, {"evaluate", "promote"}),
-    ("text.encoder", "minilm", {"train", "evaluate", "promote"}),
-    ("data.boxes", "slice", {"convert"}),
-    ("data.workers", 1, set()),
-    ("tracking.uri", "http://127.0.0.1:5999", {"promote"}),
-    ("promote.min_gain", 0.5, {"promote"}),
-])
+@pytest.mark.parametrize(
+    ("key", "value", "stages"),
+    [
+        ("pseudo.iou_t", 0.25, {"train"}),
+        ("train.profiles.demo.epochs", 7, {"train"}),
+        ("train.profiles.paper.epochs", 7, set()),  # another profile than the active one
+        ("evaluate.conf", 0.002, {"evaluate", "promote"}),
+        ("text.encoder", "minilm", {"train", "evaluate", "promote"}),
+        ("data.boxes", "slice", {"convert"}),
+        ("data.workers", 1, set()),
+        ("tracking.uri", "http://127.0.0.1:5999", {"promote"}),
+        ("promote.min_gain", 0.5, {"promote"}),
+    ],
+)
 def test_a_params_key_marks_the_stages_that_read_it(locked, key, value, stages):
     dest, repo = locked
     params = yaml.safe_load((dest / "params.yaml").read_text())

@@ -71,8 +71,9 @@ class Server:
         self.name, self.health = name, health
         self.log = logs / f"{name}.log"
         with self.log.open("wb") as out:
-            self.proc = subprocess.Popen(cmd, env=env, cwd=logs, stdout=out, stderr=subprocess.STDOUT,
-                                         start_new_session=True)
+            self.proc = subprocess.Popen(
+                cmd, env=env, cwd=logs, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
 
     def wait_healthy(self, timeout: float = 120) -> float:
         start = time.monotonic()
@@ -84,7 +85,9 @@ class Server:
                     return time.monotonic() - start
             except OSError:
                 time.sleep(0.3)
-        raise RuntimeError(f"{self.name} not healthy at {self.health} after {timeout} s:\n{self.log.read_text()[-3000:]}")
+        raise RuntimeError(
+            f"{self.name} not healthy at {self.health} after {timeout} s:\n{self.log.read_text()[-3000:]}"
+        )
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -113,8 +116,13 @@ class Postgres:
         self.env = {**env, "PGPORT": str(self.port), "POSTGRES_USER": "medrov", "POSTGRES_PASSWORD": PG_PASSWORD}
 
     def script(self, action: str) -> str:
-        done = subprocess.run(["sh", str(ROOT / "infra" / "postgres" / "local.sh"), action, str(self.dir)],
-                              env=self.env, capture_output=True, text=True, timeout=180)
+        done = subprocess.run(
+            ["sh", str(ROOT / "infra" / "postgres" / "local.sh"), action, str(self.dir)],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
         assert done.returncode == 0, f"local.sh {action}: {done.stdout}\n{done.stderr}"
         return done.stdout
 
@@ -192,9 +200,14 @@ def team(tmp_path_factory):
     server_env = {**base_env(root / "server-home"), **OFFLINE_ENV}
     s3_creds = {"AWS_ACCESS_KEY_ID": S3_KEY, "AWS_SECRET_ACCESS_KEY": S3_SECRET, "AWS_EC2_METADATA_DISABLED": "true"}
     # infra/.env as an operator makes it: .env.example with its placeholders replaced
-    settings = {**read_env_file(ROOT / "infra" / ".env.example"), "POSTGRES_PASSWORD": PG_PASSWORD,
-                "S3_ACCESS_KEY": S3_KEY, "S3_SECRET_KEY": S3_SECRET, "MINIO_ROOT_PASSWORD": "test-only-root",
-                "MLFLOW_WORKERS": "1"}  # two cores here
+    settings = {
+        **read_env_file(ROOT / "infra" / ".env.example"),
+        "POSTGRES_PASSWORD": PG_PASSWORD,
+        "S3_ACCESS_KEY": S3_KEY,
+        "S3_SECRET_KEY": S3_SECRET,
+        "MINIO_ROOT_PASSWORD": "test-only-root",
+        "MLFLOW_WORKERS": "1",
+    }  # two cores here
     assert "change-me" not in {v for k, v in settings.items() if k in ("POSTGRES_PASSWORD", "S3_SECRET_KEY")}
     services = compose_services(settings)
 
@@ -207,18 +220,32 @@ def team(tmp_path_factory):
         assert f"127.0.0.1:{pg.port}" in said
         # the cluster listens on loopback only
         assert pg.query("postgres", "show listen_addresses") == [("127.0.0.1",)]
-        empty = {db: pg.query(db, "select count(*) from information_schema.tables where table_schema = 'public'")[0][0]
-                 for db in ("mlflow", "prefect")}
+        empty = {
+            db: pg.query(db, "select count(*) from information_schema.tables where table_schema = 'public'")[0][0]
+            for db in ("mlflow", "prefect")
+        }
         assert empty == {"mlflow": 0, "prefect": 0}
 
-        servers.append(Server("s3", [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(s3_port)], server_env,
-                              f"{s3_url}/moto-api/", logs))
+        servers.append(
+            Server(
+                "s3",
+                [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(s3_port)],
+                server_env,
+                f"{s3_url}/moto-api/",
+                logs,
+            )
+        )
         servers[0].wait_healthy(60)
         import boto3
 
         # what infra/compose.yaml's minio-init does: the two buckets
-        s3 = boto3.client("s3", endpoint_url=s3_url, region_name="us-east-1", aws_access_key_id=S3_KEY,
-                          aws_secret_access_key=S3_SECRET)
+        s3 = boto3.client(
+            "s3",
+            endpoint_url=s3_url,
+            region_name="us-east-1",
+            aws_access_key_id=S3_KEY,
+            aws_secret_access_key=S3_SECRET,
+        )
         for bucket in ("mlflow", "dvc"):
             s3.create_bucket(Bucket=bucket)
         ports = {"postgres": pg.port, "mlflow": mlflow_port, "prefect": prefect_port}
@@ -227,16 +254,30 @@ def team(tmp_path_factory):
         prefect_cmd, prefect_env = on_loopback(services["prefect-server"], ports, urls)
         assert mlflow_env["MLFLOW_BACKEND_STORE_URI"] == pg.url("mlflow", "+psycopg2")
         assert prefect_env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] == pg.url("prefect", "+asyncpg")
-        servers.append(Server("mlflow", mlflow_cmd, {**server_env, **mlflow_env},
-                              f"http://127.0.0.1:{mlflow_port}/health", logs))
-        servers.append(Server("prefect", prefect_cmd, {**server_env, **prefect_env,
-                                                       "PREFECT_HOME": str(root / "prefect-server-home")},
-                              f"http://127.0.0.1:{prefect_port}/api/health", logs))
+        servers.append(
+            Server("mlflow", mlflow_cmd, {**server_env, **mlflow_env}, f"http://127.0.0.1:{mlflow_port}/health", logs)
+        )
+        servers.append(
+            Server(
+                "prefect",
+                prefect_cmd,
+                {**server_env, **prefect_env, "PREFECT_HOME": str(root / "prefect-server-home")},
+                f"http://127.0.0.1:{prefect_port}/api/health",
+                logs,
+            )
+        )
         startup = {s.name: round(s.wait_healthy(), 1) for s in servers[1:]}
         print(f"postgres started in {pg_seconds:.1f} s; servers healthy after {startup} s")
         yield {
-            "s3": s3, "s3_url": s3_url, "pg": pg, "logs": logs, "settings": settings, "services": services,
-            "server_env": server_env, "mlflow_env": mlflow_env, "pg_seconds": pg_seconds,
+            "s3": s3,
+            "s3_url": s3_url,
+            "pg": pg,
+            "logs": logs,
+            "settings": settings,
+            "services": services,
+            "server_env": server_env,
+            "mlflow_env": mlflow_env,
+            "pg_seconds": pg_seconds,
             "mlflow": f"http://127.0.0.1:{mlflow_port}",
             "prefect": f"http://127.0.0.1:{prefect_port}/api",
             "contract": {  # infra/team.env.example's variables, with this test's servers as values
@@ -265,10 +306,16 @@ def test_servers_migrate_empty_postgres_databases(team):
     import prefect.server.database as prefect_db
 
     migrations = Path(prefect_db.__file__).parent / "_migrations"
-    prefect_heads = ScriptDirectory(str(migrations), version_locations=[str(migrations / "versions" / "postgresql")]).get_heads()
+    prefect_heads = ScriptDirectory(
+        str(migrations), version_locations=[str(migrations / "versions" / "postgresql")]
+    ).get_heads()
     assert alembic_head(team["pg"].url("prefect", "+psycopg2")) in prefect_heads
-    tables = {r[0] for r in team["pg"].query("mlflow", "select table_name from information_schema.tables "
-                                                       "where table_schema = 'public'")}
+    tables = {
+        r[0]
+        for r in team["pg"].query(
+            "mlflow", "select table_name from information_schema.tables where table_schema = 'public'"
+        )
+    }
     assert {"runs", "registered_models", "model_versions", "registered_model_aliases"} <= tables
 
 
@@ -319,8 +366,14 @@ def test_mlflow_and_prefect_data_land_on_the_team_servers(team, tmp_path):
     env = {**base_env(home), **team["contract"]}
 
     started = time.monotonic()
-    result = subprocess.run([sys.executable, "-c", CLIENT, "team-env-check"], cwd=project, env=env,
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", CLIENT, "team-env-check"],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     print(f"client flow {time.monotonic() - started:.1f} s")
     (line,) = [x for x in result.stdout.splitlines() if x.startswith("RESULT ")]
@@ -343,19 +396,22 @@ def test_mlflow_and_prefect_data_land_on_the_team_servers(team, tmp_path):
     flow_run = http_json(f"{team['prefect']}/flow_runs/{out['flow_run_id']}")
     assert flow_run["state_type"] == "COMPLETED"
     assert http_json(f"{team['prefect']}/flows/{flow_run['flow_id']}")["name"] == "medrov-team-env"
-    task_runs = http_json(f"{team['prefect']}/task_runs/filter",
-                          {"flow_runs": {"id": {"any_": [out["flow_run_id"]]}}})
+    task_runs = http_json(f"{team['prefect']}/task_runs/filter", {"flow_runs": {"id": {"any_": [out["flow_run_id"]]}}})
     assert [t["state_type"] for t in task_runs] == ["COMPLETED"]
 
     # `medrov models` in that checkout reads the same server from the environment alone
-    models = subprocess.run([sys.executable, "-m", "medrov", "models"], cwd=project, env=env, capture_output=True,
-                            text=True, timeout=300)
+    models = subprocess.run(
+        [sys.executable, "-m", "medrov", "models"], cwd=project, env=env, capture_output=True, text=True, timeout=300
+    )
     assert models.returncode == 0, models.stderr[-4000:]
     assert team["mlflow"] in models.stdout.splitlines()[0]
 
     # and no embedded default was used: no local MLflow store, no temporary Prefect server or database
-    leftovers = [p for p in (*project.rglob("*"), *home.rglob("*"))
-                 if p.name in ("mlflow.db", "mlruns", "mlartifacts") or p.suffix == ".db"]
+    leftovers = [
+        p
+        for p in (*project.rglob("*"), *home.rglob("*"))
+        if p.name in ("mlflow.db", "mlruns", "mlartifacts") or p.suffix == ".db"
+    ]
     assert leftovers == []
     assert "temporary server" not in result.stderr.lower()
 
@@ -363,9 +419,15 @@ def test_mlflow_and_prefect_data_land_on_the_team_servers(team, tmp_path):
 def test_dvc_remote_on_s3_from_env_only(team, tmp_path):
     repo = tmp_path / "repo"
     repo.mkdir()
-    env = {**base_env(tmp_path / "home"), **team["contract"], "DVC_NO_ANALYTICS": "1",
-           "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@localhost", "GIT_COMMITTER_NAME": "t",
-           "GIT_COMMITTER_EMAIL": "t@localhost"}
+    env = {
+        **base_env(tmp_path / "home"),
+        **team["contract"],
+        "DVC_NO_ANALYTICS": "1",
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@localhost",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@localhost",
+    }
 
     def run(*cmd: str, extra: dict | None = None) -> str:
         done = subprocess.run(cmd, cwd=repo, env={**env, **(extra or {})}, capture_output=True, text=True, timeout=120)
@@ -398,8 +460,9 @@ def test_dvc_remote_on_s3_from_env_only(team, tmp_path):
 
 def test_dvc_remote_script_names_what_is_missing(tmp_path):
     env = {**base_env(tmp_path / "home")}
-    done = subprocess.run(["sh", str(ROOT / "infra" / "dvc-remote.sh")], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        ["sh", str(ROOT / "infra" / "dvc-remote.sh")], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+    )
     assert done.returncode != 0 and "DVC_REMOTE_URL" in done.stderr
 
 
@@ -429,18 +492,52 @@ def test_convert_runs_on_the_cluster_ray_address_names(tmp_path):
     (short / "ray_bootstrap_config.yaml").write_text("{}\n")  # HOME holding it stops cloud metadata probes
     port = free_port()
     head_env = {**base_env(short), **OFFLINE_ENV, "HOME": str(short)}
-    head = Server("ray-head", [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
-                               f"--port={port}", "--num-cpus=2", '--resources={"medrov_team_cluster": 1}',
-                               "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={short / 't'}"],
-                  head_env, "http://127.0.0.1:1/", tmp_path)
+    head = Server(
+        "ray-head",
+        [
+            str(BIN / "ray"),
+            "start",
+            "--head",
+            "--block",
+            "--node-ip-address=127.0.0.1",
+            f"--port={port}",
+            "--num-cpus=2",
+            '--resources={"medrov_team_cluster": 1}',
+            "--include-dashboard=false",
+            "--disable-usage-stats",
+            f"--temp-dir={short / 't'}",
+        ],
+        head_env,
+        "http://127.0.0.1:1/",
+        tmp_path,
+    )
     try:
         raw, omnis = tmp_path / "raw", tmp_path / "omnis"
         env = {**base_env(tmp_path / "home"), "RAY_ADDRESS": f"127.0.0.1:{port}"}
         medrov = [sys.executable, "-m", "medrov"]
-        demo = subprocess.run([*medrov, "demo-sources", "--out", str(raw), "-S", "demo.ct_volumes=1", "-S",
-                               "demo.mri_volumes=1", "-S", "demo.xray_images=2", "-S", "demo.microscopy_images=2",
-                               "-S", "demo.endoscopy_images=2"], cwd=ROOT, env=env, capture_output=True, text=True,
-                              timeout=300)
+        demo = subprocess.run(
+            [
+                *medrov,
+                "demo-sources",
+                "--out",
+                str(raw),
+                "-S",
+                "demo.ct_volumes=1",
+                "-S",
+                "demo.mri_volumes=1",
+                "-S",
+                "demo.xray_images=2",
+                "-S",
+                "demo.microscopy_images=2",
+                "-S",
+                "demo.endoscopy_images=2",
+            ],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert demo.returncode == 0, demo.stderr
         sources = (ROOT / "data" / "sources.yaml").read_text().replace("raw/synthetic/", f"{raw}/")
         (tmp_path / "sources.yaml").write_text(sources.split("  # ---- real public data")[0])
@@ -448,9 +545,24 @@ def test_convert_runs_on_the_cluster_ray_address_names(tmp_path):
         while "Ray runtime started" not in head.log.read_text():
             assert head.proc.poll() is None and time.monotonic() < deadline, head.log.read_text()[-3000:]
             time.sleep(0.5)
-        done = subprocess.run([*medrov, "convert", "--sources", str(tmp_path / "sources.yaml"), "--out", str(omnis),
-                               "--no-progress", "-S", "data.ray_address=auto"], cwd=ROOT, env=env,
-                              capture_output=True, text=True, timeout=300)
+        done = subprocess.run(
+            [
+                *medrov,
+                "convert",
+                "--sources",
+                str(tmp_path / "sources.yaml"),
+                "--out",
+                str(omnis),
+                "--no-progress",
+                "-S",
+                "data.ray_address=auto",
+            ],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert done.returncode == 0, done.stderr[-4000:]
         assert "converted 9, quarantined 0, total 9" in done.stdout
         (line,) = [x for x in done.stderr.splitlines() if "converting on Ray (auto)" in x]
@@ -469,14 +581,15 @@ DECISION = r"^(?P<model>\S+) v(?P<version>\d+) \(run (?P<run>\w+)\): (?P<decisio
 
 def medrov(args: list[str], cwd: Path, env: dict[str, str], timeout: float = 900) -> subprocess.CompletedProcess:
     """One ``medrov`` command, as a colleague types it in their checkout."""
-    return subprocess.run([sys.executable, "-m", "medrov", *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "medrov", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def printed_json(stdout: str) -> dict:
     """The JSON summary ``medrov predict`` prints last (libraries may print lines before it)."""
     lines = stdout.splitlines()
-    return json.loads("\n".join(lines[len(lines) - 1 - lines[::-1].index("{"):]))
+    return json.loads("\n".join(lines[len(lines) - 1 - lines[::-1].index("{") :]))
 
 
 def work_tree(dest: Path, omnis: Path) -> Path:
@@ -562,8 +675,21 @@ def two_colleagues(team, tiny_omnis, tmp_path_factory):
         def predict_meanwhile() -> None:  # the third colleague, while the promotions are in flight
             for i in range(30):
                 in_flight = any(c.is_alive() for c in colleagues)
-                done = medrov(["predict", str(image), *PROMPT_ARGS, "--out",
-                               str(root / f"pred-{i}"), "--conf", "1e-6", "--imgsz", "64"], viewer, env)
+                done = medrov(
+                    [
+                        "predict",
+                        str(image),
+                        *PROMPT_ARGS,
+                        "--out",
+                        str(root / f"pred-{i}"),
+                        "--conf",
+                        "1e-6",
+                        "--imgsz",
+                        "64",
+                    ],
+                    viewer,
+                    env,
+                )
                 predictions.append((done, in_flight))
                 if done.returncode == 0 and not in_flight:
                     return
@@ -573,8 +699,9 @@ def two_colleagues(team, tiny_omnis, tmp_path_factory):
         viewer_thread.start()
         waiting, first_waiter, deadline = 0, None, time.monotonic() + 300
         while time.monotonic() < deadline and all(c.is_alive() for c in colleagues):
-            waiting = pg.query("mlflow", "select count(*) from pg_stat_activity where datname = 'mlflow' "
-                                         "and wait_event_type = 'Lock'")[0][0]
+            waiting = pg.query(
+                "mlflow", "select count(*) from pg_stat_activity where datname = 'mlflow' and wait_event_type = 'Lock'"
+            )[0][0]
             first_waiter = first_waiter or (time.monotonic() if waiting else None)
             # both wait on the alias table, or one does and the other waits on a lock of its own
             if waiting >= 2 or (first_waiter and time.monotonic() - first_waiter > 45):
@@ -588,22 +715,33 @@ def two_colleagues(team, tiny_omnis, tmp_path_factory):
         viewer_thread.join(900)
         for c in colleagues:
             c.save_logs(team["logs"])
-        print(f"trainings done after {trained_s:.0f} s; per colleague {[c.seconds for c in colleagues]}; "
-              f"promotions overlapped: {overlapped} ({waiting} waited on the alias table); "
-              f"{len(predictions)} predictions by c "
-              f"({sum(f for _, f in predictions)} while promotions ran)")
+        print(
+            f"trainings done after {trained_s:.0f} s; per colleague {[c.seconds for c in colleagues]}; "
+            f"promotions overlapped: {overlapped} ({waiting} waited on the alias table); "
+            f"{len(predictions)} predictions by c "
+            f"({sum(f for _, f in predictions)} while promotions ran)"
+        )
     finally:
         lock.close()
-    return {"colleagues": colleagues, "predictions": predictions, "overlapped": overlapped, "image": image,
-            "viewer": viewer, "env": env, "root": root}
+    return {
+        "colleagues": colleagues,
+        "predictions": predictions,
+        "overlapped": overlapped,
+        "image": image,
+        "viewer": viewer,
+        "env": env,
+        "root": root,
+    }
 
 
 def registry_versions(mlflow_url: str, name: str = "medrov") -> dict[str, dict]:
     """Every version of ``name`` over MLflow's REST API: version -> run id, tags; plus the aliases."""
     found = http_json(f"{mlflow_url}/api/2.0/mlflow/model-versions/search?filter=name%3D%27{name}%27")
     model = http_json(f"{mlflow_url}/api/2.0/mlflow/registered-models/get?name={name}")["registered_model"]
-    versions = {v["version"]: {"run_id": v["run_id"], "tags": {t["key"]: t["value"] for t in v.get("tags", [])}}
-                for v in found.get("model_versions", [])}
+    versions = {
+        v["version"]: {"run_id": v["run_id"], "tags": {t["key"]: t["value"] for t in v.get("tags", [])}}
+        for v in found.get("model_versions", [])
+    }
     return {"versions": versions, "aliases": {a["alias"]: a["version"] for a in model.get("aliases", [])}}
 
 
@@ -635,8 +773,9 @@ def test_two_colleagues_train_and_promote_while_a_third_predicts(team, two_colle
     listed = medrov(["models"], two_colleagues["viewer"], two_colleagues["env"])
     assert listed.returncode == 0, listed.stderr[-3000:]
     rows = {line.split()[0]: line.split()[1] for line in listed.stdout.splitlines()[2:]}
-    assert rows == {v: ",".join(sorted(a for a, av in registry["aliases"].items() if av == v)) or "-"
-                    for v in registry["versions"]}
+    assert rows == {
+        v: ",".join(sorted(a for a, av in registry["aliases"].items() if av == v)) or "-" for v in registry["versions"]
+    }
 
 
 def test_overlapping_promotions_decide_as_if_one_after_the_other(team, two_colleagues):
@@ -670,31 +809,56 @@ def test_registry_backup_restores_into_a_fresh_database_and_bucket(team, two_col
     make = ["make", "-s", "-C", str(ROOT)]
     server_env = {**team["server_env"], **team["mlflow_env"]}
     backup = tmp_path / "backup"
-    done = subprocess.run([*make, "registry-backup", f"BACKUP_DIR={backup}", f"PY={sys.executable}"], env=server_env,
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [*make, "registry-backup", f"BACKUP_DIR={backup}", f"PY={sys.executable}"],
+        env=server_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     manifest = json.loads((backup / "manifest.json").read_text())
-    keys = [o["Key"] for page in team["s3"].get_paginator("list_objects_v2").paginate(Bucket="mlflow")
-            for o in page.get("Contents", [])]
+    keys = [
+        o["Key"]
+        for page in team["s3"].get_paginator("list_objects_v2").paginate(Bucket="mlflow")
+        for o in page.get("Contents", [])
+    ]
     assert manifest["objects"] == len(keys) > 0 and "mlflow@" not in manifest["database"]
     assert PG_PASSWORD not in (backup / "manifest.json").read_text() + done.stdout
 
     # a fresh database and bucket, and the MLflow server started on them (its settings name them)
     team["pg"].create_database("mlflow_restored")
-    restored_env = {**team["mlflow_env"], "MLFLOW_BACKEND_STORE_URI": team["pg"].url("mlflow_restored", "+psycopg2"),
-                    "MLFLOW_ARTIFACTS_DESTINATION": "s3://mlflow-restored/"}
-    done = subprocess.run([*make, "registry-restore", f"BACKUP_DIR={backup}", f"PY={sys.executable}"],
-                          env={**team["server_env"], **restored_env}, capture_output=True, text=True, timeout=300)
+    restored_env = {
+        **team["mlflow_env"],
+        "MLFLOW_BACKEND_STORE_URI": team["pg"].url("mlflow_restored", "+psycopg2"),
+        "MLFLOW_ARTIFACTS_DESTINATION": "s3://mlflow-restored/",
+    }
+    done = subprocess.run(
+        [*make, "registry-restore", f"BACKUP_DIR={backup}", f"PY={sys.executable}"],
+        env={**team["server_env"], **restored_env},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
-    again = subprocess.run([*make, "registry-restore", f"BACKUP_DIR={backup}", f"PY={sys.executable}"],
-                           env={**team["server_env"], **restored_env}, capture_output=True, text=True, timeout=300)
+    again = subprocess.run(
+        [*make, "registry-restore", f"BACKUP_DIR={backup}", f"PY={sys.executable}"],
+        env={**team["server_env"], **restored_env},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert again.returncode != 0 and "mlflow_restored: database is not empty" in again.stderr
 
     port = free_port()
-    cmd, _ = on_loopback(team["services"]["mlflow"], {"postgres": team["pg"].port, "mlflow": port, "prefect": 0},
-                         {"http://minio:9000": team["s3_url"]})
-    restored = Server("mlflow-restored", cmd, {**team["server_env"], **restored_env},
-                      f"http://127.0.0.1:{port}/health", team["logs"])
+    cmd, _ = on_loopback(
+        team["services"]["mlflow"],
+        {"postgres": team["pg"].port, "mlflow": port, "prefect": 0},
+        {"http://minio:9000": team["s3_url"]},
+    )
+    restored = Server(
+        "mlflow-restored", cmd, {**team["server_env"], **restored_env}, f"http://127.0.0.1:{port}/health", team["logs"]
+    )
     try:
         restored.wait_healthy()
         viewer, env = two_colleagues["viewer"], two_colleagues["env"]
@@ -704,19 +868,39 @@ def test_registry_backup_restores_into_a_fresh_database_and_bucket(team, two_col
             listed = medrov(["models"], viewer, client_env)
             assert listed.returncode == 0, listed.stderr[-3000:]
             out = tmp_path / f"pred-{name}"
-            predicted = medrov(["predict", str(two_colleagues["image"]), *PROMPT_ARGS,
-                                "--weights", "models:/medrov@champion", "--out", str(out), "--conf", "1e-6",
-                                "--imgsz", "64"], viewer, client_env)
+            predicted = medrov(
+                [
+                    "predict",
+                    str(two_colleagues["image"]),
+                    *PROMPT_ARGS,
+                    "--weights",
+                    "models:/medrov@champion",
+                    "--out",
+                    str(out),
+                    "--conf",
+                    "1e-6",
+                    "--imgsz",
+                    "64",
+                ],
+                viewer,
+                client_env,
+            )
             assert predicted.returncode == 0, predicted.stderr[-3000:]
             (result,) = out.glob("*.json")
-            outputs[name] = {"models": listed.stdout.splitlines()[1:], "frames": json.loads(result.read_text())["frames"],
-                             "registry": registry_versions(uri)}
+            outputs[name] = {
+                "models": listed.stdout.splitlines()[1:],
+                "frames": json.loads(result.read_text())["frames"],
+                "registry": registry_versions(uri),
+            }
     finally:
         restored.stop()
     assert outputs["restored"]["registry"] == outputs["original"]["registry"]
     assert outputs["restored"]["models"] == outputs["original"]["models"]
     assert outputs["restored"]["frames"] == outputs["original"]["frames"]
     assert any(f["boxes"] for f in outputs["original"]["frames"]), "the champion found nothing to compare"
-    restored_keys = [o["Key"] for page in team["s3"].get_paginator("list_objects_v2").paginate(Bucket="mlflow-restored")
-                     for o in page.get("Contents", [])]
+    restored_keys = [
+        o["Key"]
+        for page in team["s3"].get_paginator("list_objects_v2").paginate(Bucket="mlflow-restored")
+        for o in page.get("Contents", [])
+    ]
     assert sorted(restored_keys) == sorted(keys)

@@ -21,10 +21,19 @@ def test_sweep_logs_child_runs_and_writes_the_best_config(train_overrides, tmp_p
     from medrov import tune
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    params = load_params(ROOT / "params.yaml", [
-        *train_overrides, "tune.epochs=2", "tune.num_samples=4", "tune.num_cpus=2", "tune.resources.cpu=1",
-        f"tune.storage={tmp_path / 'ray'}", "tracking.experiment=tune-test", "train.profiles.demo.extra={plots: false}",
-    ])
+    params = load_params(
+        ROOT / "params.yaml",
+        [
+            *train_overrides,
+            "tune.epochs=2",
+            "tune.num_samples=4",
+            "tune.num_cpus=2",
+            "tune.resources.cpu=1",
+            f"tune.storage={tmp_path / 'ray'}",
+            "tracking.experiment=tune-test",
+            "train.profiles.demo.extra={plots: false}",
+        ],
+    )
     best_file = tmp_path / "tune_best.yaml"
     summary = tune.run(params, tracking_uri=uri, best_file=best_file)
     assert not ray.is_initialized(), "tune must shut down the local Ray it started"
@@ -63,9 +72,14 @@ def test_sweep_logs_child_runs_and_writes_the_best_config(train_overrides, tmp_p
         assert set(settings_in_force(params, "train", params.tune.profile)) <= set(run.data.params)
         assert {k: float(run.data.params[k]) for k in trial["config"]} == trial["config"]
         assert run.data.tags["medrov.step"] == "train" and run.data.tags["medrov.git_commit"]
-        assert "medrov.data.presence_md5" in run.data.tags and run.data.tags["medrov.tune_parent_run_id"] == parent[0].info.run_id
+        assert (
+            "medrov.data.presence_md5" in run.data.tags
+            and run.data.tags["medrov.tune_parent_run_id"] == parent[0].info.run_id
+        )
         history = client.get_metric_history(run.info.run_id, "metrics/mAP50B")
-        assert [m.step for m in history] == list(range(len(history))) and history  # epochs from 0, as every train run
+        assert [m.step for m in history] == list(
+            range(1, len(history) + 1)
+        ) and history  # epochs from 1, as ultralytics counts
 
 
 def test_space_key_that_is_not_a_param_fails_before_ray_starts(train_overrides, tmp_path):
@@ -90,8 +104,23 @@ def test_cli_names_a_bad_search_space_in_one_line(tmp_path):
     import sys
 
     env = {**os.environ, "MEDROV_ROOT": str(ROOT), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
-    result = subprocess.run([sys.executable, "-m", "medrov", "tune", "-S", "tune.space={train.profiles.demo.lr: {loguniform: [0.0001, 0.01]}}"],
-                            env=env, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "medrov",
+            "tune",
+            "-S",
+            "tune.space={train.profiles.demo.lr: {loguniform: [0.0001, 0.01]}}",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2
-    assert "error: ConfigError: tune.space.train.profiles.demo.lr: loguniform [0.0001, 0.01] is not valid for params" in result.stderr
+    assert (
+        "error: ConfigError: tune.space.train.profiles.demo.lr: loguniform [0.0001, 0.01] is not valid for params"
+        in result.stderr
+    )
     assert "Traceback" not in result.stderr

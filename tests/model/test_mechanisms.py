@@ -31,7 +31,9 @@ def test_source_tiles_follow_mosaic_and_affine(train_overrides, tiny_omnis, mosa
     from medrov.data.presence import image_sources, presence_array
     from medrov.model.pseudo import source_of
 
-    trainer, _ = _trainer(train_overrides, [f"train.profiles.demo.extra={{mosaic: {mosaic}, degrees: 10.0, fliplr: 0.5}}"])
+    trainer, _ = _trainer(
+        train_overrides, [f"train.profiles.demo.extra={{mosaic: {mosaic}, degrees: 10.0, fliplr: 0.5}}"]
+    )
     dataset = trainer.build_dataset(str(tiny_omnis / "train.txt"), "train", 4)
     _, sources = image_sources(trainer.data["path"])
     presence = presence_array(tiny_omnis / "presence.csv", list(trainer.data["names"].values()), sources)
@@ -70,10 +72,18 @@ def test_real_teacher_negatives_overwrite_prompt_slots(train_overrides, tmp_path
     from tests.tiny_models import build_tiny_clip
 
     clip = build_tiny_clip(tmp_path / "tiny-clip")
-    params = load_params(ROOT / "params.yaml", [
-        *train_overrides, f"text.encoder=local-dir:{clip}", "pseudo.conf_c=0.0", "pseudo.iou_t=1.0",
-        "pseudo.crop_min=1", "train.profiles.demo.extra={mosaic: 0.0}", f"pseudo.teacher={teacher}",
-    ])
+    params = load_params(
+        ROOT / "params.yaml",
+        [
+            *train_overrides,
+            f"text.encoder=local-dir:{clip}",
+            "pseudo.conf_c=0.0",
+            "pseudo.iou_t=1.0",
+            "pseudo.crop_min=1",
+            "train.profiles.demo.extra={mosaic: 0.0}",
+            f"pseudo.teacher={teacher}",
+        ],
+    )
     overwritten = []
     inject = mechanisms.Mechanisms._inject_negatives
 
@@ -96,7 +106,10 @@ def test_real_teacher_negatives_overwrite_prompt_slots(train_overrides, tmp_path
         m = presence.loc[r["source"], r["class"].split("/")[0]]
         assert (m == 0) if r["kind"] == "label" else (m in (1, -1)), r
     assert seen[0]["pseudo/negatives"] == sum(int(r["count"]) for r in negatives) == len(overwritten)
-    assert info["pseudo"]["negatives"] and json.loads((Path(info["save_dir"]) / "medrov.json").read_text())["pseudo"]["teacher"] == teacher
+    assert (
+        info["pseudo"]["negatives"]
+        and json.loads((Path(info["save_dir"]) / "medrov.json").read_text())["pseudo"]["teacher"] == teacher
+    )
 
 
 def test_pseudo_labels_reach_the_loss_with_counters_and_gallery(train_overrides, monkeypatch):
@@ -108,8 +121,15 @@ def test_pseudo_labels_reach_the_loss_with_counters_and_gallery(train_overrides,
     from medrov.model.train import train
 
     # presence-aware sampling off: it keeps M=0 classes out of the prompts, so no prompt slot could be pseudo-labelled
-    params = load_params(ROOT / "params.yaml", [*train_overrides, "pseudo.gallery=3", "train.profiles.demo.extra={mosaic: 0.0}",
-                                                "pseudo.presence_sampling=false"])
+    params = load_params(
+        ROOT / "params.yaml",
+        [
+            *train_overrides,
+            "pseudo.gallery=3",
+            "train.profiles.demo.extra={mosaic: 0.0}",
+            "pseudo.presence_sampling=false",
+        ],
+    )
 
     def oracle(self, trainer, batch):
         b, k = batch["txt_feats"].shape[:2]
@@ -118,7 +138,11 @@ def test_pseudo_labels_reach_the_loss_with_counters_and_gallery(train_overrides,
         y[:, 0], y[:, 1], y[:, 2], y[:, 3] = w / 2, h / 2, w * 0.9, h * 0.9
         for i, texts in enumerate(batch["texts"]):
             src = int(batch["tiles"][i][0, 4])
-            zero = [j for j, t in enumerate(texts) if self.text_class.get(t, -1) >= 0 and self.presence[src, self.text_class[t]] == 0]
+            zero = [
+                j
+                for j, t in enumerate(texts)
+                if self.text_class.get(t, -1) >= 0 and self.presence[src, self.text_class[t]] == 0
+            ]
             if zero:
                 y[i, 4 + zero[0], 0] = 0.99
         return y
@@ -152,10 +176,18 @@ def test_student_teacher_decides_inside_the_training_forward(train_overrides, tm
     from tests.tiny_models import build_tiny_clip
 
     clip = build_tiny_clip(tmp_path / "tiny-clip")
-    params = load_params(ROOT / "params.yaml", [
-        *train_overrides, f"text.encoder=local-dir:{clip}", "pseudo.conf_c=0.0", "pseudo.iou_t=1.0",
-        "pseudo.crop_min=1", "train.profiles.demo.extra={mosaic: 0.0}", "pseudo.teacher=student",
-    ])
+    params = load_params(
+        ROOT / "params.yaml",
+        [
+            *train_overrides,
+            f"text.encoder=local-dir:{clip}",
+            "pseudo.conf_c=0.0",
+            "pseudo.iou_t=1.0",
+            "pseudo.crop_min=1",
+            "train.profiles.demo.extra={mosaic: 0.0}",
+            "pseudo.teacher=student",
+        ],
+    )
     extra_passes = []
     monkeypatch.setattr(mechanisms.Mechanisms, "_teacher_predictions", lambda *a: extra_passes.append(1))
     seen_by_loss = []
@@ -198,9 +230,15 @@ def test_presence_sampling_switch_reaches_the_prompt_sampler(train_overrides, ti
     from medrov.data.presence import image_sources, presence_array
     from medrov.model.trainer import PromptSampler
 
-    trainer, _ = _trainer(train_overrides, ["pseudo.labels=false", "pseudo.negatives=false",
-                                            f"pseudo.presence_sampling={str(on).lower()}",
-                                            "train.profiles.demo.extra={mosaic: 0.0}"])
+    trainer, _ = _trainer(
+        train_overrides,
+        [
+            "pseudo.labels=false",
+            "pseudo.negatives=false",
+            f"pseudo.presence_sampling={str(on).lower()}",
+            "train.profiles.demo.extra={mosaic: 0.0}",
+        ],
+    )
     assert trainer.pseudo is None  # no teacher pass either way
     dataset = trainer.build_dataset(str(tiny_omnis / "train.txt"), "train", 4)
     sampler = next(t for t in dataset.transforms.transforms if isinstance(t, PromptSampler))
@@ -216,5 +254,7 @@ def test_presence_sampling_switch_reaches_the_prompt_sampler(train_overrides, ti
             assert np.asarray(item["tiles"]).reshape(-1, 5)[:, 4].astype(int).tolist() == [source]
         positive = {item["texts"][int(c)] for c in item["cls"].numpy().reshape(-1)}
         blocked = np.nonzero(presence[source] == 0)[0]
-        unannotated_prompts += sum(1 for t in item["texts"] if t not in positive and any(t in names[c] for c in blocked))
+        unannotated_prompts += sum(
+            1 for t in item["texts"] if t not in positive and any(t in names[c] for c in blocked)
+        )
     assert (unannotated_prompts == 0) == on

@@ -31,8 +31,14 @@ def test_train_then_evaluate_round_trip(train_overrides, tiny_omnis, tmp_path):
 
     # a 1-epoch model scores below the default conf 0.001: go lower so there are predictions to cross-check
     low_conf = load_params(ROOT / "params.yaml", [*train_overrides, "evaluate.conf=0.00001"])
-    result = evaluate(weights, low_conf, split="train", out_metrics=tmp_path / "eval.json", plots_dir=tmp_path / "plots",
-                      coco_dir=tmp_path / "coco")
+    result = evaluate(
+        weights,
+        low_conf,
+        split="train",
+        out_metrics=tmp_path / "eval.json",
+        plots_dir=tmp_path / "plots",
+        coco_dir=tmp_path / "coco",
+    )
     stored = json.loads((tmp_path / "eval.json").read_text())
     # the same predictions through pycocotools: mAP over the classes with ground truth agrees within 0.005
     gt_json = json.loads((tmp_path / "coco" / "coco_gt.json").read_text())
@@ -146,4 +152,11 @@ def test_trainer_class_survives_ddp_pickling(tmp_path):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["local-dir:/models/biomedclip", "minilm", "(3,", "7)", "MedrovWorldTrainer", "medrov.model.trainer"]
+    assert out.stdout.split() == [
+        "local-dir:/models/biomedclip",
+        "minilm",
+        "(3,",
+        "7)",
+        "MedrovWorldTrainer",
+        "medrov.model.trainer",
+    ]

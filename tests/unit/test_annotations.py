@@ -69,7 +69,9 @@ def _voc_xml(path: Path, filename: str, objects: list[tuple]) -> Path:
 
 
 def _voc_source(tmp_path: Path) -> ResolvedSource:
-    return _source(tmp_path, name="TinyVOC", root=str(tmp_path / "voc"), modality="microscopy", format="voc", label_map=BLOOD)
+    return _source(
+        tmp_path, name="TinyVOC", root=str(tmp_path / "voc"), modality="microscopy", format="voc", label_map=BLOOD
+    )
 
 
 def test_voc_boxes_are_converted_from_1_based_inclusive(tmp_path, data_params):
@@ -172,7 +174,13 @@ def test_voc_imagesets_give_the_split(tmp_path):
     (root / "ImageSets" / "Main" / "train.txt").write_text("a\n")
     (root / "ImageSets" / "Main" / "test.txt").write_text("b\n")
     src = _source(
-        tmp_path, name="TinyVOC", root=str(root), modality="microscopy", format="voc", label_map=BLOOD, split="imagesets"
+        tmp_path,
+        name="TinyVOC",
+        root=str(root),
+        modality="microscopy",
+        format="voc",
+        label_map=BLOOD,
+        split="imagesets",
     )
     items, skipped = enumerate_voc(src)
     assert {i.item_id: i.split for i in items} == {"a": "train", "b": "test"}
@@ -234,7 +242,9 @@ def test_coco_unknown_category_raises_naming_the_image(tmp_path, data_params):
 
 
 def test_coco_declared_size_mismatch_raises(tmp_path, data_params):
-    src = _coco_source(tmp_path, [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [2, 3, 4, 5]}], declared=(640, 480))
+    src = _coco_source(
+        tmp_path, [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [2, 3, 4, 5]}], declared=(640, 480)
+    )
     (item,), _ = enumerate_coco(src)
     with pytest.raises(SourceReadError, match="640x480"):
         load_coco(src, item, data_params)
@@ -251,8 +261,13 @@ def _csv_source(tmp_path: Path, rows: list[tuple], **extra) -> ResolvedSource:
         writer.writerow(["image", "label", "x1", "y1", "x2", "y2"])
         writer.writerows(rows)
     return _source(
-        tmp_path, name="TinyCXR", root=str(root), modality="xray", format="csv",
-        label_map={"nodule": "lung nodule"}, **extra,
+        tmp_path,
+        name="TinyCXR",
+        root=str(root),
+        modality="xray",
+        format="csv",
+        label_map={"nodule": "lung nodule"},
+        **extra,
     )
 
 
@@ -289,7 +304,9 @@ def test_csv_missing_columns_raise(tmp_path):
     root = tmp_path / "cxr"
     root.mkdir()
     (root / "boxes.csv").write_text("image,label,x1,y1\na.png,nodule,1,2\n")
-    src = _source(tmp_path, name="TinyCXR", root=str(root), modality="xray", format="csv", label_map={"nodule": "lung nodule"})
+    src = _source(
+        tmp_path, name="TinyCXR", root=str(root), modality="xray", format="csv", label_map={"nodule": "lung nodule"}
+    )
     with pytest.raises(SourceReadError, match="x2"):
         enumerate_csv(src)
 
@@ -310,8 +327,13 @@ def _yolo_source(tmp_path: Path, lines: str) -> ResolvedSource:
     (root / "labels").mkdir(parents=True)
     (root / "labels" / "a.txt").write_text(lines)
     return _source(
-        tmp_path, name="TinyYOLO", root=str(root), modality="endoscopy", format="yolo",
-        classes=["polyp"], label_map={"polyp": "colon polyp"},
+        tmp_path,
+        name="TinyYOLO",
+        root=str(root),
+        modality="endoscopy",
+        format="yolo",
+        classes=["polyp"],
+        label_map={"polyp": "colon polyp"},
     )
 
 
@@ -356,8 +378,14 @@ def test_mask2d_one_box_per_component(tmp_path, data_params):
     (root / "masks").mkdir(parents=True)
     Image.fromarray(mask).save(root / "masks" / "f1_polyp.png")
     src = _source(
-        tmp_path, name="TinyPolyp", root=str(root), modality="endoscopy", format="mask2d",
-        images="images/*.png", labels="masks/{stem}_{class}.png", label_map={"polyp": "colon polyp"},
+        tmp_path,
+        name="TinyPolyp",
+        root=str(root),
+        modality="endoscopy",
+        format="mask2d",
+        images="images/*.png",
+        labels="masks/{stem}_{class}.png",
+        label_map={"polyp": "colon polyp"},
     )
     items, skipped = enumerate_mask2d(src)
     assert skipped == []
@@ -377,8 +405,15 @@ def test_mask2d_slice_mode_gives_one_box(tmp_path, data_params):
     (root / "masks").mkdir(parents=True)
     Image.fromarray(mask).save(root / "masks" / "f1_polyp.png")
     src = _source(
-        tmp_path, name="TinyPolyp", root=str(root), modality="endoscopy", format="mask2d",
-        images="images/*.png", labels="masks/{stem}_{class}.png", label_map={"polyp": "colon polyp"}, boxes="slice",
+        tmp_path,
+        name="TinyPolyp",
+        root=str(root),
+        modality="endoscopy",
+        format="mask2d",
+        images="images/*.png",
+        labels="masks/{stem}_{class}.png",
+        label_map={"polyp": "colon polyp"},
+        boxes="slice",
     )
     (item,), _ = enumerate_mask2d(src)
     samples, _ = load_mask2d(src, item, data_params)
@@ -398,8 +433,14 @@ def test_mask2d_rgba_mask_alpha_is_not_foreground(tmp_path, data_params):
     (root / "masks").mkdir(parents=True)
     Image.fromarray(rgba, "RGBA").save(root / "masks" / "f1_polyp.png")
     src = _source(
-        tmp_path, name="TinyPolyp", root=str(root), modality="endoscopy", format="mask2d",
-        images="images/*.png", labels="masks/{stem}_{class}.png", label_map={"polyp": "colon polyp"},
+        tmp_path,
+        name="TinyPolyp",
+        root=str(root),
+        modality="endoscopy",
+        format="mask2d",
+        images="images/*.png",
+        labels="masks/{stem}_{class}.png",
+        label_map={"polyp": "colon polyp"},
     )
     (item,), _ = enumerate_mask2d(src)
     samples, _ = load_mask2d(src, item, data_params)
@@ -413,8 +454,14 @@ def test_mask2d_image_without_mask_is_skipped_and_shape_mismatch_raises(tmp_path
     (root / "masks").mkdir(parents=True)
     Image.fromarray(np.full((5, 5), 255, dtype=np.uint8)).save(root / "masks" / "f1_polyp.png")
     src = _source(
-        tmp_path, name="TinyPolyp", root=str(root), modality="endoscopy", format="mask2d",
-        images="images/*.png", labels="masks/{stem}_{class}.png", label_map={"polyp": "colon polyp"},
+        tmp_path,
+        name="TinyPolyp",
+        root=str(root),
+        modality="endoscopy",
+        format="mask2d",
+        images="images/*.png",
+        labels="masks/{stem}_{class}.png",
+        label_map={"polyp": "colon polyp"},
     )
     items, skipped = enumerate_mask2d(src)
     assert [s.input for s in skipped] == [str(lonely)]
@@ -424,8 +471,14 @@ def test_mask2d_image_without_mask_is_skipped_and_shape_mismatch_raises(tmp_path
 
 def test_mask2d_needs_a_class_placeholder(tmp_path):
     src = _source(
-        tmp_path, name="TinyPolyp", root=str(tmp_path), modality="endoscopy", format="mask2d",
-        images="images/*.png", labels="masks/{stem}.png", label_map={"polyp": "colon polyp"},
+        tmp_path,
+        name="TinyPolyp",
+        root=str(tmp_path),
+        modality="endoscopy",
+        format="mask2d",
+        images="images/*.png",
+        labels="masks/{stem}.png",
+        label_map={"polyp": "colon polyp"},
     )
     with pytest.raises(SourceReadError, match="class"):
         enumerate_mask2d(src)

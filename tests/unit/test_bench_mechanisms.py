@@ -20,14 +20,20 @@ def bench():
 
 def test_pairs_are_grouped_by_presence_and_novel_classes_left_out(bench):
     presence = pd.DataFrame([[1, 0, 0], [-1, -1, 1]], index=["CT", "Smear"], columns=["liver", "kidney", "tumour"])
-    gt = {"images": [{"id": 1, "file_name": "ct.png"}, {"id": 2, "file_name": "smear.png"}],
-          "annotations": [{"id": 1, "image_id": 1, "category_id": 0, "bbox": [0, 0, 10, 10]},
-                          {"id": 2, "image_id": 1, "category_id": 1, "bbox": [20, 20, 10, 10]},
-                          {"id": 3, "image_id": 1, "category_id": 2, "bbox": [40, 40, 5, 5]},
-                          {"id": 4, "image_id": 2, "category_id": 2, "bbox": [0, 0, 8, 8]}]}
-    dt = [{"image_id": 1, "category_id": 0, "score": 0.9, "bbox": [0, 0, 10, 10]},      # liver found
-          {"image_id": 1, "category_id": 1, "score": 0.8, "bbox": [60, 60, 10, 10]},    # kidney missed (wrong place)
-          {"image_id": 2, "category_id": 2, "score": 0.7, "bbox": [0, 0, 8, 8]}]         # smear tumour found
+    gt = {
+        "images": [{"id": 1, "file_name": "ct.png"}, {"id": 2, "file_name": "smear.png"}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 0, "bbox": [0, 0, 10, 10]},
+            {"id": 2, "image_id": 1, "category_id": 1, "bbox": [20, 20, 10, 10]},
+            {"id": 3, "image_id": 1, "category_id": 2, "bbox": [40, 40, 5, 5]},
+            {"id": 4, "image_id": 2, "category_id": 2, "bbox": [0, 0, 8, 8]},
+        ],
+    }
+    dt = [
+        {"image_id": 1, "category_id": 0, "score": 0.9, "bbox": [0, 0, 10, 10]},  # liver found
+        {"image_id": 1, "category_id": 1, "score": 0.8, "bbox": [60, 60, 10, 10]},  # kidney missed (wrong place)
+        {"image_id": 2, "category_id": 2, "score": 0.7, "bbox": [0, 0, 8, 8]},
+    ]  # smear tumour found
     out = bench.pair_scores(gt, dt, {"ct.png": "CT", "smear.png": "Smear"}, presence, novel=set())
     assert out["pairs"]["CT/liver"] == {"m": 1, "ap50": pytest.approx(1.0), "boxes": 1}
     assert out["pairs"]["CT/kidney"]["m"] == 0 and out["pairs"]["CT/kidney"]["ap50"] == 0.0

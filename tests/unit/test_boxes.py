@@ -43,7 +43,7 @@ def test_to_yolo_non_square_image():
 def test_rectangle_extent_is_in_pixel_edges():
     mask = np.zeros((8, 12), dtype=np.int32)
     mask[2:5, 3:6] = 3  # rows 2..4, columns 3..5
-    (idx, box), = mask_to_boxes(mask)
+    ((idx, box),) = mask_to_boxes(mask)
     assert idx == 3
     assert box.label == "3"
     assert (box.x0, box.y0, box.x1, box.y1) == (3, 2, 6, 5)
@@ -177,7 +177,7 @@ def test_box_coordinates_are_plain_ints_in_both_modes(mode):
     labels = np.zeros((3, 8, 8), dtype=np.uint8)
     labels[1, 2:5, 3:7] = 2
     found = slice_boxes(labels, mode=mode)
-    (_, box), = found[1]
+    ((_, box),) = found[1]
     coords = (box.x0, box.y0, box.x1, box.y1)
     assert coords == (3, 2, 7, 5)
     assert all(type(v) is int for v in coords)

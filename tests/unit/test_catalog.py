@@ -23,7 +23,17 @@ TS_LABELS = SHARED / "totalsegmentator" / "labels_total.json"
 BCCD_ANNOTATIONS = SHARED / "bccd" / "BCCD" / "Annotations"
 CATALOG = REPO_ROOT / "medrov" / "catalog"
 
-MODALITIES = ["ct", "mri", "xray", "ultrasound", "histopathology", "dermoscopy", "fundoscopy", "endoscopy", "microscopy"]
+MODALITIES = [
+    "ct",
+    "mri",
+    "xray",
+    "ultrasound",
+    "histopathology",
+    "dermoscopy",
+    "fundoscopy",
+    "endoscopy",
+    "microscopy",
+]
 FORMATS = {"nifti", "dicom", "mask2d", "voc", "coco", "csv", "yolo"}
 N_COLUMNS = 157
 N_ROWS = 37
@@ -172,14 +182,25 @@ def test_totalsegmentator_mapping(vocab, sources):
     if ts:
         by_name = {name: labels[i] for i, name in ts.items()}
         expected = {
-            "kidney_right": "right kidney", "kidney_left": "left kidney", "vertebrae_L1": "vertebra",
-            "rib_left_3": "rib", "rib_right_12": "rib", "lung_upper_lobe_left": "left lung upper lobe",
-            "lung_middle_lobe_right": "right lung middle lobe", "iliac_vena_left": "left iliac vein",
-            "humerus_left": "left humerus", "clavicula_left": "left clavicula",
-            "costal_cartilages": "costal cartilages", "inferior_vena_cava": "inferior vena cava",
-            "common_carotid_artery_right": "right carotid artery", "subclavian_artery_left": "subclavian left artery",
-            "atrial_appendage_left": "left atrial appendage", "gluteus_medius_right": "right gluteus medius",
-            "small_bowel": None, "colon": None, "brain": None,
+            "kidney_right": "right kidney",
+            "kidney_left": "left kidney",
+            "vertebrae_L1": "vertebra",
+            "rib_left_3": "rib",
+            "rib_right_12": "rib",
+            "lung_upper_lobe_left": "left lung upper lobe",
+            "lung_middle_lobe_right": "right lung middle lobe",
+            "iliac_vena_left": "left iliac vein",
+            "humerus_left": "left humerus",
+            "clavicula_left": "left clavicula",
+            "costal_cartilages": "costal cartilages",
+            "inferior_vena_cava": "inferior vena cava",
+            "common_carotid_artery_right": "right carotid artery",
+            "subclavian_artery_left": "subclavian left artery",
+            "atrial_appendage_left": "left atrial appendage",
+            "gluteus_medius_right": "right gluteus medius",
+            "small_bowel": None,
+            "colon": None,
+            "brain": None,
         }
         for name, target in expected.items():
             assert by_name[name] == target, name
@@ -201,6 +222,7 @@ def test_bccd_label_map(sources):
 def test_seed_script_is_up_to_date(matrix):
     """Re-running the seed script reproduces the committed files byte for byte."""
     script = REPO_ROOT / "scripts" / "seed_catalog.py"
-    res = subprocess.run([sys.executable, str(script), "--check", "--csv", str(CSV_PATH)],
-                         capture_output=True, text=True, timeout=120)
+    res = subprocess.run(
+        [sys.executable, str(script), "--check", "--csv", str(CSV_PATH)], capture_output=True, text=True, timeout=120
+    )
     assert res.returncode == 0, res.stdout + res.stderr

@@ -77,11 +77,15 @@ def _assert_same(torch_det, onnx_det, names: list[str]) -> None:
     onnx_names = [names[c] for c in onnx_det.classes[b]]
     for i in a:  # matched rather than zipped: near-equal scores may swap places between runtimes
         close = [
-            j for j, n in zip(b, onnx_names)
-            if n == torch_det.names[i] and abs(onnx_det.scores[j] - torch_det.scores[i]) < 1e-3
+            j
+            for j, n in zip(b, onnx_names)
+            if n == torch_det.names[i]
+            and abs(onnx_det.scores[j] - torch_det.scores[i]) < 1e-3
             and np.abs(onnx_det.boxes[j] - torch_det.boxes[i]).max() < 0.05
         ]
-        assert close, f"PyTorch box {torch_det.boxes[i]} ({torch_det.names[i]}, {torch_det.scores[i]:.4f}) not in ONNX output"
+        assert close, (
+            f"PyTorch box {torch_det.boxes[i]} ({torch_det.names[i]}, {torch_det.scores[i]:.4f}) not in ONNX output"
+        )
 
 
 @pytest.fixture(scope="module")

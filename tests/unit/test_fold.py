@@ -238,9 +238,27 @@ def test_cli_export_fold(world, tmp_path):
 
     weights, _, _ = world
     out = tmp_path / "exports" / "m.onnx"
-    result = CliRunner().invoke(app, ["export", "--weights", str(weights), "-p", "platelets", "-p", "red blood cell",
-                                      "--fold", "--out", str(out), "--imgsz", "64", "-S", "text.encoder=minilm",
-                                      "-S", f"text.cache_dir={tmp_path / 'text-cache'}"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "export",
+            "--weights",
+            str(weights),
+            "-p",
+            "platelets",
+            "-p",
+            "red blood cell",
+            "--fold",
+            "--out",
+            str(out),
+            "--imgsz",
+            "64",
+            "-S",
+            "text.encoder=minilm",
+            "-S",
+            f"text.cache_dir={tmp_path / 'text-cache'}",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert f"exported: {out} (folded; PyTorch form {out.with_suffix('.pt')})" in result.output
     meta = read_sidecar(out)

@@ -16,12 +16,12 @@ TOL = 0.005
 
 
 def coco_reference(records: dict, names: dict[int, str], max_dets: int = 300) -> dict[int, tuple[float, float]]:
-    """pycocotools' per-class (AP50, AP50-95) on ``records`` (classes without ground truth are left out, as COCO does)."""
+    """pycocotools' per-class (AP50, AP50-95) on ``records`` (classes without ground truth are left out, as COCO does)."""  # noqa: E501
     return coco_reference_from_json(*to_coco(records, names), max_dets=max_dets)
 
 
 def coco_reference_from_json(gt_json: dict, dt_json: list, max_dets: int = 300) -> dict[int, tuple[float, float]]:
-    """pycocotools' per-class (AP50, AP50-95) from COCO ground truth and results (as ``evaluate(coco_dir=...)`` writes)."""
+    """pycocotools' per-class (AP50, AP50-95) from COCO ground truth and results (as ``evaluate(coco_dir=...)`` writes)."""  # noqa: E501
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
@@ -44,11 +44,22 @@ def coco_reference_from_json(gt_json: dict, dt_json: list, max_dets: int = 300) 
 
 
 def ours(records: dict) -> dict[int, tuple[float, float]]:
-    stats = [{"tp": match(r["boxes"], r["conf"], r["pred"], r["gt_boxes"], r["target"]), "conf": r["conf"],
-              "pred": r["pred"], "target": r["target"]} for r in records.values()]
+    stats = [
+        {
+            "tp": match(r["boxes"], r["conf"], r["pred"], r["gt_boxes"], r["target"]),
+            "conf": r["conf"],
+            "pred": r["pred"],
+            "target": r["target"],
+        }
+        for r in records.values()
+    ]
     tp = np.concatenate([s["tp"] for s in stats])
-    classes, ap, _ = ap_per_class(tp, np.concatenate([s["conf"] for s in stats]),
-                                  np.concatenate([s["pred"] for s in stats]), np.concatenate([s["target"] for s in stats]))
+    classes, ap, _ = ap_per_class(
+        tp,
+        np.concatenate([s["conf"] for s in stats]),
+        np.concatenate([s["pred"] for s in stats]),
+        np.concatenate([s["target"] for s in stats]),
+    )
     return {int(c): (float(a[0]), float(a.mean())) for c, a in zip(classes, ap)}
 
 
@@ -56,8 +67,13 @@ def record(gt: list, pred: list) -> dict:
     """gt rows (x0, y0, x1, y1, cls); pred rows (x0, y0, x1, y1, score, cls)."""
     gt = np.asarray(gt, float).reshape(-1, 5)
     pred = np.asarray(pred, float).reshape(-1, 6)
-    return {"gt_boxes": gt[:, :4], "target": gt[:, 4].astype(int), "boxes": pred[:, :4], "conf": pred[:, 4],
-            "pred": pred[:, 5].astype(int)}
+    return {
+        "gt_boxes": gt[:, :4],
+        "target": gt[:, 4].astype(int),
+        "boxes": pred[:, :4],
+        "conf": pred[:, 4],
+        "pred": pred[:, 5].astype(int),
+    }
 
 
 def assert_agrees(records: dict, names: dict[int, str]) -> dict[int, tuple[float, float]]:
@@ -72,10 +88,15 @@ def assert_agrees(records: dict, names: dict[int, str]) -> dict[int, tuple[float
 def test_confident_prediction_keeps_its_box_against_a_closer_weak_duplicate():
     # the case measured on the demo: a liver at conf 0.330 / IoU 0.71 and a near-duplicate at conf 0.079 / IoU 0.75
     gt = [[10, 10, 60, 60, 0]]
-    confident = [10, 10, 60, 80, 0.33, 0]   # IoU 0.714 with the box
-    weak = [10, 10, 60, 76, 0.079, 0]       # IoU 0.758
-    tp = match(np.array([confident[:4], weak[:4]]), np.array([0.33, 0.079]), np.array([0, 0]),
-               np.array([gt[0][:4]]), np.array([0]))
+    confident = [10, 10, 60, 80, 0.33, 0]  # IoU 0.714 with the box
+    weak = [10, 10, 60, 76, 0.079, 0]  # IoU 0.758
+    tp = match(
+        np.array([confident[:4], weak[:4]]),
+        np.array([0.33, 0.079]),
+        np.array([0, 0]),
+        np.array([gt[0][:4]]),
+        np.array([0]),
+    )
     assert tp[0, 0] and not tp[1, 0], "the confident prediction must take the box at IoU 0.5"
     assert not tp[0, 5] and tp[1, 5], "at IoU 0.75 only the weak one overlaps enough, and the box is still free"
     ref = assert_agrees({"a.png": record(gt, [confident, weak])}, {0: "liver"})
@@ -90,11 +111,20 @@ def test_hand_made_cases_agree_with_pycocotools():
         # a crowded scene: touching boxes, predictions shifted so that greedy order matters
         "crowd.png": record(
             [[0, 0, 20, 20, 1], [15, 0, 35, 20, 1], [30, 0, 50, 20, 1], [0, 30, 20, 50, 1]],
-            [[5, 0, 25, 20, 0.95, 1], [12, 0, 32, 20, 0.9, 1], [30, 0, 50, 21, 0.6, 1], [60, 60, 80, 80, 0.7, 1],
-             [0, 30, 19, 50, 0.2, 1], [0, 0, 20, 20, 0.1, 1]]),
+            [
+                [5, 0, 25, 20, 0.95, 1],
+                [12, 0, 32, 20, 0.9, 1],
+                [30, 0, 50, 21, 0.6, 1],
+                [60, 60, 80, 80, 0.7, 1],
+                [0, 30, 19, 50, 0.2, 1],
+                [0, 0, 20, 20, 0.1, 1],
+            ],
+        ),
         # wrong class on a box, a false positive ranked first, and a class with ground truth but no prediction
-        "mixed.png": record([[0, 0, 30, 30, 2], [50, 50, 70, 70, 3], [40, 0, 60, 20, 0]],
-                            [[0, 0, 30, 30, 0.8, 0], [0, 0, 30, 30, 0.3, 2], [80, 80, 99, 99, 0.99, 2]]),
+        "mixed.png": record(
+            [[0, 0, 30, 30, 2], [50, 50, 70, 70, 3], [40, 0, 60, 20, 0]],
+            [[0, 0, 30, 30, 0.8, 0], [0, 0, 30, 30, 0.3, 2], [80, 80, 99, 99, 0.99, 2]],
+        ),
         # an image with predictions and no ground truth at all
         "empty.png": record([], [[0, 0, 10, 10, 0.97, 0]]),
     }
@@ -128,8 +158,15 @@ def test_crowded_random_run_agrees_with_pycocotools():
 
 def test_summarise_groups_base_and_novel_classes():
     records = {"a.png": record([[0, 0, 10, 10, 0], [20, 20, 30, 30, 1]], [[0, 0, 10, 10, 0.9, 0]])}
-    stats = [{"tp": match(r["boxes"], r["conf"], r["pred"], r["gt_boxes"], r["target"]), "conf": r["conf"],
-              "pred": r["pred"], "target": r["target"]} for r in records.values()]
+    stats = [
+        {
+            "tp": match(r["boxes"], r["conf"], r["pred"], r["gt_boxes"], r["target"]),
+            "conf": r["conf"],
+            "pred": r["pred"],
+            "target": r["target"],
+        }
+        for r in records.values()
+    ]
     out = summarise(stats, novel={1})
     assert out["base"]["map50"] == pytest.approx(1.0) and out["novel"]["map50"] == 0.0
     assert out["all"]["map50"] == pytest.approx(0.5) and out["all"]["classes"] == 2

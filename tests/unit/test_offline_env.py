@@ -18,8 +18,14 @@ def test_the_makefile_exports_exactly_the_switches_of_env_py():
 
     # a bare environment: nothing set outside, so every value seen comes from the Makefile
     command = ["make", "-s", f"PYTHON={sys.executable}", "--eval", "showenv: ; @env", "showenv"]
-    result = subprocess.run(command, cwd=ROOT, env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        command,
+        cwd=ROOT,
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
     seen = dict(line.split("=", 1) for line in result.stdout.splitlines() if "=" in line)
     expected = offline_env()

@@ -17,9 +17,16 @@ def test_pick_spreads_over_the_sorted_images():
 def _panel(tmp_path, scores):
     path = tmp_path / "im.png"
     Image.fromarray(np.full((100, 100), 40, np.uint8)).save(path)
-    return Panel(path, "src im", gt_boxes=np.array([[10, 10, 50, 50]]), gt_names=["liver"],
-                 pred_boxes=np.array([[60, 60, 90, 90], [5, 60, 30, 90]]), pred_names=["spleen", "liver"],
-                 pred_scores=np.asarray(scores), classes=["liver", "spleen"])
+    return Panel(
+        path,
+        "src im",
+        gt_boxes=np.array([[10, 10, 50, 50]]),
+        gt_names=["liver"],
+        pred_boxes=np.array([[60, 60, 90, 90], [5, 60, 30, 90]]),
+        pred_names=["spleen", "liver"],
+        pred_scores=np.asarray(scores),
+        classes=["liver", "spleen"],
+    )
 
 
 def test_predictions_are_drawn_in_their_class_colour_from_the_score_on(tmp_path):

@@ -12,13 +12,15 @@ from medrov.errors import StepFailed
 
 
 def test_error_lines_keep_what_says_why():
-    output = "\n".join([
-        "Running stage 'convert':",
-        "> medrov convert --no-progress",
-        "12:00:01 INFO medrov.convert: SynthPolyp: 4 input(s) found",
-        "error: ConfigError: params.yaml: data.boxes: Input should be 'components' or 'slice'",
-        "ERROR: failed to reproduce 'convert': failed to run: medrov convert, exited with 2",
-    ])
+    output = "\n".join(
+        [
+            "Running stage 'convert':",
+            "> medrov convert --no-progress",
+            "12:00:01 INFO medrov.convert: SynthPolyp: 4 input(s) found",
+            "error: ConfigError: params.yaml: data.boxes: Input should be 'components' or 'slice'",
+            "ERROR: failed to reproduce 'convert': failed to run: medrov convert, exited with 2",
+        ]
+    )
     assert pipeline.error_lines(output) == [
         "error: ConfigError: params.yaml: data.boxes: Input should be 'components' or 'slice'",
         "ERROR: failed to reproduce 'convert': failed to run: medrov convert, exited with 2",
@@ -35,7 +37,10 @@ def test_failed_command_raises_with_its_error_line(tmp_path):
 
 
 def test_summary_markdown_lists_steps_and_headline_metrics():
-    steps = [{"step": "dvc repro", "result": "ran convert, validate", "seconds": 3.5}, {"step": "promote", "result": "skipped"}]
+    steps = [
+        {"step": "dvc repro", "result": "ran convert, validate", "seconds": 3.5},
+        {"step": "promote", "result": "skipped"},
+    ]
     metrics = {
         "convert.json": {"images": 95, "boxes": 185, "quarantined": 1, "sources": {}},
         "eval.json": {"map50": 0.123456, "map50_95": 0.05, "base": 0.2, "novel": 0.0},
@@ -56,11 +61,18 @@ def test_read_metrics_names_a_broken_file(tmp_path):
     assert found["a.json"] == {"x": 1} and found["b.json"]["error"].startswith("not valid JSON")
 
 
-DECISION = {"model": "medrov", "version": "3", "run_id": "abc123", "decision": "refused", "promoted": False,
-            "reason": "gain 0.001 below promote.min_gain 0.005", "gain": 0.001,
-            "challenger": {"split": "val", "metric": "map50", "all": 0.1234, "base": 0.2, "novel": 0.0, "modality": {}},
-            "champion": {"split": "val", "metric": "map50", "all": 0.1224, "base": 0.2, "novel": 0.0, "modality": {}},
-            "previous_champion_version": "2"}
+DECISION = {
+    "model": "medrov",
+    "version": "3",
+    "run_id": "abc123",
+    "decision": "refused",
+    "promoted": False,
+    "reason": "gain 0.001 below promote.min_gain 0.005",
+    "gain": 0.001,
+    "challenger": {"split": "val", "metric": "map50", "all": 0.1234, "base": 0.2, "novel": 0.0, "modality": {}},
+    "champion": {"split": "val", "metric": "map50", "all": 0.1224, "base": 0.2, "novel": 0.0, "modality": {}},
+    "previous_champion_version": "2",
+}
 
 
 def test_summary_marks_stale_metrics_and_links_the_decision(tmp_path):
@@ -80,7 +92,9 @@ def test_summary_marks_stale_metrics_and_links_the_decision(tmp_path):
     assert "| decision | refused: gain 0.001 below promote.min_gain 0.005 |" in text
     assert "| val map50 base+novel | 0.1234 (champion v2: 0.1224) |" in text
     assert text.count("refused") == 1 and "first" not in text
-    stale = pipeline.summary_markdown(steps, metrics, "run", fresh=set(), decision={**DECISION, "_fresh": False}, root=tmp_path)
+    stale = pipeline.summary_markdown(
+        steps, metrics, "run", fresh=set(), decision={**DECISION, "_fresh": False}, root=tmp_path
+    )
     assert "## Model (decision of an earlier run (the promote stage did not run now))" in stale
 
 
@@ -94,13 +108,26 @@ def test_stage_lines_carry_each_stages_figures(tmp_path):
     (tmp_path / "data" / "omnis").mkdir(parents=True)
     (tmp_path / "reports" / "validate").mkdir(parents=True)
     (tmp_path / "data" / "omnis" / "convert_summary.json").write_text(
-        '{"converted": 18, "total": 19, "quarantined": 1, "reused": 0, "images": 95, "boxes": 185}')
+        '{"converted": 18, "total": 19, "quarantined": 1, "reused": 0, "images": 95, "boxes": 185}'
+    )
     (tmp_path / "reports" / "validate" / "validation.json").write_text(
-        '{"success": true, "passed": 37, "expectations": 38, "failed": 0, "warnings": 1}')
-    (tmp_path / "metrics" / "eval.json").write_text('{"map50": 0.0077, "map50_95": 0.0027, "base": 0.0115, "novel": 0.0}')
+        '{"success": true, "passed": 37, "expectations": 38, "failed": 0, "warnings": 1}'
+    )
+    (tmp_path / "metrics" / "eval.json").write_text(
+        '{"map50": 0.0077, "map50_95": 0.0027, "base": 0.0115, "novel": 0.0}'
+    )
     (tmp_path / "reports" / "promote.json").write_text(json.dumps(DECISION))
-    assert pipeline.stage_line("convert", tmp_path) == "convert: 18 of 19 inputs converted, 1 quarantined, 0 reused -> 95 images, 185 boxes"
+    assert (
+        pipeline.stage_line("convert", tmp_path)
+        == "convert: 18 of 19 inputs converted, 1 quarantined, 0 reused -> 95 images, 185 boxes"
+    )
     assert pipeline.stage_line("validate", tmp_path) == "validate: passed, 37 of 38 expectations, 0 failed, 1 warnings"
-    assert pipeline.stage_line("evaluate", tmp_path) == "evaluate: test mAP50 0.0077 (base 0.0115, novel 0), mAP50-95 0.0027"
-    assert pipeline.stage_line("promote", tmp_path) == "promote: medrov v3 refused: gain 0.001 below promote.min_gain 0.005"
+    assert (
+        pipeline.stage_line("evaluate", tmp_path)
+        == "evaluate: test mAP50 0.0077 (base 0.0115, novel 0), mAP50-95 0.0027"
+    )
+    assert (
+        pipeline.stage_line("promote", tmp_path)
+        == "promote: medrov v3 refused: gain 0.001 below promote.min_gain 0.005"
+    )
     assert pipeline.stage_line("report", tmp_path) == "report: done"

@@ -65,8 +65,13 @@ def test_presence_override_can_mark_an_impossible_class_unannotated(tmp_path, vo
 
 def test_presence_override_accepts_synonyms(tmp_path, vocab):
     src = _resolve(
-        tmp_path, vocab, name="MySmear", modality="microscopy", format="coco",
-        label_map={"RBC": "red blood cell"}, presence={"WBC": -1},
+        tmp_path,
+        vocab,
+        name="MySmear",
+        modality="microscopy",
+        format="coco",
+        label_map={"RBC": "red blood cell"},
+        presence={"WBC": -1},
     )
     row = presence_row(src, vocab)
     assert row["white blood cell"] == -1
@@ -86,9 +91,7 @@ def test_presence_override_for_unknown_class_is_rejected_at_resolve(tmp_path, vo
 
 
 def test_ignored_labels_are_not_annotated(tmp_path, vocab):
-    src = _resolve(
-        tmp_path, vocab, name="MyCT2", modality="ct", format="volume", label_map={"1": "liver", "2": None}
-    )
+    src = _resolve(tmp_path, vocab, name="MyCT2", modality="ct", format="volume", label_map={"1": "liver", "2": None})
     row = presence_row(src, vocab)
     assert [k for k, v in row.items() if v == 1] == ["liver"]
 

@@ -14,17 +14,19 @@ from medrov.model.trainer import PromptSampler
 NAMES = ["liver", "spleen", "right kidney", "red blood cell", "platelets", "colon polyp"]
 # source 0 (abdominal CT): liver/spleen annotated, kidney may be there unannotated, no blood cells or polyps
 # source 1 (blood smear): red cells annotated, platelets may be there unannotated, no organs
-PRESENCE = np.array([[1, 1, 0, -1, -1, -1],
-                     [-1, -1, -1, 1, 0, -1]])
+PRESENCE = np.array([[1, 1, 0, -1, -1, -1], [-1, -1, -1, 1, 0, -1]])
 
 
 def _labels(positives: list[int], tile_sources: list[int]) -> dict:
     n = len(positives)
     boxes = np.array([[10.0 + i, 10.0, 20.0 + i, 20.0] for i in range(n)], dtype=np.float32).reshape(-1, 4)
     tiles = np.array([[0, 0, 80, 80, s] for s in tile_sources], dtype=np.float32).reshape(-1, 5)
-    return {"texts": [[n] for n in NAMES], "cls": np.array(positives, dtype=float).reshape(-1, 1),
-            "instances": Instances(boxes, np.zeros((n, 0, 2), np.float32), bbox_format="xyxy", normalized=False),
-            "tiles": tiles}
+    return {
+        "texts": [[n] for n in NAMES],
+        "cls": np.array(positives, dtype=float).reshape(-1, 1),
+        "instances": Instances(boxes, np.zeros((n, 0, 2), np.float32), bbox_format="xyxy", normalized=False),
+        "tiles": tiles,
+    }
 
 
 def _sample(sampler: PromptSampler, positives: list[int], tile_sources: list[int], draws: int = 40) -> set[str]:
@@ -39,8 +41,9 @@ def _sample(sampler: PromptSampler, positives: list[int], tile_sources: list[int
 
 
 def _sampler(presence):
-    return PromptSampler(negatives=range(len(NAMES)), presence=presence, max_samples=len(NAMES), padding=True,
-                         padding_value=list(NAMES))
+    return PromptSampler(
+        negatives=range(len(NAMES)), presence=presence, max_samples=len(NAMES), padding=True, padding_value=list(NAMES)
+    )
 
 
 def test_unannotated_classes_of_a_tiles_source_are_never_negatives():

@@ -9,19 +9,28 @@ import torch
 from medrov.model.pseudo import ImageInput, Rule, append_targets, decide, enlarge_box, source_of
 
 # two sources x four classes; slots of the image name classes 0..3, slot 4 is padding
-PRESENCE = np.array([
-    [1, 0, -1, 1],   # source 0: annotates class 0 and 3, may contain class 1 unannotated, cannot contain class 2
-    [0, 1, 1, -1],   # source 1
-])
+PRESENCE = np.array(
+    [
+        [1, 0, -1, 1],  # source 0: annotates class 0 and 3, may contain class 1 unannotated, cannot contain class 2
+        [0, 1, 1, -1],  # source 1
+    ]
+)
 SLOTS = np.array([0, 1, 2, 3, -1])
 
 
-def image(boxes, scores, slots, gt_boxes=(), gt_slots=(), tiles=((0, 0, 640, 640),), tile_sources=(0,), size=(640, 640)):
+def image(
+    boxes, scores, slots, gt_boxes=(), gt_slots=(), tiles=((0, 0, 640, 640),), tile_sources=(0,), size=(640, 640)
+):
     return ImageInput(
-        boxes=np.asarray(boxes, dtype=float).reshape(-1, 4), scores=np.asarray(scores, dtype=float),
-        slots=np.asarray(slots, dtype=int), gt_boxes=np.asarray(gt_boxes, dtype=float).reshape(-1, 4),
-        gt_slots=np.asarray(gt_slots, dtype=int), slot_classes=SLOTS, tiles=np.asarray(tiles, dtype=float),
-        tile_sources=np.asarray(tile_sources, dtype=int), size=size,
+        boxes=np.asarray(boxes, dtype=float).reshape(-1, 4),
+        scores=np.asarray(scores, dtype=float),
+        slots=np.asarray(slots, dtype=int),
+        gt_boxes=np.asarray(gt_boxes, dtype=float).reshape(-1, 4),
+        gt_slots=np.asarray(gt_slots, dtype=int),
+        slot_classes=SLOTS,
+        tiles=np.asarray(tiles, dtype=float),
+        tile_sources=np.asarray(tile_sources, dtype=int),
+        size=size,
     )
 
 
@@ -33,7 +42,9 @@ def test_unannotated_class_becomes_pseudo_target():
 
 @pytest.mark.parametrize("cls", [0, 2])  # M = 1 (annotated) and M = -1 (cannot exist)
 def test_annotated_or_impossible_class_becomes_negative(cls):
-    d = decide([image([[10, 10, 110, 110]], [0.95], [cls], gt_boxes=[[300, 300, 400, 400]], gt_slots=[3])], PRESENCE, Rule())
+    d = decide(
+        [image([[10, 10, 110, 110]], [0.95], [cls], gt_boxes=[[300, 300, 400, 400]], gt_slots=[3])], PRESENCE, Rule()
+    )
     assert d.targets == []
     (neg,) = d.negatives
     assert neg.cls == cls and neg.slot not in (3,) and neg.label_slot == neg.slot
@@ -77,8 +88,12 @@ def test_negative_never_overwrites_positive_or_pseudo_slots():
     rule = Rule(crops_per_image=5)
     boxes = [[0, 0, 60, 60], [100, 0, 160, 60], [200, 0, 260, 60], [300, 0, 360, 60]]
     # slot 1 gets a pseudo target, slot 0 is positive: only slots 2, 3, 4 are free -> three negatives at most
-    d = decide([image(boxes, [0.99, 0.98, 0.97, 0.96], [1, 0, 0, 0], gt_boxes=[[500, 500, 600, 600]], gt_slots=[0])],
-               PRESENCE, rule, np.random.default_rng(3))
+    d = decide(
+        [image(boxes, [0.99, 0.98, 0.97, 0.96], [1, 0, 0, 0], gt_boxes=[[500, 500, 600, 600]], gt_slots=[0])],
+        PRESENCE,
+        rule,
+        np.random.default_rng(3),
+    )
     assert [t.slot for t in d.targets] == [1]
     assert sorted(n.slot for n in d.negatives) == [2, 3, 4]
 

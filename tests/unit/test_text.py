@@ -55,7 +55,7 @@ def test_local_dir_model_is_checked_offline_and_loads_on_first_use(tiny_clip, mo
 
 
 def test_hub_spec_works_offline_from_the_local_hugging_face_cache(tiny_clip, tmp_path, monkeypatch):
-    """``hf-hub:ORG/NAME`` (BioMedCLIP's form) offline: served from a local HF cache, in the layout a download leaves."""
+    """``hf-hub:ORG/NAME`` (BioMedCLIP's form) offline: served from a local HF cache, in the layout a download leaves."""  # noqa: E501
     from huggingface_hub import constants
 
     snapshot = tmp_path / "hub" / "models--medrov-test--tiny-clip" / "snapshots" / ("0" * 40)
@@ -108,7 +108,9 @@ def test_cache_hits_misses_and_never_crosses_encoders(tiny_clip, tmp_path):
     build_tiny_clip(retrained, seed=1)
     moved = build_encoder(str(retrained))
     assert moved.identity != clip.identity
-    assert cache_file(cache, moved.identity, ["liver", "spleen"]) != cache_file(cache, clip.identity, ["liver", "spleen"])
+    assert cache_file(cache, moved.identity, ["liver", "spleen"]) != cache_file(
+        cache, clip.identity, ["liver", "spleen"]
+    )
     new, hit = encode_cached(moved, ["liver", "spleen"], cache)
     assert not hit and not torch.allclose(new, first)
 

@@ -53,9 +53,13 @@ def test_refusals_say_why(challenger, why):
 def test_eval_metric_names_round_trip_into_the_gate():
     from medrov.tracking import eval_metrics, gate_from_metrics
 
-    result = {"images": 7, "all": {"map50": 0.4, "map50_95": 0.2, "classes": 3}, "base": {"map50": 0.5, "map50_95": 0.3},
-              "novel": {"map50": 0.1, "map50_95": 0.05},
-              "modality": {"ct": {"all": {"map50": 0.6, "map50_95": 0.3}}, "xray": {"images": 2, "boxes": 0}}}
+    result = {
+        "images": 7,
+        "all": {"map50": 0.4, "map50_95": 0.2, "classes": 3},
+        "base": {"map50": 0.5, "map50_95": 0.3},
+        "novel": {"map50": 0.1, "map50_95": 0.05},
+        "modality": {"ct": {"all": {"map50": 0.6, "map50_95": 0.3}}, "xray": {"images": 2, "boxes": 0}},
+    }
     flat = eval_metrics(result, "val")
     assert flat["val/map50/all"] == 0.4 and flat["val/map50_95/novel"] == 0.05 and flat["val/modality/ct/map50"] == 0.6
     assert "val/modality/xray/map50" not in flat  # a modality without boxes has no mAP, not a zero
@@ -110,7 +114,8 @@ def test_dvc_hash_comes_from_dvc_lock(tmp_path):
     from medrov.tracking import dvc_hash
 
     (tmp_path / "dvc.lock").write_text(
-        "schema: '2.0'\nstages:\n  convert:\n    outs:\n    - path: data/omnis\n      hash: md5\n      md5: abc123.dir\n")
+        "schema: '2.0'\nstages:\n  convert:\n    outs:\n    - path: data/omnis\n      hash: md5\n      md5: abc123.dir\n"  # noqa: E501
+    )
     assert dvc_hash(tmp_path / "data" / "omnis", tmp_path) == "abc123.dir"
     assert dvc_hash(tmp_path / "data" / "other", tmp_path) is None
 
@@ -144,8 +149,14 @@ def test_table_prompter_prefers_whole_cached_lists_then_rows():
 
     rows = torch.eye(3, 384)
     exact = torch.full((2, 384), 0.5)
-    prompter = TablePrompter({"encoder": {"spec": "", "dim": 384}, "texts": ["a", "b", "c"], "embeddings": rows,
-                              "lists": [(["a", "b"], exact)]})
+    prompter = TablePrompter(
+        {
+            "encoder": {"spec": "", "dim": 384},
+            "texts": ["a", "b", "c"],
+            "embeddings": rows,
+            "lists": [(["a", "b"], exact)],
+        }
+    )
     assert torch.equal(prompter(["a", "b"])[:, :384], exact)  # the list as cached, zero-padded to 512
     assert prompter(["c", "a"]).shape == (2, 512) and torch.equal(prompter(["c", "a"])[:, :384], rows[[2, 0]])
     with pytest.raises(ModelError, match="names no encoder"):

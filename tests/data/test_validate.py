@@ -113,12 +113,15 @@ def label_path(d: Path, image: str) -> Path:
     return d / m.loc[m["image"] == image, "label"].iloc[0]
 
 
-def image_with_boxes(d: Path, n: int | None = 1, at_least: int | None = None, source: str | None = None) -> pd.Series:
-    """The first manifest row with exactly ``n`` (or at least ``at_least``) boxes, optionally of one source."""
+def image_with_boxes(d: Path, n: int | None = None, at_least: int = 1, source: str | None = None) -> pd.Series:
+    """The first manifest row with exactly ``n`` boxes (else at least ``at_least``), optionally of one source.
+
+    Demo images hold several objects (every CT/MRI slice shows two or more organs): a test that needs an image
+    with a single box asks for ``n=1`` from any source."""
     m = manifest_of(d)
     if source:
         m = m[m["source"] == source]
-    chosen = m[m["n_boxes"] >= at_least] if at_least is not None else m[m["n_boxes"] == n]
+    chosen = m[m["n_boxes"] == n] if n is not None else m[m["n_boxes"] >= at_least]
     assert len(chosen), "the demo folder has no such image"
     return chosen.iloc[0]
 
@@ -303,7 +306,7 @@ def test_image_file_deleted(copy, vparams):
 
 
 def test_label_file_deleted(copy, vparams):
-    row = image_with_boxes(copy, n=1, source="SynthKidneyCT")
+    row = image_with_boxes(copy, n=1)
     (copy / row["label"]).unlink()
     s = run(copy, vparams)
     # its one box is then in no label file
@@ -409,7 +412,7 @@ def test_label_line_added(copy, vparams):
 
 def test_label_line_repeated(copy, vparams):
     """A line written twice: the boxes table has the box once, so the second copy is not in it."""
-    row = image_with_boxes(copy, source="SynthKidneyCT", n=1)
+    row = image_with_boxes(copy, n=1)
     label = copy / row["label"]
     text = label.read_text()
     label.write_text(text + text)

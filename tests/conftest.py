@@ -28,8 +28,12 @@ TIERS = {
 
 def pytest_configure(config: pytest.Config) -> None:
     from medrov.env import apply_offline_env
+    from medrov.model.ultra import prepare_ultralytics
 
     apply_offline_env()
+    # before any test module imports ultralytics: its import replaces PIL.Image.open with one that pip-installs a
+    # HEIF plugin on the first unreadable image (network, and a corrupt PNG would read as "internal error")
+    prepare_ultralytics()
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -231,7 +231,10 @@ def _run(
             "mlflow_run_id": child,
         }
         trials.append(row)
-        if child and client.get_run(child).info.status == "RUNNING":  # ASHA stopped it between two reports
+        status = client.get_run(child).info.status if child else None
+        # a trial Ray stopped (ASHA, or max_t reached) ends with SystemExit raised in its thread, possibly again
+        # while the trial corrects its run's status: Ray's verdict (no error) is the one that counts
+        if status == "RUNNING" or (status == "FAILED" and result.error is None):
             client.set_tag(child, "tune.stopped_early", "true")
             client.set_terminated(child, "FINISHED")
     scored = [t for t in trials if t["objective"] is not None and not math.isnan(t["objective"])]

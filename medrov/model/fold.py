@@ -33,7 +33,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from medrov.model.build import ModelError
+from medrov.errors import ModelError
 
 log = logging.getLogger(__name__)
 

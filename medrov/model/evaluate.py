@@ -43,7 +43,10 @@ def match(pred_boxes, pred_conf, pred_cls, gt_boxes, gt_cls, iouv: np.ndarray = 
     tp = np.zeros((n_pred, len(iouv)), dtype=bool)
     if not n_pred or not n_gt:
         return tp
-    iou = box_iou(torch.as_tensor(np.asarray(pred_boxes, float)), torch.as_tensor(np.asarray(gt_boxes, float))).numpy()
+    # copies: ultralytics hands read-only arrays, which torch warns about on every image
+    iou = box_iou(
+        torch.from_numpy(np.array(pred_boxes, dtype=float)), torch.from_numpy(np.array(gt_boxes, dtype=float))
+    ).numpy()
     iou = iou * (np.asarray(pred_cls)[:, None] == np.asarray(gt_cls)[None, :])
     # only predictions that reach the lowest threshold with some box can be true positives
     order = [p for p in np.argsort(-np.asarray(pred_conf, float), kind="mergesort") if iou[p].max() >= iouv.min()]

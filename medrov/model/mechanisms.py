@@ -67,23 +67,7 @@ class Mechanisms:
         self.settings = settings
         self.encoder = encoder
         self.negatives_available = bool(getattr(encoder, "has_image", False))
-        fields = {
-            k: settings[k]
-            for k in (
-                "iou_t",
-                "conf_c",
-                "nms_iou",
-                "crop_min",
-                "crop_max",
-                "crops_per_image",
-                "enlarge",
-                "negative_class",
-                "labels",
-                "negatives",
-            )
-        }
-        fields["negatives"] = fields["negatives"] and self.negatives_available
-        self.rule = Rule(**fields)
+        self.rule = Rule.from_params(settings, self.negatives_available)
         _, self.sources = image_sources(data["path"])
         self.presence = presence_array(Path(data["path"]) / "presence.csv", list(data["names"].values()), self.sources)
         self.names = [str(n) for n in data["names"].values()]

@@ -17,46 +17,45 @@ Inputs are per image and in the pixel frame of the training image; prompt slots 
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal, Sequence
+from typing import Any, Literal, Sequence
 
 import numpy as np
 import torch
 from torchvision.ops import box_iou, nms
 
+from medrov.config import PseudoParams
+
 UNKNOWN_SOURCE = -1
+_DEFAULTS = PseudoParams()
 
 
 @dataclass(frozen=True)
 class Rule:
-    """The constants of the rule (``pseudo`` section of params.yaml)."""
+    """The constants of the rule: the ``pseudo`` section of params.yaml, whose defaults (config.PseudoParams) are
+    the only ones."""
 
-    iou_t: float = 0.3
-    conf_c: float = 0.9
-    nms_iou: float = 0.3
-    crop_min: int = 50
-    crop_max: int = 320
-    crops_per_image: int = 5
-    enlarge: float = 0.3
-    negative_class: Literal["slot", "predicted"] = "slot"
-    labels: bool = True
-    negatives: bool = True
+    iou_t: float = _DEFAULTS.iou_t
+    conf_c: float = _DEFAULTS.conf_c
+    nms_iou: float = _DEFAULTS.nms_iou
+    crop_min: int = _DEFAULTS.crop_min
+    crop_max: int = _DEFAULTS.crop_max
+    crops_per_image: int = _DEFAULTS.crops_per_image
+    enlarge: float = _DEFAULTS.enlarge
+    negative_class: Literal["slot", "predicted"] = _DEFAULTS.negative_class
+    labels: bool = _DEFAULTS.labels
+    negatives: bool = _DEFAULTS.negatives
 
     @classmethod
-    def from_params(cls, p, negatives_available: bool = True) -> "Rule":
-        """From a ``PseudoParams`` section; ``negatives_available`` is False for a text-only encoder."""
-        return cls(
-            p.iou_t,
-            p.conf_c,
-            p.nms_iou,
-            p.crop_min,
-            p.crop_max,
-            p.crops_per_image,
-            p.enlarge,
-            p.negative_class,
-            p.labels,
-            p.negatives and negatives_available,
-        )
+    def from_params(cls, p: PseudoParams | Mapping[str, Any], negatives_available: bool = True) -> "Rule":
+        """From a ``PseudoParams`` section or its dict (the trainer carries it as a dict through DDP);
+        ``negatives_available`` is False for a text-only encoder."""
+        get = p.get if isinstance(p, Mapping) else lambda key: getattr(p, key)
+        values = {f.name: get(f.name) for f in dataclasses.fields(cls)}
+        values["negatives"] = bool(values["negatives"]) and negatives_available
+        return cls(**values)
 
 
 @dataclass

@@ -146,3 +146,13 @@ def test_appended_targets_are_resorted_by_image():
 def test_enlarged_crop_is_clipped_to_the_image():
     assert enlarge_box(np.array([0, 0, 100, 100.0]), 0.3, (640, 640)) == (0, 0, 115, 115)
     assert enlarge_box(np.array([600, 600, 640, 640.0]), 0.3, (640, 640)) == (594, 594, 640, 640)
+
+
+def test_rule_defaults_are_the_params_defaults_and_read_from_a_section_or_its_dict():
+    from medrov.config import PseudoParams
+
+    section = PseudoParams(iou_t=0.25, negatives=True)
+    assert Rule() == Rule.from_params(PseudoParams())
+    assert Rule.from_params(section) == Rule.from_params(section.model_dump()) != Rule()
+    assert Rule.from_params(section).iou_t == 0.25
+    assert Rule.from_params(section, negatives_available=False).negatives is False

@@ -222,21 +222,9 @@ def _training_data(args: argparse.Namespace, workdir: Path) -> tuple[Path, Path]
     """(omnis.yaml of the converted demo sources, tiny CLIP folder), built here: nothing is downloaded."""
     from medrov.config import load_params
     from medrov.data import convert, demo
-    from tests.tiny_models import build_tiny_clip
+    from tests.tiny_models import TINY_DEMO, build_tiny_clip
 
-    sizes = (
-        [
-            "demo.ct_volumes=2",
-            "demo.mri_volumes=2",
-            "demo.volume_shape=[64,64,8]",
-            "demo.xray_images=4",
-            "demo.microscopy_images=6",
-            "demo.endoscopy_images=4",
-            "demo.image_size=64",
-        ]
-        if args.dry_run
-        else []
-    )
+    sizes = TINY_DEMO if args.dry_run else []
     params = load_params(ROOT / "params.yaml", [*sizes, "data.workers=1"])
     data_root = workdir / "data"
     demo.generate(params.demo, data_root / "raw" / "synthetic")

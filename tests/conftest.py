@@ -103,20 +103,12 @@ def tiny_omnis(tmp_path_factory) -> Path:
     """demo sources (2 CT, 2 MRI volumes of 64x64x8, a few 2D images) converted into ``<tmp>/data/omnis``."""
     from medrov.config import load_params
     from medrov.data import convert, demo
+    from tests.tiny_models import TINY_DEMO
 
     root = tmp_path_factory.mktemp("tiny-omnis")
     params = load_params(
         ROOT / "params.yaml",
-        [
-            "demo.ct_volumes=2",
-            "demo.mri_volumes=2",
-            "demo.volume_shape=[64,64,8]",
-            "demo.xray_images=4",
-            "demo.microscopy_images=6",
-            "demo.endoscopy_images=4",
-            "demo.image_size=64",
-            "data.workers=1",
-        ],
+        [*TINY_DEMO, "data.workers=1"],
     )
     demo.generate(params.demo, root / "data" / "raw" / "synthetic")
     text = (ROOT / "data" / "sources.yaml").read_text()

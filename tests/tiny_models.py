@@ -5,6 +5,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+# the demo generator shrunk to a converted Omnis of a few seconds (tests' ``tiny_omnis``, gpu_check's --dry-run)
+TINY_DEMO = [
+    "demo.ct_volumes=2",
+    "demo.mri_volumes=2",
+    "demo.volume_shape=[64,64,8]",
+    "demo.xray_images=4",
+    "demo.microscopy_images=6",
+    "demo.endoscopy_images=4",
+    "demo.image_size=64",
+]
+
 TINY_CLIP_CFG = {
     "embed_dim": 512,
     "vision_cfg": {"image_size": 32, "layers": 1, "width": 64, "head_width": 32, "patch_size": 16},

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,12 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.mark.integration
 def test_gpu_check_dry_run(tmp_path):
     out = tmp_path / "out"
-    env = {**os.environ, "YOLO_CONFIG_DIR": str(tmp_path / "ultralytics"), "MEDROV_GPU_WHEELS": str(tmp_path / "none")}
+    env = {
+        **os.environ,
+        "YOLO_CONFIG_DIR": str(tmp_path / "ultralytics"),
+        "MEDROV_GPU_WHEELS": str(tmp_path / "none"),
+        "PYTHON": sys.executable,
+    }  # the venv need not be on PATH (make test runs .venv/bin/python)
     run = subprocess.run(
         ["bash", str(ROOT / "bench" / "gpu_check.sh"), "--dry-run", "--out", str(out)],
         capture_output=True,
@@ -57,7 +63,12 @@ def test_gpu_check_refuses_without_cuda_unless_dry_run(tmp_path):
 
     if torch.cuda.is_available():
         pytest.skip("a CUDA device is present")
-    env = {**os.environ, "YOLO_CONFIG_DIR": str(tmp_path / "ultralytics"), "MEDROV_GPU_WHEELS": str(tmp_path / "none")}
+    env = {
+        **os.environ,
+        "YOLO_CONFIG_DIR": str(tmp_path / "ultralytics"),
+        "MEDROV_GPU_WHEELS": str(tmp_path / "none"),
+        "PYTHON": sys.executable,
+    }  # the venv need not be on PATH (make test runs .venv/bin/python)
     run = subprocess.run(
         ["bash", str(ROOT / "bench" / "gpu_check.sh"), "--out", str(tmp_path / "o")],
         capture_output=True,

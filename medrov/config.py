@@ -56,6 +56,9 @@ class DataParams(Section):
     png_compress_level: int = Field(1, ge=0, le=9)
     max_volume_bytes: int = Field(2 * 1024**3, ge=1)
     split: SplitParams = SplitParams()
+    # files: a PNG + label file per image, all DVC-tracked | shards: tar shards per source and split (data/layout.py)
+    layout: Literal["files", "shards"] = "files"
+    shard_bytes: int = Field(1024**3, ge=1024**2)
 
     @model_validator(mode="after")
     def _ordered_ranges(self) -> "DataParams":
@@ -89,12 +92,17 @@ class ValidateParams(Section):
     report: str | None = "reports/validate"
     coord_tolerance: float = Field(1e-4, ge=0, le=0.01)
     check_pixels: bool = True
+    workers: int = Field(2, ge=1)  # processes decoding images for the pixel checks
+    # images whose pixels are decoded: <= 1 a fraction (1 = every image), > 1 a count; header checks cover every row
+    pixel_sample: float = Field(1.0, gt=0)
     class_share: tuple[float, float] = (0.0, 0.95)
     class_share_per_source: dict[str, tuple[float, float]] = {}
     box_size_mad: float = Field(5.0, gt=0)
 
     @model_validator(mode="after")
     def _ordered_shares(self) -> "ValidateParams":
+        if self.pixel_sample > 1 and self.pixel_sample != int(self.pixel_sample):
+            raise ValueError(f"pixel_sample above 1 is a count of images, got {self.pixel_sample}")
         for name, (lo, hi) in {"class_share": self.class_share, **self.class_share_per_source}.items():
             if not 0 <= lo <= hi <= 1:
                 raise ValueError(f"{name}: bounds must satisfy 0 <= low <= high <= 1, got {[lo, hi]}")

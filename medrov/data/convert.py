@@ -32,6 +32,7 @@ from medrov import paths
 from medrov.catalog import Vocabulary, load_vocabulary
 from medrov.config import DataParams
 from medrov.data.adapters import Item, Sample, Skipped
+from medrov.data import layout
 from medrov.data.formats import ADAPTERS
 from medrov.data.presence import presence_matrix
 from medrov.data.sources import ResolvedSource, resolve_sources
@@ -348,6 +349,21 @@ def _died(job: tuple, how: str) -> dict[str, Any]:
     return {**base, "status": "quarantined", "reason": f"{item.inputs[0]}: worker died: {how}"}
 
 
+# Ray tasks carry several inputs each: one task per 2D image cost more in scheduling and in pickling the shared
+# source spec than converting it (bench/scale.py); a few tasks per worker still balance the load
+RAY_TASKS_PER_WORKER = 16
+RAY_MAX_BATCH = 64
+
+
+def _ray_batch_size(n_jobs: int, workers: int) -> int:
+    return max(1, min(RAY_MAX_BATCH, n_jobs // max(1, workers * RAY_TASKS_PER_WORKER)))
+
+
+def _process_batch(jobs: list[tuple]) -> list[dict[str, Any]]:
+    """Convert several inputs in one Ray task (the jobs share their source and params: pickled once)."""
+    return [process_item(*job) for job in jobs]
+
+
 def _run_jobs_ray(jobs: list[tuple], address: str, workers: int) -> Iterator[dict[str, Any]]:
     try:
         import ray
@@ -363,23 +379,34 @@ def _run_jobs_ray(jobs: list[tuple], address: str, workers: int) -> Iterator[dic
             ray.init(address=address, log_to_driver=False)
     log.info("converting on Ray (%s): %s", address, ray.cluster_resources())
     try:
-        remote = ray.remote(max_retries=0)(process_item)  # a retry would only kill another worker
-        job_of = {}
-        for job in jobs:
-            job_of[remote.remote(*job)] = job
-        pending = list(job_of)
+        remote = ray.remote(max_retries=0)(_process_batch)  # a retry would only kill another worker
+        size = _ray_batch_size(len(jobs), workers)
+        batch_of = {}
+        for i in range(0, len(jobs), size):
+            batch = jobs[i : i + size]
+            batch_of[remote.remote(batch)] = batch
+        pending = list(batch_of)
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
             for ref in done:
                 try:
-                    yield ray.get(ref)
+                    yield from ray.get(ref)
                 except (
                     ray.exceptions.WorkerCrashedError,
                     ray.exceptions.RayTaskError,
                     ray.exceptions.OutOfMemoryError,
                 ) as exc:
-                    # a dead or failing Ray worker is that input's fault, like a dead pool worker
-                    yield _died(job_of[ref], f"Ray worker failed ({type(exc).__name__}), out of memory?")
+                    batch = batch_of[ref]
+                    if len(batch) == 1:
+                        # a dead or failing Ray worker is that input's fault, like a dead pool worker
+                        yield _died(batch[0], f"Ray worker failed ({type(exc).__name__}), out of memory?")
+                        continue
+                    # which input of the batch killed it is unknown: each one again as a task of its own
+                    log.warning("a Ray convert task failed: re-running its %d input(s) one by one", len(batch))
+                    for job in batch:
+                        single = remote.remote([job])
+                        batch_of[single] = [job]
+                        pending.append(single)
     finally:
         if owns:
             ray.shutdown()
@@ -588,10 +615,21 @@ def run(
                 sources_path,
             )
     sources = [s for s in every_source if only is None or s.name in only]
-    out = paths.resolve(out_dir or params.out)
+    dataset = paths.resolve(out_dir or params.out)
+    # shards: convert works in the untracked per-image folder, then packs what changed into the tracked one
+    out = layout.files_dir(dataset) if params.layout == "shards" else dataset
     out.mkdir(parents=True, exist_ok=True)
     with writer_lock(out, [s.name for s in (every_source if only is None else sources)], whole=only is None):
-        return _run_locked(params, vocab, sources, only, out, workers, progress, started)
+        summary = _run_locked(params, vocab, sources, only, out, workers, progress, started)
+        if only is None and params.layout == "shards":
+            manifest = pd.read_parquet(out / "manifest.parquet", columns=["source", "split", "image", "label"])
+            rows = zip(manifest["source"], manifest["split"], manifest["image"], manifest["label"])
+            summary["layout"] = {"layout": "shards", **layout.pack(out, dataset, rows, params.shard_bytes)}
+            summary["seconds"] = round(time.perf_counter() - started, 2)
+            _atomic_write_text(dataset / "convert_summary.json", json.dumps(summary, indent=2))
+        elif only is None and layout.is_sharded(out):
+            layout.remove_shards(out)  # this folder holds per-image files again: the old shards would be stale
+    return summary
 
 
 def _run_locked(

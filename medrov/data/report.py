@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from medrov.catalog import MODALITIES, load_vocabulary
+from medrov.data import layout
 from medrov.data.splits import SPLITS
 from medrov.errors import ValidationFailed
 
@@ -136,6 +137,7 @@ def _presence(presence: pd.DataFrame, path: Path) -> None:
 
 def run(data: Path, out: Path) -> Path:
     """Write ``README.md`` and PNG plots describing the dataset into ``out``; returns the card's path."""
+    data = layout.readable(data)  # a sharded dataset: its sample images come from the extracted folder
     for required in ("manifest.parquet", "boxes.parquet", "presence.csv"):
         if not (data / required).is_file():
             raise ValidationFailed(f"{required} is missing: run `medrov convert` first", data)

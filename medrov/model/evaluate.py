@@ -20,6 +20,7 @@ import yaml
 
 from medrov import paths
 from medrov.config import EvaluateParams, Params
+from medrov.data import layout
 from medrov.data.presence import annotated_classes, read_presence
 from medrov.errors import ConfigError
 from medrov.model.detector import Detector
@@ -184,6 +185,7 @@ def evaluate(
     data_file = Path(params.train.data) if Path(params.train.data).is_absolute() else root / params.train.data
     if not data_file.is_file():
         raise ConfigError(f"{data_file}: dataset file not found (run `medrov convert` first)")
+    data_file = layout.readable_file(data_file)  # a sharded dataset: its extracted per-image folder
     data_dir = data_file.parent
     spec = yaml.safe_load(data_file.read_text())
     names = {int(k): v for k, v in spec["names"].items()}

@@ -12,6 +12,7 @@ import yaml
 
 from medrov import paths
 from medrov.config import Params, TrainProfile, flatten
+from medrov.data import layout
 from medrov.errors import ConfigError
 from medrov.model.build import SCALES, ModelError, model_source
 
@@ -57,6 +58,7 @@ def train_args(params: Params, profile: str | None = None, closed_set: bool = Fa
     data = _resolve(params.train.data)
     if not data.is_file():
         raise ConfigError(f"{data}: dataset file not found (run `medrov convert` first)")
+    data = layout.readable_file(data)  # a sharded dataset trains on its extracted per-image folder
     out = run_dir(params, name, closed_set)
     args = {
         "model": _closed_set_model(prof) if closed_set else _model_arg(prof.model),

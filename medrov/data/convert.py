@@ -31,8 +31,8 @@ from tqdm.auto import tqdm
 from medrov import paths
 from medrov.catalog import Vocabulary, load_vocabulary
 from medrov.config import DataParams
-from medrov.data.adapters import Item, Sample, Skipped
 from medrov.data import layout
+from medrov.data.adapters import Item, Sample, Skipped
 from medrov.data.formats import ADAPTERS
 from medrov.data.presence import presence_matrix
 from medrov.data.sources import ResolvedSource, resolve_sources

@@ -266,7 +266,9 @@ def _extract(shard: Path, work: Path) -> None:
                 raise SourceReadError(f"shard member outside images/ and labels/: {bad[0]}", shard)
             tar.extractall(work, members=members, filter="data")
     except (OSError, tarfile.TarError, EOFError) as exc:
-        raise SourceReadError(f"cannot read shard ({type(exc).__name__}: {exc}): run `dvc pull` or convert again", shard) from exc
+        raise SourceReadError(
+            f"cannot read shard ({type(exc).__name__}: {exc}): run `dvc pull` or convert again", shard
+        ) from exc
 
 
 def readable(data: Path) -> Path:

@@ -130,7 +130,7 @@ def pixel_rows(images: pd.Series, sample: float) -> np.ndarray:
 def _image_facts(data: Path, images: list[str], decode: np.ndarray, workers: int) -> pd.DataFrame:
     """Header facts of every image, and pixel facts of the ``decode`` rows, on ``workers`` processes."""
     jobs = list(zip(images, decode.tolist()))
-    if workers <= 1 or len(jobs) < 256:
+    if workers <= 1 or len(jobs) <= 1:
         # threads overlap the file reads; Pillow's decoder releases the GIL for part of the work
         with ThreadPoolExecutor(max_workers=4) as pool:
             rows = list(pool.map(lambda job: _inspect(data, *job), jobs, chunksize=64))

@@ -346,6 +346,38 @@ def test_truncated_image(copy, vparams):
     expect_failure(run(copy, vparams), "manifest", "unreadable", 1, image)
 
 
+def test_parallel_and_fully_sampled_validation_give_the_same_verdict(copy, vparams):
+    """A truncated image fails the gate alike on one worker, on 3 processes, and sampled at 1.0 or by count."""
+    image = image_with_boxes(copy, source="SynthChestXray", n=None, at_least=1)["image"]
+    data = (copy / image).read_bytes()
+    (copy / image).write_bytes(data[: len(data) // 2])
+    n = len(manifest_of(copy))
+    verdicts = []
+    for update in ({"workers": 1}, {"workers": 3}, {"workers": 2, "pixel_sample": 1.0}, {"pixel_sample": n}):
+        summary = run(copy, vparams.model_copy(update=update))
+        expect_failure(summary, "manifest", "unreadable", 1, image)
+        assert summary["pixels_decoded"] == n
+        verdicts.append([(r["table"], r["column"], r["success"], r["unexpected_count"]) for r in summary["results"]])
+    assert all(v == verdicts[0] for v in verdicts[1:])
+
+
+def test_pixel_sample_decodes_a_fixed_subset_and_headers_cover_every_row(copy, vparams):
+    manifest = manifest_of(copy)
+    n = len(manifest)
+    chosen = validate.pixel_rows(manifest["image"], 0.25)
+    assert chosen.sum() == round(n * 0.25) and (chosen == validate.pixel_rows(manifest["image"], 0.25)).all()
+    assert validate.pixel_rows(manifest["image"], 3).sum() == 3 and validate.pixel_rows(manifest["image"], 1.0).all()
+    # a constant image left out of the sample passes; a size mismatch (read from the header) never escapes
+    outside = manifest[~validate.pixel_rows(manifest["image"], 3)].iloc[0]
+    write_png(copy / outside["image"], np.zeros((int(outside["height"]), int(outside["width"])), dtype=np.uint8))
+    summary = run(copy, vparams.model_copy(update={"pixel_sample": 3}))
+    assert summary["success"] and summary["pixels_decoded"] == 3
+    write_png(copy / outside["image"], np.full((7, 9), 128, dtype=np.uint8))
+    expect_failure(
+        run(copy, vparams.model_copy(update={"pixel_sample": 3})), "manifest", "size_mismatch", 1, outside["image"]
+    )
+
+
 def test_constant_image(copy, vparams):
     row = image_with_boxes(copy, source="SynthAbdomenCT")
     write_png(copy / row["image"], np.zeros((int(row["height"]), int(row["width"])), dtype=np.uint8))

@@ -108,6 +108,17 @@ def test_override_out_of_range_values_raise():
         load_params(PARAMS, ["data.mri_percentiles=[99,1]"])
 
 
+def test_layout_and_pixel_sample_are_checked():
+    params = load_params(PARAMS, ["data.layout=shards", "validate.pixel_sample=500", "validate.workers=3"])
+    assert params.data.layout == "shards" and params.validate_.pixel_sample == 500 and params.validate_.workers == 3
+    with pytest.raises(ConfigError, match="layout"):
+        load_params(PARAMS, ["data.layout=zip"])
+    with pytest.raises(ConfigError, match="pixel_sample"):
+        load_params(PARAMS, ["validate.pixel_sample=2.5"])  # above 1 it is a count of images
+    with pytest.raises(ConfigError, match="pixel_sample"):
+        load_params(PARAMS, ["validate.pixel_sample=0"])
+
+
 def test_override_unknown_key_raises():
     with pytest.raises(ConfigError, match="nonsense"):
         load_params(PARAMS, ["data.nonsense=1"])

@@ -113,3 +113,17 @@ def test_repro_noop_metrics_plots_experiment_and_param_reruns(project):
     status = _run([*dvc, "status", "--json"], dest, env).stdout
     # every stage that reads the converted data: evaluate and promote measure on it too (issue 14)
     assert set(json.loads(status)) == {"validate", "report", "train", "evaluate", "promote"}, status
+
+    # the shards layout (issue 19): convert re-runs and packs tar shards, validate reads the images materialised
+    # from them, and a repro of the unchanged tree is a no-op
+    params = yaml.safe_load((dest / "params.yaml").read_text())
+    params["data"]["layout"] = "shards"
+    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    fifth = _run([*dvc, "repro", "validate"], dest, env).stdout
+    assert "Running stage 'convert'" in fifth and "Running stage 'validate'" in fifth
+    omnis = dest / "data" / "omnis"
+    assert (omnis / "shards.json").is_file() and not (omnis / "images").exists() and not (omnis / ".state").exists()
+    assert json.loads((dest / "metrics" / "validate.json").read_text())["success"] is True
+    assert (dest / "data" / "omnis.files" / "images").is_dir()
+    sixth = _run([*dvc, "repro", "validate"], dest, env).stdout
+    assert "Running stage" not in sixth, sixth

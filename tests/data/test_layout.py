@@ -195,3 +195,20 @@ def test_switching_back_to_files_drops_the_shards(params, raw, sharded, tmp_path
     assert not layout.is_sharded(out) and not (out / layout.SHARD_DIR).exists()
     assert layout.readable(out) == out
     assert (out / pd.read_parquet(out / "manifest.parquet")["image"].iloc[0]).is_file()
+
+
+def test_a_shard_member_outside_images_and_labels_is_refused(sharded, tmp_path):
+    import io
+
+    out = Path(shutil.copytree(sharded, tmp_path / "omnis"))
+    index = json.loads((out / layout.INDEX).read_text())
+    name = sorted(index["shards"])[0]
+    with tarfile.open(out / name, "w") as tar:
+        info = tarfile.TarInfo("images/../../escaped.txt")
+        info.size = 3
+        tar.addfile(info, io.BytesIO(b"bad"))
+    index["shards"][name]["md5"] = "0" * 32
+    (out / layout.INDEX).write_text(json.dumps(index))
+    with pytest.raises(SourceReadError, match="outside images/ and labels/"):
+        layout.readable(out)
+    assert not (tmp_path / "escaped.txt").exists()

@@ -276,6 +276,61 @@ def _cv2_decode(paths: list[str]) -> int:
 # ---------------------------------------------------------------- main
 
 
+def compare_conversion(base: Path, sources: Path, params, per_item: bool, repeats: int, keep: bool) -> float:
+    """Floor, process pool and a running local Ray (batched; optionally one task per input) on the same sources,
+    interleaved ``repeats`` times (best of each): a drift of the shared machine hits all alike. Returns the pool's
+    time; with ``keep`` its output stays in ``base / "pool"``."""
+    import ray
+
+    from medrov.env import init_local_ray
+
+    best: dict[str, float] = {}
+    images = 0
+    t_start, _ = timed(init_local_ray, 2, log_to_driver=False)  # a cluster is up before work is sent to it
+    ray_params = params.data.model_copy(update={"ray_address": "local"})
+    try:
+        for rep in range(repeats):
+            runs = [("floor", lambda: floor_convert(base / "raw", base / "floor", 2))]
+            runs.append(("pool", lambda: convert.run(params.data, sources, base / "pool", 2, False)["images"]))
+            runs.append(("ray", lambda: convert.run(ray_params, sources, base / "ray", 2, False)["images"]))
+            if per_item:
+                runs.append(("ray1", lambda: _per_item(ray_params, sources, base / "ray1")))
+            for name, fn in runs:
+                for folder in ("floor", "pool", "ray", "ray1"):
+                    if not (keep and folder == "pool" and name != "pool"):
+                        shutil.rmtree(base / folder, ignore_errors=True)
+                t, count = timed(fn)
+                assert images in (0, count), (name, images, count)
+                images = count
+                best[name] = min(best.get(name, float("inf")), t)
+                print(f"    {name} run {rep + 1}: {t:.1f} s", flush=True)
+    finally:
+        ray.shutdown()
+    for folder in ("floor", "ray", "ray1") + (() if keep else ("pool",)):
+        shutil.rmtree(base / folder, ignore_errors=True)
+    of = f"{images} images, best of {repeats}"
+    row("convert, process pool (2 workers)", best["pool"], "read sources + write PNGs", best["floor"], of)
+    row(
+        "convert, local Ray (2 workers, batched)",
+        best["ray"],
+        "process pool",
+        best["pool"],
+        f"Ray start {t_start:.1f} s",
+    )
+    if per_item:
+        row("convert, local Ray (one task per input)", best["ray1"], "process pool", best["pool"])
+    return best["pool"]
+
+
+def _per_item(ray_params, sources: Path, out: Path) -> int:
+    saved = convert.RAY_MAX_BATCH
+    convert.RAY_MAX_BATCH = 1
+    try:
+        return convert.run(ray_params, sources, out, 2, False)["images"]
+    finally:
+        convert.RAY_MAX_BATCH = saved
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=20_000, help="slices (images) in the converted dataset")
@@ -283,9 +338,13 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/work/scale-tmp"), help="scratch folder (removed)")
     parser.add_argument("--loader-n", type=int, default=10_000, help="train images the loader epoch reads")
     parser.add_argument("--ray-per-item", action="store_true", help="also convert on Ray with one task per input")
+    parser.add_argument("--convert-n", type=int, help="slices of the conversion comparisons (default: --n)")
+    parser.add_argument("--convert-repeats", type=int, default=1, help="interleaved runs of floor, pool and Ray")
+    parser.add_argument("--serial-validate", action="store_true", help="also validate with workers: 1")
     parser.add_argument("--skip-files-dvc", action="store_true", help="skip DVC on the files layout (slow)")
     parser.add_argument("--json", type=Path, help="write the rows here")
     args = parser.parse_args()
+    args.convert_n = args.convert_n or args.n
     apply_offline_env()
     os.environ.setdefault("YOLO_CONFIG_DIR", str(args.work / "ultralytics"))
     free = shutil.disk_usage(args.work.parent if not args.work.exists() else args.work).free
@@ -298,40 +357,21 @@ def main() -> None:
     params = load_params(overrides=["data.workers=2", "data.png_compress_level=1"])
     try:
         print(f"bench/scale.py: N={args.n} slices of {args.size} px in {work}", flush=True)
+        if args.convert_n < args.n:
+            # the conversion comparisons on a smaller set of the same kind (their ratios do not depend on N)
+            t, sub_sources = timed(make_sources, work / "sub" / "raw", args.convert_n, args.size)
+            compare_conversion(work / "sub", sub_sources, params, args.ray_per_item, args.convert_repeats, keep=False)
+            shutil.rmtree(work / "sub")
         t, sources = timed(make_sources, work / "raw", args.n, args.size)
         print(f"  generated the sources in {t:.1f} s ({folder_bytes(work / 'raw') / 1e9:.2f} GB)", flush=True)
-
-        # conversion: floor, pool, Ray (batched and, optionally, per item)
-        t_floor, n_floor = timed(floor_convert, work / "raw", work / "floor", 2)
-        shutil.rmtree(work / "floor")
         omnis = work / "pool"
-        t_pool, summary = timed(convert.run, params.data, sources, omnis, 2, False)
-        n = summary["images"]
-        assert summary["quarantined"] == 0 and n == n_floor, (summary["quarantined"], n, n_floor)
-        row("convert, process pool (2 workers)", t_pool, "read sources + write PNGs", t_floor, f"{n} images")
-        # Ray: a cluster is up before a conversion is sent to it; its start here is timed on its own
-        import ray
-
-        from medrov.env import init_local_ray
-
-        t_start, _ = timed(init_local_ray, 2, log_to_driver=False)
-        try:
-            ray_params = params.data.model_copy(update={"ray_address": "local"})
-            t_ray, on_ray = timed(convert.run, ray_params, sources, work / "ray", 2, False)
-            assert on_ray["images"] == n
-            shutil.rmtree(work / "ray")
-            row("convert, local Ray (2 workers, batched)", t_ray, "process pool", t_pool, f"Ray start {t_start:.1f} s")
-            if args.ray_per_item:
-                saved = convert.RAY_MAX_BATCH
-                convert.RAY_MAX_BATCH = 1
-                try:
-                    t_ray1, _ = timed(convert.run, ray_params, sources, work / "ray1", 2, False)
-                finally:
-                    convert.RAY_MAX_BATCH = saved
-                shutil.rmtree(work / "ray1")
-                row("convert, local Ray (one task per input)", t_ray1, "process pool", t_pool)
-        finally:
-            ray.shutdown()
+        if args.convert_n < args.n:
+            t_pool, summary = timed(convert.run, params.data, sources, omnis, 2, False)
+            assert summary["quarantined"] == 0
+            row("convert, process pool (2 workers), all N", t_pool, "", None, f"{summary['images']} images")
+        else:
+            t_pool = compare_conversion(work, sources, params, args.ray_per_item, args.convert_repeats, keep=True)
+        n = int(pd.read_parquet(omnis / "manifest.parquet", columns=["image"]).shape[0])
         t_reuse, again = timed(convert.run, params.data, sources, omnis, 2, False)
         assert again["reused"] == again["total"]
         row("convert again, nothing changed (reuse)", t_reuse, "convert", t_pool)
@@ -347,8 +387,9 @@ def main() -> None:
         t_val, result = timed(validate.run, vparams, omnis)
         assert result["success"], validate.summary_lines(result)
         row("validate, every image decoded (2 workers)", t_val, "decode every image (2 procs)", t_dec)
-        t_val1, _ = timed(validate.run, vparams.model_copy(update={"workers": 1}), omnis)
-        row("validate, every image decoded (workers: 1)", t_val1, "decode every image (2 procs)", t_dec)
+        if args.serial_validate:
+            t_val1, _ = timed(validate.run, vparams.model_copy(update={"workers": 1}), omnis)
+            row("validate, every image decoded (workers: 1)", t_val1, "decode every image (2 procs)", t_dec)
         t_vs, sampled = timed(validate.run, vparams.model_copy(update={"pixel_sample": 0.1}), omnis)
         row(
             "validate, pixel_sample 0.1 (2 workers)",

@@ -374,20 +374,25 @@ def _mask_target(source: ResolvedSource, token: str) -> tuple[bool, str | None, 
 
 def _no_mask_reason(source: ResolvedSource, pattern: str, listings: dict[str, list[str]]) -> str:
     """Why an image has no mask: the template, the classes tried and example paths (expected and present)."""
+    root = str(source.path("."))
+
+    def short(path: str) -> str:  # relative to the source root: quarantine reasons are capped in length
+        return os.path.relpath(path, root) if path.startswith(root + os.sep) else path
+
     tried = sorted(source.class_map) if source.spec.classes else []
-    classes = f"classes tried: {', '.join(tried)}" if tried else "classes: any token (discovered from file names)"
-    expected = [pattern.replace("{class}", t) for t in (tried[:2] or ["<class>"])]
+    classes = f"classes tried: {', '.join(tried)}" if tried else "classes: any token, discovered from file names"
+    expected = " or ".join(short(pattern.replace("{class}", t)) for t in (tried[:2] or ["<class>"]))
     folder = os.path.dirname(pattern)
     if "{class}" in folder:
         present = ""
     elif not os.path.isdir(folder):
-        present = f"; folder {folder} does not exist"
+        present = f"; folder {short(folder)} does not exist"
     else:
         names = listings.get(folder)
         names = sorted(os.listdir(folder)) if names is None else names
         shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
-        present = f"; {folder} holds {len(names)} file(s){': ' + shown if names else ''}"
-    return f"no mask file matches {source.spec.labels!r} ({classes}; expected e.g. {' or '.join(expected)}{present})"
+        present = f"; {short(folder)}/ holds {len(names)} file(s){': ' + shown if names else ''}"
+    return f"no mask file matches {source.spec.labels!r} ({classes}; looked for {expected}{present})"
 
 
 def enumerate_mask2d(source: ResolvedSource) -> tuple[list[Item], list[Skipped]]:

@@ -395,6 +395,13 @@ def _no_mask_reason(source: ResolvedSource, pattern: str, listings: dict[str, li
     return f"no mask file matches {source.spec.labels!r} ({classes}; looked for {expected}{present})"
 
 
+def _unclaimed_masks(source: ResolvedSource, known: set[Path]) -> list[str]:
+    """Files the labels template could name (every placeholder a wildcard) that are no image's mask nor an image."""
+    pattern = re.sub(r"\{(stem|name|class)\}", "*", source.spec.labels)
+    pattern = re.sub(r"\{(parent|rel)\}", "**", pattern)
+    return [str(p) for p in _glob(source, pattern) if p.is_file() and p.resolve() not in known]
+
+
 def enumerate_mask2d(source: ResolvedSource) -> tuple[list[Item], list[Skipped]]:
     """Images and their per-class masks; every mask file the template matches is used or gets its own row.
 
@@ -424,6 +431,10 @@ def enumerate_mask2d(source: ResolvedSource) -> tuple[list[Item], list[Skipped]]
         _, image, token = min(claimants, key=lambda c: (c[0], str(c[1])))
         masks_of.setdefault(image, {})[token] = path
     claimed = {Path(p).resolve() for p in claims}
+    orphan = f"mask of no image: no image of {spec.images!r} names this file through {spec.labels!r}"
+    skipped.extend(
+        Skipped(path, orphan, "mask") for path in _unclaimed_masks(source, claimed | {i.resolve() for i in images})
+    )
     items: list[Item] = []
     tokens: Counter[tuple[str, str]] = Counter()
     merged: dict[str, set[str]] = {}

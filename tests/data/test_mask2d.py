@@ -78,8 +78,9 @@ def _collection(raw: Path) -> tuple[list[dict], dict[str, Path]]:
         "d_liver": _save(masks / "d_liver.png", _rect(10, 20, 10, 20)),
         "d_marker": _save(masks / "d_marker.png", _rect(0, 4, 0, 4)),
         "d_bg": _save(masks / "d_bg.png", _rect(0, 48, 0, 64)),
-        # e: only masks mapped to null (with plenty of foreground)
+        # e: only masks mapped to null (with plenty of foreground); z: a mask whose image is missing
         "e_bg": _save(masks / "e_bg.png", _rect(0, 48, 0, 64)),
+        "z_liver": _save(masks / "z_liver.png", _rect(0, 48, 0, 64)),
         # g (source Listed): a liver among masks of classes not in its classes: [liver]
         "g_liver": _save(listed / "masks" / "g_liver.png", _rect(5, 15, 5, 15)),
         "g_kidney": _save(listed / "masks" / "g_kidney.png", _rect(20, 30, 5, 15)),
@@ -172,6 +173,7 @@ def test_every_mask_file_is_boxed_or_quarantined_with_its_reason(mixed):
         "g_kidney": ["class 'kidney' not in classes: [liver]"],
         "g_spleen": ["class 'spleen' not in classes: [liver]"],
         "h_bg": ["maps 'bg' to null"],
+        "z_liver": ["mask of no image", "'images/*.png'", TEMPLATE],
     }
     every_mask = {p for p in (mixed["out"].parent / "raw").rglob("masks/*.png")}
     assert every_mask == {f[k] for k in (*boxed, *quarantined)}  # the test itself covers every file
@@ -194,7 +196,7 @@ def test_images_without_a_usable_mask_say_why(mixed):
     reason = none["reason"]
     assert TEMPLATE in reason and "discovered from file names" in reason
     assert "looked for masks/f_<class>.png" in reason  # the path looked for, relative to the source root
-    assert "masks/ holds 12 file(s): a_kidney_left.png" in reason  # what the mask folder does hold
+    assert "masks/ holds 13 file(s): a_kidney_left.png" in reason  # what the mask folder does hold
     assert "every mask maps to null" in _row(mixed, f["h"])["reason"]
 
 
@@ -223,7 +225,7 @@ def test_summary_counts(mixed):
     assert (s["converted"], s["quarantined"], s["total"]) == (5, 3, 8)  # a b c d g | e f h
     assert s["masks_merged"] == 4  # kidney_left + kidney_right, tumor + tumor_core
     assert s["masks_binarised"] == 1 and s["speckles_removed"] == len(SPECKLES)
-    assert s["masks_quarantined"] == 6
+    assert s["masks_quarantined"] == 7
     assert s["sources"]["Mixed"]["masks_merged"] == 4 and s["sources"]["Listed"]["masks_quarantined"] == 2
     assert (s["sources"]["Mixed"]["inputs"], s["sources"]["Mixed"]["quarantined"]) == (6, 2)
     assert s["empty_sources"] == {}  # AllNull gave nothing, but it is optional
@@ -237,7 +239,7 @@ def test_dataset_card_counts_every_input_and_source(mixed, tmp_path):
     assert f"{images} images from 8 inputs (3 quarantined) of 3 sources" in text
     assert "| AllNull | ct | 1 | 0 | 1 | 0 | 0 | 0 |" in text  # every input quarantined, still listed
     assert "| Mixed | ct | 6 | 4 | 2 | 4 |" in text
-    assert "6 mask files not used" in text
+    assert "7 mask files not used" in text
 
 
 # ---------------------------------------------------------------- a source that converts nothing

@@ -469,6 +469,37 @@ def test_mask2d_image_without_mask_is_skipped_and_shape_mismatch_raises(tmp_path
         load_mask2d(src, items[0], data_params)
 
 
+def test_mask2d_jpeg_mask_is_binarised_and_speckles_removed_before_boxes(tmp_path, data_params):
+    """In slice mode one speck would stretch the box over the image: it is removed, the clean box comes out."""
+    import io
+
+    root = tmp_path / "polyp"
+    _rgb(root / "images" / "f1.png", 40, 30)
+    clean = np.zeros((30, 40), dtype=np.uint8)
+    clean[8:20, 10:25] = 255
+    buffer = io.BytesIO()
+    Image.fromarray(clean).save(buffer, format="JPEG", quality=60)
+    jpeg = np.asarray(Image.open(buffer)).copy()
+    jpeg[28, 38] = jpeg[1, 1] = 250  # isolated specks
+    (root / "masks").mkdir(parents=True)
+    Image.fromarray(jpeg).save(root / "masks" / "f1_polyp.png")
+    src = _source(
+        tmp_path,
+        name="TinyPolyp",
+        root=str(root),
+        modality="endoscopy",
+        format="mask2d",
+        images="images/*.png",
+        labels="masks/{stem}_{class}.png",
+        label_map={"polyp": "colon polyp"},
+        boxes="slice",
+    )
+    (item,), _ = enumerate_mask2d(src)
+    samples, _ = load_mask2d(src, item, data_params.model_copy(update={"min_box_pixels": 3}))
+    assert _coords(samples[0].boxes) == [("colon polyp", 10, 8, 25, 20)]
+    assert samples[0].stats == {"masks_merged": 0, "masks_binarised": 1, "speckles_removed": 2}
+
+
 def test_mask2d_needs_a_class_placeholder(tmp_path):
     src = _source(
         tmp_path,

@@ -9,6 +9,7 @@ whole or quarantined whole.
 
 from __future__ import annotations
 
+import bisect
 import csv
 import glob
 import json
@@ -310,43 +311,65 @@ def volume_samples(
 # ---------------------------------------------------------------- 2D image + per-class binary masks
 
 
-def _mask_pattern(source: ResolvedSource, rel: Path) -> str:
-    """The absolute mask path of image ``rel`` with ``{class}`` left in place (every other placeholder filled)."""
-    # doubled braces survive str.format, so {class} comes out literally
-    return str(source.path(_template(source.spec.labels.replace("{class}", "{{class}}"), rel)))
+class _MaskFinder:
+    """Finds the mask files of each image of one source; folder listings and real paths are computed once."""
 
+    def __init__(self, source: ResolvedSource):
+        self.source = source
+        self.root = os.path.realpath(source.root)
+        self.listings: dict[str, list[str]] = {}
+        self._real_dirs: dict[str, str] = {}
 
-def _mask_candidates(pattern: str, listings: dict[str, list[str]]) -> list[tuple[str, str]]:
-    """``(class token, path)`` of every file that ``pattern`` matches with some token in place of ``{class}``.
+    def pattern(self, rel: Path) -> str:
+        """The absolute mask path of image ``rel`` with ``{class}`` left in place (every other placeholder filled)."""
+        # doubled braces survive str.format, so {class} comes out literally
+        filled = _template(self.source.spec.labels.replace("{class}", "{{class}}"), rel)
+        return os.path.normpath(os.path.join(self.root, os.path.expanduser(filled)))
 
-    ``listings`` caches folder listings: when ``{class}`` is only in the file name (the common layout), one
-    listing of the mask folder serves every image instead of one glob per image.
-    """
-    parts = pattern.split("{class}")
-    # a token is one path component; a second {class} must repeat the first
-    regex = re.compile(
-        re.escape(parts[0])
-        + "(?P<token>[^/]+)"
-        + "".join(re.escape(p) + "(?P=token)" for p in parts[1:-1])
-        + re.escape(parts[-1])
-        + r"\Z"
-    )
-    folder = os.path.dirname(pattern)
-    if "{class}" in folder:
-        found = glob.glob("*".join(glob.escape(p) for p in parts))
-    else:
-        if folder not in listings:
+    def listing(self, folder: str) -> list[str]:
+        if folder not in self.listings:
             try:
-                listings[folder] = sorted(os.listdir(folder))
+                self.listings[folder] = sorted(os.listdir(folder))
             except OSError:
-                listings[folder] = []
-        found = [os.path.join(folder, name) for name in listings[folder]]
-    out = []
-    for path in found:
-        match = regex.match(path)
-        if match and os.path.isfile(path):
-            out.append((match["token"], path))
-    return sorted(out)
+                self.listings[folder] = []
+        return self.listings[folder]
+
+    def key(self, path: str | Path) -> str:
+        """One name per file whatever the path it was reached by (the folder's symlinks resolved)."""
+        folder, name = os.path.split(os.fspath(path))
+        if folder not in self._real_dirs:
+            self._real_dirs[folder] = os.path.realpath(folder)
+        return os.path.join(self._real_dirs[folder], name)
+
+    def candidates(self, pattern: str) -> list[tuple[str, str]]:
+        """``(class token, path)`` of every file ``pattern`` matches with some token in place of ``{class}``."""
+        folder, base = os.path.split(pattern)
+        if "{class}" in folder or base.count("{class}") != 1:
+            parts = pattern.split("{class}")
+            # a token is one path component; a second {class} must repeat the first
+            regex = re.compile(
+                re.escape(parts[0])
+                + "(?P<token>[^/]+)"
+                + "".join(re.escape(p) + "(?P=token)" for p in parts[1:-1])
+                + re.escape(parts[-1])
+                + r"\Z"
+            )
+            found = (
+                (m["token"], path) for path in glob.glob("*".join(map(glob.escape, parts))) if (m := regex.match(path))
+            )
+        else:
+            prefix, suffix = base.split("{class}")
+            names = self.listing(folder)
+            # the names that start with this image's prefix are one run of the sorted listing: O(log n) per image
+            start = end = bisect.bisect_left(names, prefix)
+            while end < len(names) and names[end].startswith(prefix):
+                end += 1
+            found = (
+                (name[len(prefix) : len(name) - len(suffix)], os.path.join(folder, name))
+                for name in names[start:end]
+                if name.endswith(suffix) and len(name) > len(prefix) + len(suffix)
+            )
+        return sorted((token, path) for token, path in found if os.path.isfile(path))
 
 
 def _mask_target(source: ResolvedSource, token: str) -> tuple[bool, str | None, str]:
@@ -372,9 +395,9 @@ def _mask_target(source: ResolvedSource, token: str) -> tuple[bool, str | None, 
     )
 
 
-def _no_mask_reason(source: ResolvedSource, pattern: str, listings: dict[str, list[str]]) -> str:
+def _no_mask_reason(source: ResolvedSource, pattern: str, finder: _MaskFinder) -> str:
     """Why an image has no mask: the template, the classes tried and example paths (expected and present)."""
-    root = str(source.path("."))
+    root = finder.root
 
     def short(path: str) -> str:  # relative to the source root: quarantine reasons are capped in length
         return os.path.relpath(path, root) if path.startswith(root + os.sep) else path
@@ -388,18 +411,17 @@ def _no_mask_reason(source: ResolvedSource, pattern: str, listings: dict[str, li
     elif not os.path.isdir(folder):
         present = f"; folder {short(folder)} does not exist"
     else:
-        names = listings.get(folder)
-        names = sorted(os.listdir(folder)) if names is None else names
+        names = finder.listing(folder)
         shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
         present = f"; {short(folder)}/ holds {len(names)} file(s){': ' + shown if names else ''}"
     return f"no mask file matches {source.spec.labels!r} ({classes}; looked for {expected}{present})"
 
 
-def _unclaimed_masks(source: ResolvedSource, known: set[Path]) -> list[str]:
+def _unclaimed_masks(source: ResolvedSource, finder: _MaskFinder, known: set[str]) -> list[str]:
     """Files the labels template could name (every placeholder a wildcard) that are no image's mask nor an image."""
     pattern = re.sub(r"\{(stem|name|class)\}", "*", source.spec.labels)
     pattern = re.sub(r"\{(parent|rel)\}", "**", pattern)
-    return [str(p) for p in _glob(source, pattern) if p.is_file() and p.resolve() not in known]
+    return [str(p) for p in _glob(source, pattern) if finder.key(p) not in known and p.is_file()]
 
 
 def enumerate_mask2d(source: ResolvedSource) -> tuple[list[Item], list[Skipped]]:
@@ -414,37 +436,44 @@ def enumerate_mask2d(source: ResolvedSource) -> tuple[list[Item], list[Skipped]]
         raise SourceReadError(
             f"source {source.name}: mask2d needs 'images' (glob) and 'labels' with a {{class}} placeholder", source.root
         )
-    listings: dict[str, list[str]] = {}
+    finder = _MaskFinder(source)
     images = _glob(source, spec.images)
     patterns: dict[Path, str] = {}
     claims: dict[str, list[tuple[int, Path, str]]] = {}
     skipped: list[Skipped] = []
     for image in images:
         with entry_guard(skipped, image):
-            patterns[image] = _mask_pattern(source, image.relative_to(source.root))
-            for token, path in _mask_candidates(patterns[image], listings):
-                claims.setdefault(path, []).append((len(token), image, token))
+            patterns[image] = finder.pattern(image.relative_to(source.root))
+            itself = finder.key(image)  # with labels "{class}/{stem}.png" an image matches its own template
+            for token, path in finder.candidates(patterns[image]):
+                if finder.key(path) != itself:
+                    claims.setdefault(path, []).append((len(token), image, token))
     # a file two images match ("a_b_liver.png" for images "a" and "a_b") belongs to the longest stem (shortest
-    # token); an image file that is some image's mask (images and masks in one folder) is a mask, not an image
-    masks_of: dict[Path, dict[str, str]] = {}
+    # token); an image with masks of its own is an image, even if another image's template names it ("a_b.png"
+    # for image "a"); any other image file that some image's template names is a mask (one folder for both)
+    owner: dict[str, tuple[Path, str]] = {}
     for path, claimants in claims.items():
         _, image, token = min(claimants, key=lambda c: (c[0], str(c[1])))
-        masks_of.setdefault(image, {})[token] = path
-    claimed = {Path(p).resolve() for p in claims}
+        owner[path] = (image, token)
+    with_masks = {finder.key(image) for image, _ in owner.values()}
+    masks_of: dict[Path, dict[str, str]] = {}
+    for path, (image, token) in owner.items():
+        if finder.key(path) not in with_masks:
+            masks_of.setdefault(image, {})[token] = path
+    claimed = {finder.key(p) for masks in masks_of.values() for p in masks.values()}
     orphan = f"mask of no image: no image of {spec.images!r} names this file through {spec.labels!r}"
-    skipped.extend(
-        Skipped(path, orphan, "mask") for path in _unclaimed_masks(source, claimed | {i.resolve() for i in images})
-    )
+    known = claimed | {finder.key(i) for i in images}
+    skipped.extend(Skipped(path, orphan, "mask") for path in _unclaimed_masks(source, finder, known))
     items: list[Item] = []
     tokens: Counter[tuple[str, str]] = Counter()
     merged: dict[str, set[str]] = {}
     for image in images:
-        if image not in patterns or image.resolve() in claimed:
+        if image not in patterns or finder.key(image) in claimed:
             continue
         with entry_guard(skipped, image):
             masks = masks_of.get(image, {})
             if not masks:
-                skipped.append(Skipped(str(image), _no_mask_reason(source, patterns[image], listings)))
+                skipped.append(Skipped(str(image), _no_mask_reason(source, patterns[image], finder)))
                 continue
             used: dict[str, str] = {}
             targets: dict[str, str | None] = {}

@@ -500,6 +500,32 @@ def test_mask2d_jpeg_mask_is_binarised_and_speckles_removed_before_boxes(tmp_pat
     assert samples[0].stats == {"masks_merged": 0, "masks_binarised": 1, "speckles_removed": 2}
 
 
+def test_mask2d_discovers_class_folders_and_keeps_each_mask_with_its_own_image(tmp_path):
+    """``{class}`` as a folder is discovered too; "a_b_liver" is image a_b's, and a mask is never taken as an image."""
+    root = tmp_path / "coll"
+    for stem in ("a", "a_b"):
+        _rgb(root / "by_class" / "img" / f"{stem}.png", 8, 6)
+        _rgb(root / "by_class" / "liver" / f"{stem}.png", 8, 6)
+        _rgb(root / "flat" / f"{stem}.png", 8, 6)
+        _rgb(root / "flat" / f"{stem}_liver.png", 8, 6)
+    _rgb(root / "by_class" / "left_kidney" / "a.png", 8, 6)
+    common = {"name": "Coll", "modality": "ct", "format": "mask2d"}
+    by_class = _source(tmp_path, root=str(root / "by_class"), images="img/*.png", labels="{class}/{stem}.png", **common)
+    items, skipped = enumerate_mask2d(by_class)
+    assert skipped == []
+    assert {i.item_id: sorted(i.spec["targets"].items()) for i in items} == {
+        "img__a": [("left_kidney", "left kidney"), ("liver", "liver")],
+        "img__a_b": [("liver", "liver")],
+    }
+    flat = _source(tmp_path, root=str(root / "flat"), images="*.png", labels="{stem}_{class}.png", **common)
+    items, skipped = enumerate_mask2d(flat)
+    assert skipped == []
+    assert {i.item_id: i.spec["masks"] for i in items} == {
+        "a": {"liver": str(root / "flat" / "a_liver.png")},
+        "a_b": {"liver": str(root / "flat" / "a_b_liver.png")},
+    }
+
+
 def test_mask2d_needs_a_class_placeholder(tmp_path):
     src = _source(
         tmp_path,

@@ -385,14 +385,8 @@ def _mask_target(source: ResolvedSource, token: str) -> tuple[bool, str | None, 
     found = source.vocabulary_index.get(normalise_name(token))
     if found is not None:
         return True, found, ""
-    return (
-        False,
-        None,
-        (
-            f"class {token!r} is neither a vocabulary class nor in label_map: map it in label_map "
-            "(to a class, or to null to ignore it)"
-        ),
-    )
+    reason = f"class {token!r} is neither a vocabulary class nor in label_map: map it there (to a class, or to null)"
+    return False, None, reason
 
 
 def _no_mask_reason(source: ResolvedSource, pattern: str, finder: _MaskFinder) -> str:
@@ -462,8 +456,8 @@ def enumerate_mask2d(source: ResolvedSource) -> tuple[list[Item], list[Skipped]]
             masks_of.setdefault(image, {})[token] = path
     claimed = {finder.key(p) for masks in masks_of.values() for p in masks.values()}
     orphan = f"mask of no image: no image of {spec.images!r} names this file through {spec.labels!r}"
-    known = claimed | {finder.key(i) for i in images}
-    skipped.extend(Skipped(path, orphan, "mask") for path in _unclaimed_masks(source, finder, known))
+    taken = claimed | {finder.key(i) for i in images}
+    skipped.extend(Skipped(path, orphan, "mask") for path in _unclaimed_masks(source, finder, taken))
     items: list[Item] = []
     tokens: Counter[tuple[str, str]] = Counter()
     merged: dict[str, set[str]] = {}
@@ -587,7 +581,9 @@ def load_mask2d(source: ResolvedSource, item: Item, params: DataParams) -> tuple
                     else f"no foreground component of >= {params.min_box_pixels} px (data.min_box_pixels)"
                 )
                 notes.append({"input": mask_file, "level": "mask", "action": "empty", "reason": reason})
-    _require_objects(boxes, item.inputs[0], params, "every mask is empty")
+    some_foreground = any(seen for files in members.values() for _, seen in files)
+    why = f"no mask has a component of >= {params.min_box_pixels} px (data.min_box_pixels)"
+    _require_objects(boxes, item.inputs[0], params, why if some_foreground else "every mask is empty")
     return [Sample("", pixels, boxes, stats=stats)], notes
 
 

@@ -461,6 +461,7 @@ def enumerate_mask2d(source: ResolvedSource) -> tuple[list[Item], list[Skipped]]
     items: list[Item] = []
     tokens: Counter[tuple[str, str]] = Counter()
     merged: dict[str, set[str]] = {}
+    discovered: dict[str, str] = {}
     for image in images:
         if image not in patterns or finder.key(image) in claimed:
             continue
@@ -482,6 +483,8 @@ def enumerate_mask2d(source: ResolvedSource) -> tuple[list[Item], list[Skipped]]
                     )
                 else:
                     used[token], targets[token] = path, target
+                    if token not in source.class_map:
+                        discovered[token] = target
             if not used:
                 nulls = sum(1 for t in masks if _mask_target(source, t)[:2] == (True, None))
                 reason = (
@@ -506,6 +509,9 @@ def enumerate_mask2d(source: ResolvedSource) -> tuple[list[Item], list[Skipped]]
                     {"masks": used, "targets": targets},
                 )
             )
+    # discovered classes join the source's label map, so its presence row marks them annotated (M = 1); this
+    # runs in the main process before any item is handed to a worker
+    source.class_map.update(discovered)
     if tokens:
         shown = ", ".join(
             f"{token} x{n} -> {'not a class (quarantined)' if target == '?' else target or 'null'}"

@@ -284,3 +284,14 @@ def test_a_source_that_converts_nothing_fails_unless_optional(tmp_path):
     passed = _convert(sources, tmp_path / "omnis")
     assert passed.returncode == 0, passed.stderr
     assert "optional source NoMatch converted nothing" in passed.stderr
+
+
+def test_discovered_classes_are_annotated_and_the_gate_passes(mixed):
+    from medrov.config import load_params
+    from medrov.data import validate
+
+    presence = pd.read_csv(mixed["out"] / "presence.csv", index_col=0)
+    assert presence.loc["Mixed", ["liver", "spleen", "kidney", "kidney tumor"]].tolist() == [1, 1, 1, 1]
+    assert presence.loc["Listed", "liver"] == 1 and presence.loc["Listed", "kidney"] == 0  # quarantined, not annotated
+    summary = validate.run(load_params(ROOT / "params.yaml").validate_, data_dir=mixed["out"])
+    assert summary["success"], validate.summary_lines(summary)

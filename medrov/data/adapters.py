@@ -446,9 +446,13 @@ def enumerate_mask2d(source: ResolvedSource) -> tuple[list[Item], list[Skipped]]
     # token); an image with masks of its own is an image, even if another image's template names it ("a_b.png"
     # for image "a"); any other image file that some image's template names is a mask (one folder for both)
     owner: dict[str, tuple[Path, str]] = {}
+    lost: dict[Path, list[tuple[str, Path]]] = {}
     for path, claimants in claims.items():
         _, image, token = min(claimants, key=lambda c: (c[0], str(c[1])))
         owner[path] = (image, token)
+        for _, other, _ in claimants:
+            if other != image:
+                lost.setdefault(other, []).append((path, image))
     with_masks = {finder.key(image) for image, _ in owner.values()}
     masks_of: dict[Path, dict[str, str]] = {}
     for path, (image, token) in owner.items():
@@ -467,6 +471,15 @@ def enumerate_mask2d(source: ResolvedSource) -> tuple[list[Item], list[Skipped]]
             continue
         with entry_guard(skipped, image):
             masks = masks_of.get(image, {})
+            if not masks and image in lost:
+                path, winner = lost[image][0]
+                reason = (
+                    f"no mask of its own: {spec.labels!r} names {os.path.basename(path)}, which is taken as the mask "
+                    f"of {winner.relative_to(source.root)} (a longer or equal stem; give each image its own mask "
+                    "name, e.g. with {rel} or {parent})"
+                )
+                skipped.append(Skipped(str(image), reason))
+                continue
             if not masks:
                 skipped.append(Skipped(str(image), _no_mask_reason(source, patterns[image], finder)))
                 continue

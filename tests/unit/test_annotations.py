@@ -524,6 +524,15 @@ def test_mask2d_discovers_class_folders_and_keeps_each_mask_with_its_own_image(t
         "a": {"liver": str(root / "flat" / "a_liver.png")},
         "a_b": {"liver": str(root / "flat" / "a_b_liver.png")},
     }
+    # two images whose template gives one mask name: the second is told which image took it
+    _rgb(root / "deep" / "img" / "p1" / "x.png", 8, 6)
+    _rgb(root / "deep" / "img" / "p2" / "x.png", 8, 6)
+    _rgb(root / "deep" / "masks" / "x_liver.png", 8, 6)
+    deep = _source(tmp_path, root=str(root / "deep"), images="img/*/*.png", labels="masks/{stem}_{class}.png", **common)
+    items, skipped = enumerate_mask2d(deep)
+    assert [i.item_id for i in items] == ["img__p1__x"]
+    assert [s.input for s in skipped] == [str(root / "deep" / "img" / "p2" / "x.png")]
+    assert "x_liver.png, which is taken as the mask of img/p1/x.png" in skipped[0].reason
 
 
 def test_mask2d_needs_a_class_placeholder(tmp_path):

@@ -194,5 +194,9 @@ def montage(tiles: list, captions: list[str], footer: str, cols: int | None = No
         x, y = (k % cols) * width, (k // cols) * (height + strip)
         draw.text((x + 4, y + 3), caption, fill=(235, 235, 235), font=font)
         sheet.paste(tile, (x, y + strip))
-    draw.text((4, rows * (height + strip) + 3), footer, fill=(235, 235, 235), font=font)
+    # a narrow sheet (one slice) gets a smaller footer font rather than a cut-off line
+    size = max(14, round(width / 24))
+    while size > 10 and draw.textlength(footer, font=_font(size)) > sheet.width - 8:
+        size -= 1
+    draw.text((4, rows * (height + strip) + 3), footer, fill=(235, 235, 235), font=_font(size))
     return sheet

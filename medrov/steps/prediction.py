@@ -91,8 +91,8 @@ def predict(
             another one.
 
     Returns:
-        The summary of :func:`medrov.model.predict.predict_path` with ``model`` (the weights used) and
-        ``normalisation`` first.
+        The summary of :func:`medrov.model.predict.predict_path` with ``model`` (the weights used),
+        ``encoder_check`` (see :func:`medrov.model.record.check_encoder`) and ``normalisation`` first.
 
     Raises:
         ConfigError: an override is not an increasing pair (percentiles within 0..100).
@@ -117,4 +117,4 @@ def predict(
         encoder_check=check,
         model=used,
     )
-    return {"model": used, "normalisation": normalisation.to_json(), **summary}
+    return {"model": used, "encoder_check": check, "normalisation": normalisation.to_json(), **summary}

@@ -173,6 +173,18 @@ def test_bad_window_override_is_refused_before_loading_a_model(tmp_path):
         steps.predict(_params(tmp_path), tmp_path, PROMPTS, tmp_path / "out", mri_percentiles="1,120")
 
 
+def test_cli_passes_negative_window_and_percentile_overrides(tmp_path):
+    from typer.testing import CliRunner
+
+    from medrov.cli import app
+
+    args = ["predict", str(tmp_path), "-p", "liver", "--out", str(tmp_path / "out"), "-S", "text.encoder=minilm"]
+    # a negative LO is a value, not an option; the percentiles override reaches the step and is checked there
+    result = CliRunner().invoke(app, [*args, "--window", "-1000,1000", "--percentiles", "1,120"])
+    assert isinstance(result.exception, ConfigError), result.output
+    assert "--percentiles must lie in [0, 100], got 1,120" in str(result.exception)
+
+
 def test_weights_with_no_record_warn_once_and_use_the_params(converted, tiny_world, tmp_path, caplog):
     from medrov import steps
 
@@ -190,6 +202,7 @@ def test_weights_with_no_record_warn_once_and_use_the_params(converted, tiny_wor
     assert len(warned) == 1 and str(tiny_world) in warned[0] and "\n" not in warned[0]
     assert summary["normalisation"]["ct_window"] == [-100.0, 300.0]
     assert summary["normalisation"]["from"] == {"ct_window": "params", "mri_percentiles": "params"}
+    assert summary["encoder_check"] == "no record"
 
 
 # ---------------------------------------------------------------- the recorded encoder

@@ -87,8 +87,15 @@ def convert(
         f"({summary['boxes_repaired']} boxes clipped, {summary['boxes_dropped']} dropped; "
         f"{summary['reused']} inputs unchanged and reused)"
     )
-    if summary["quarantined"]:
+    masks = {k: summary.get(k, 0) for k in ("masks_merged", "masks_binarised", "speckles_removed", "masks_quarantined")}
+    if any(masks.values()):
+        typer.echo(
+            f"masks: {masks['masks_merged']} merged with another of their class, {masks['masks_binarised']} binarised "
+            f"({masks['speckles_removed']} speckles removed), {masks['masks_quarantined']} not used (quarantine.csv)"
+        )
+    if summary["quarantined"] or masks["masks_quarantined"]:
         typer.echo(f"quarantine report: {paths.resolve(out or cfg.data.out) / 'quarantine.csv'}")
+    step.require_images(summary, paths.resolve(sources or cfg.data.sources))
 
 
 @app.command()
@@ -236,11 +243,26 @@ def predict(
     imgsz: int = typer.Option(640, min=32, help="inference size"),
     modality: str = typer.Option("auto", help="auto, ct or mri: intensity normalisation of volumes"),
     threads: Optional[int] = typer.Option(None, min=1, help="CPU threads for inference (default: every core)"),
+    window: Optional[str] = typer.Option(
+        None, "--window", help="CT window LO,HI in HU (default: the one the weights were trained with)"
+    ),
+    percentiles: Optional[str] = typer.Option(
+        None, "--percentiles", help="MRI percentiles LO,HI (default: those the weights were trained with)"
+    ),
+    allow_encoder_mismatch: bool = typer.Option(
+        False,
+        "--allow-encoder-mismatch",
+        help="embed prompts with the params' text encoder even if the weights were trained with another one",
+    ),
     params: Optional[Path] = ParamsOpt,
     trust: bool = TrustOpt,
     set_: list[str] = SetOpt,
 ) -> None:
-    """Detect the prompted objects; volumes also get 3D boxes linked across slices."""
+    """Detect the prompted objects; volumes also get 3D boxes linked across slices and a montage of slices.
+
+    Prompts are embedded by the text encoder the weights were trained with (another one is refused), and volumes
+    are scaled with the recorded window and percentiles (--window / --percentiles override).
+    """
     _trust(trust)
     from medrov import steps
     from medrov.config import load_params
@@ -255,6 +277,9 @@ def predict(
         imgsz=imgsz,
         modality=modality,
         threads=threads,
+        ct_window=window,
+        mri_percentiles=percentiles,
+        allow_encoder_mismatch=allow_encoder_mismatch,
     )
     typer.echo(json.dumps(summary, indent=2, default=str))
 

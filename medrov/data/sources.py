@@ -15,7 +15,7 @@ import yaml
 from pydantic import Field, ValidationError, field_validator
 
 from medrov import paths
-from medrov.catalog import MODALITIES, CatalogSource, Vocabulary, load_catalog
+from medrov.catalog import MODALITIES, CatalogSource, Vocabulary, load_catalog, normalise_name
 from medrov.catalog.recipes import Recipe, recipe_for_source
 from medrov.config import Section
 from medrov.errors import ConfigError
@@ -47,6 +47,7 @@ class SourceSpec(Section):
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     root: str
+    # an absent root is skipped, and finding or converting nothing is not an error (convert exits 1 otherwise)
     optional: bool = False
     modality: str | None = None
     format: Format | None = None
@@ -93,6 +94,8 @@ class ResolvedSource(Section):
     class_map: dict[str, str | None]
     catalog_presence: dict[str, int] | None = None
     recipe: Recipe | None = None
+    # mask2d without ``classes:``: normalised vocabulary names and synonyms -> class, to name discovered masks
+    vocabulary_index: dict[str, str] = {}
 
     @property
     def name(self) -> str:
@@ -173,6 +176,11 @@ def resolve_source(spec: SourceSpec, base: Path, vocab: Vocabulary, where: Path)
         class_map=resolved_map,
         catalog_presence=dict(known.presence) if known else None,
         recipe=recipe,
+        vocabulary_index=(
+            {normalise_name(n): c.name for c in vocab.classes for n in (c.name, *c.synonyms)}
+            if fmt == "mask2d" and not spec.classes
+            else {}
+        ),
     )
 
 

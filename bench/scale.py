@@ -338,13 +338,17 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/work/scale-tmp"), help="scratch folder (removed)")
     parser.add_argument("--loader-n", type=int, default=10_000, help="train images the loader epoch reads")
     parser.add_argument("--ray-per-item", action="store_true", help="also convert on Ray with one task per input")
-    parser.add_argument("--convert-n", type=int, help="slices of the conversion comparisons (default: --n)")
+    parser.add_argument(
+        "--convert-n",
+        type=int,
+        help="slices of the conversion comparisons (default: --n; 0: none, only the pool's time at N)",
+    )
     parser.add_argument("--convert-repeats", type=int, default=1, help="interleaved runs of floor, pool and Ray")
     parser.add_argument("--serial-validate", action="store_true", help="also validate with workers: 1")
     parser.add_argument("--skip-files-dvc", action="store_true", help="skip DVC on the files layout (slow)")
     parser.add_argument("--json", type=Path, help="write the rows here")
     args = parser.parse_args()
-    args.convert_n = args.convert_n or args.n
+    args.convert_n = args.n if args.convert_n is None else args.convert_n
     apply_offline_env()
     os.environ.setdefault("YOLO_CONFIG_DIR", str(args.work / "ultralytics"))
     free = shutil.disk_usage(args.work.parent if not args.work.exists() else args.work).free
@@ -357,7 +361,7 @@ def main() -> None:
     params = load_params(overrides=["data.workers=2", "data.png_compress_level=1"])
     try:
         print(f"bench/scale.py: N={args.n} slices of {args.size} px in {work}", flush=True)
-        if args.convert_n < args.n:
+        if 0 < args.convert_n < args.n:
             # the conversion comparisons on a smaller set of the same kind (their ratios do not depend on N)
             t, sub_sources = timed(make_sources, work / "sub" / "raw", args.convert_n, args.size)
             compare_conversion(work / "sub", sub_sources, params, args.ray_per_item, args.convert_repeats, keep=False)

@@ -82,6 +82,9 @@ def init_local_ray(num_cpus: int, **kwargs) -> None:
     os.environ["HOME"] = private
     # Ray gives its GCS ~20 s to write its port file: a busy 2-core machine (a training next door) can miss that
     os.environ.setdefault("RAY_gcs_server_port_wait_time_s", "120")
+    # Ray starts its workers at niceness 15: on a shared machine they then yield to every other process and a
+    # conversion on this Ray ran 1.5-2x slower than the process pool at normal priority (bench/scale.py)
+    os.environ.setdefault("RAY_worker_niceness", "0")
     try:
         ray.init(
             # "local" starts a new instance even when RAY_ADDRESS names a team cluster (infra/README.md)

@@ -345,6 +345,7 @@ def main() -> None:
     )
     parser.add_argument("--convert-repeats", type=int, default=1, help="interleaved runs of floor, pool and Ray")
     parser.add_argument("--serial-validate", action="store_true", help="also validate with workers: 1")
+    parser.add_argument("--only-convert", action="store_true", help="stop after the conversion timings")
     parser.add_argument("--skip-files-dvc", action="store_true", help="skip DVC on the files layout (slow)")
     parser.add_argument("--json", type=Path, help="write the rows here")
     args = parser.parse_args()
@@ -376,104 +377,112 @@ def main() -> None:
         else:
             t_pool = compare_conversion(work, sources, params, args.ray_per_item, args.convert_repeats, keep=True)
         n = int(pd.read_parquet(omnis / "manifest.parquet", columns=["image"]).shape[0])
-        t_reuse, again = timed(convert.run, params.data, sources, omnis, 2, False)
-        assert again["reused"] == again["total"]
-        row("convert again, nothing changed (reuse)", t_reuse, "convert", t_pool)
+        size_files = size_shards = 0
+        if not args.only_convert:
+            t_reuse, again = timed(convert.run, params.data, sources, omnis, 2, False)
+            assert again["reused"] == again["total"]
+            row("convert again, nothing changed (reuse)", t_reuse, "convert", t_pool)
 
-        # validation
-        images = [str(omnis / p) for p in pd.read_parquet(omnis / "manifest.parquet")["image"]]
-        t_dec, _ = timed(floor_decode, images, 2)
-        import great_expectations  # noqa: F401  (its import, seconds, is no part of a validation)
+            # validation
+            images = [str(omnis / p) for p in pd.read_parquet(omnis / "manifest.parquet")["image"]]
+            t_dec, _ = timed(floor_decode, images, 2)
+            import great_expectations  # noqa: F401  (its import, seconds, is no part of a validation)
 
-        vparams = params.validate_.model_copy(update={"report": None, "workers": 2})
-        t_tables, _ = timed(validate.run, vparams.model_copy(update={"check_pixels": False}), omnis)
-        row("validate, no pixel checks (headers + tables)", t_tables, "decode every image (2 procs)", t_dec)
-        t_val, result = timed(validate.run, vparams, omnis)
-        assert result["success"], validate.summary_lines(result)
-        row("validate, every image decoded (2 workers)", t_val, "decode every image (2 procs)", t_dec)
-        if args.serial_validate:
-            t_val1, _ = timed(validate.run, vparams.model_copy(update={"workers": 1}), omnis)
-            row("validate, every image decoded (workers: 1)", t_val1, "decode every image (2 procs)", t_dec)
-        t_vs, sampled = timed(validate.run, vparams.model_copy(update={"pixel_sample": 0.1}), omnis)
-        row(
-            "validate, pixel_sample 0.1 (2 workers)",
-            t_vs,
-            "decode every image (2 procs)",
-            t_dec,
-            f"{sampled['pixels_decoded']} decoded; vs convert {t_vs / t_pool:.2f}x",
-        )
+            vparams = params.validate_.model_copy(update={"report": None, "workers": 2})
+            t_tables, _ = timed(validate.run, vparams.model_copy(update={"check_pixels": False}), omnis)
+            row("validate, no pixel checks (headers + tables)", t_tables, "decode every image (2 procs)", t_dec)
+            t_val, result = timed(validate.run, vparams, omnis)
+            assert result["success"], validate.summary_lines(result)
+            row("validate, every image decoded (2 workers)", t_val, "decode every image (2 procs)", t_dec)
+            if args.serial_validate:
+                t_val1, _ = timed(validate.run, vparams.model_copy(update={"workers": 1}), omnis)
+                row("validate, every image decoded (workers: 1)", t_val1, "decode every image (2 procs)", t_dec)
+            t_vs, sampled = timed(validate.run, vparams.model_copy(update={"pixel_sample": 0.1}), omnis)
+            row(
+                "validate, pixel_sample 0.1 (2 workers)",
+                t_vs,
+                "decode every image (2 procs)",
+                t_dec,
+                f"{sampled['pixels_decoded']} decoded; vs convert {t_vs / t_pool:.2f}x",
+            )
 
-        # DVC, shards layout: pack from the converted folder (what convert does with data.layout: shards)
-        size_files = folder_bytes(omnis)
-        repo = work / "dvc-shards"
-        sharded = repo / "data" / "omnis"
-        manifest = pd.read_parquet(omnis / "manifest.parquet")
-        rows = list(zip(manifest["source"], manifest["split"], manifest["image"], manifest["label"]))
-        tar_s, _ = timed(tar_copy, omnis, work / "floor-remote" / "omnis.tar")
-        untar_s, _ = timed(untar, work / "floor-remote" / "omnis.tar", work / "floor-pulled")
-        shutil.rmtree(work / "floor-pulled")
-        shutil.rmtree(work / "floor-remote")
-        t_pack, packed = timed(layout.pack, omnis, sharded, rows, params.data.shard_bytes)
-        row("shards: pack (first time)", t_pack, "tar + copy", tar_s, f"{packed['shards']} shards")
-        shutil.copy2(omnis / "convert_summary.json", sharded / "convert_summary.json")
-        size_shards = folder_bytes(sharded)
-        # the per-image folder of the sharded dataset is the converted one: move it where layout expects it
-        os.replace(omnis, layout.files_dir(sharded))
-        work_files = layout.files_dir(sharded)
+            # DVC, shards layout: pack from the converted folder (what convert does with data.layout: shards)
+            size_files = folder_bytes(omnis)
+            repo = work / "dvc-shards"
+            sharded = repo / "data" / "omnis"
+            manifest = pd.read_parquet(omnis / "manifest.parquet")
+            rows = list(zip(manifest["source"], manifest["split"], manifest["image"], manifest["label"]))
+            tar_s, _ = timed(tar_copy, omnis, work / "floor-remote" / "omnis.tar")
+            untar_s, _ = timed(untar, work / "floor-remote" / "omnis.tar", work / "floor-pulled")
+            shutil.rmtree(work / "floor-pulled")
+            shutil.rmtree(work / "floor-remote")
+            t_pack, packed = timed(layout.pack, omnis, sharded, rows, params.data.shard_bytes)
+            row("shards: pack (first time)", t_pack, "tar + copy", tar_s, f"{packed['shards']} shards")
+            shutil.copy2(omnis / "convert_summary.json", sharded / "convert_summary.json")
+            size_shards = folder_bytes(sharded)
+            # the per-image folder of the sharded dataset is the converted one: move it where layout expects it
+            os.replace(omnis, layout.files_dir(sharded))
+            work_files = layout.files_dir(sharded)
 
-        def change_shards() -> str:
-            victim = next((work_files / "images" / "BenchXray0").iterdir())
-            Image.open(victim).rotate(90).save(victim, compress_level=1)
-            t_repack, stats = timed(layout.pack, work_files, sharded, rows, params.data.shard_bytes)
-            row("shards: re-pack after one changed image", t_repack, "", None, f"{stats['shards_written']} rewritten")
-            return f"{stats['shards_written']} of {stats['shards']} shards rewritten"
-
-        shards_t = dvc_layout("shards", repo, work / "remote-shards", change_shards)
-        shutil.rmtree(work_files)  # what a fresh clone has after `dvc pull`: shards only
-        t_mat, _ = timed(layout.readable, sharded)
-        row("shards: materialise after pull (untar all)", t_mat, "untar", untar_s)
-        for key, what in (("add", "dvc add"), ("status", "no-op dvc status"), ("push", "dvc push")):
-            floor_name, floor_s = ("tar + copy", tar_s) if key == "push" else ("", None)
-            row(f"shards: {what}", shards_t[key], floor_name, floor_s, f"{shards_t['files']} files")
-        row("shards: dvc pull", shards_t["pull"], "untar", untar_s)
-        row("shards: dvc pull + materialise", shards_t["pull"] + t_mat, "untar", untar_s)
-        row("shards: dvc add after one changed image", shards_t["readd"], "", None, shards_t["changed"])
-        shutil.rmtree(work / "remote-shards")
-        shutil.rmtree(repo / ".dvc" / "cache")
-
-        # loader (on the materialised folder)
-        data_dir = layout.files_dir(sharded)
-        t_scan, t_epoch, seen = loader_epoch(data_dir, args.loader_n, 160, 2)
-        listed = [str(data_dir / p) for p in (data_dir / "train.txt").read_text().split()][: args.loader_n]
-        t_cv = timed(lambda: sum(_cv2_decode(listed[i : i + 512]) for i in range(0, len(listed), 512)))[0]
-        row(
-            "loader: one epoch, 2 workers (img/s)",
-            t_epoch,
-            "cv2.imread loop, 1 process",
-            t_cv * seen / max(1, len(listed)),
-            f"{seen / t_epoch:.0f} img/s vs {len(listed) / t_cv:.0f}; label scan {t_scan:.1f} s",
-        )
-
-        # DVC, files layout (the current default): the same folder as one DVC directory of per-image files
-        if not args.skip_files_dvc:
-            repo = work / "dvc-files"
-            (repo / "data").mkdir(parents=True)
-            os.replace(data_dir, repo / "data" / "omnis")
-            for stale in (layout.MARKER, ".locks"):
-                target = repo / "data" / "omnis" / stale
-                shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
-
-            def change_files() -> str:
-                victim = next((repo / "data" / "omnis" / "images" / "BenchXray0").iterdir())
+            def change_shards() -> str:
+                victim = next((work_files / "images" / "BenchXray0").iterdir())
                 Image.open(victim).rotate(90).save(victim, compress_level=1)
-                return "1 image changed"
+                t_repack, stats = timed(layout.pack, work_files, sharded, rows, params.data.shard_bytes)
+                row(
+                    "shards: re-pack after one changed image",
+                    t_repack,
+                    "",
+                    None,
+                    f"{stats['shards_written']} rewritten",
+                )
+                return f"{stats['shards_written']} of {stats['shards']} shards rewritten"
 
-            files_t = dvc_layout("files", repo, work / "remote-files", change_files)
+            shards_t = dvc_layout("shards", repo, work / "remote-shards", change_shards)
+            shutil.rmtree(work_files)  # what a fresh clone has after `dvc pull`: shards only
+            t_mat, _ = timed(layout.readable, sharded)
+            row("shards: materialise after pull (untar all)", t_mat, "untar", untar_s)
             for key, what in (("add", "dvc add"), ("status", "no-op dvc status"), ("push", "dvc push")):
                 floor_name, floor_s = ("tar + copy", tar_s) if key == "push" else ("", None)
-                row(f"files: {what}", files_t[key], floor_name, floor_s, f"{files_t['files']} files")
-            row("files: dvc pull", files_t["pull"], "untar", untar_s)
-            row("files: dvc add after one changed image", files_t["readd"], "", None, files_t["changed"])
+                row(f"shards: {what}", shards_t[key], floor_name, floor_s, f"{shards_t['files']} files")
+            row("shards: dvc pull", shards_t["pull"], "untar", untar_s)
+            row("shards: dvc pull + materialise", shards_t["pull"] + t_mat, "untar", untar_s)
+            row("shards: dvc add after one changed image", shards_t["readd"], "", None, shards_t["changed"])
+            shutil.rmtree(work / "remote-shards")
+            shutil.rmtree(repo / ".dvc" / "cache")
+
+            # loader (on the materialised folder)
+            data_dir = layout.files_dir(sharded)
+            t_scan, t_epoch, seen = loader_epoch(data_dir, args.loader_n, 160, 2)
+            listed = [str(data_dir / p) for p in (data_dir / "train.txt").read_text().split()][: args.loader_n]
+            t_cv = timed(lambda: sum(_cv2_decode(listed[i : i + 512]) for i in range(0, len(listed), 512)))[0]
+            row(
+                "loader: one epoch, 2 workers (img/s)",
+                t_epoch,
+                "cv2.imread loop, 1 process",
+                t_cv * seen / max(1, len(listed)),
+                f"{seen / t_epoch:.0f} img/s vs {len(listed) / t_cv:.0f}; label scan {t_scan:.1f} s",
+            )
+
+            # DVC, files layout (the current default): the same folder as one DVC directory of per-image files
+            if not args.skip_files_dvc:
+                repo = work / "dvc-files"
+                (repo / "data").mkdir(parents=True)
+                os.replace(data_dir, repo / "data" / "omnis")
+                for stale in (layout.MARKER, ".locks"):
+                    target = repo / "data" / "omnis" / stale
+                    shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+
+                def change_files() -> str:
+                    victim = next((repo / "data" / "omnis" / "images" / "BenchXray0").iterdir())
+                    Image.open(victim).rotate(90).save(victim, compress_level=1)
+                    return "1 image changed"
+
+                files_t = dvc_layout("files", repo, work / "remote-files", change_files)
+                for key, what in (("add", "dvc add"), ("status", "no-op dvc status"), ("push", "dvc push")):
+                    floor_name, floor_s = ("tar + copy", tar_s) if key == "push" else ("", None)
+                    row(f"files: {what}", files_t[key], floor_name, floor_s, f"{files_t['files']} files")
+                row("files: dvc pull", files_t["pull"], "untar", untar_s)
+                row("files: dvc add after one changed image", files_t["readd"], "", None, files_t["changed"])
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pandas as pd
 import pytest
 
@@ -64,5 +66,8 @@ def test_a_second_local_ray_from_the_same_process_starts():
         try:
             init_local_ray(1)
             assert ray.get(ray.put(41)) + 1 == 42
+            # workers run at this process' priority, not Ray's default niceness 15 (bench/scale.py: a 2x slower
+            # conversion than the process pool on a loaded machine)
+            assert ray.get(ray.remote(lambda: os.nice(0)).remote()) == os.nice(0)
         finally:
             ray.shutdown()

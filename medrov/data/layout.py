@@ -264,32 +264,52 @@ def materialise(data: Path, timeout: float = 3600) -> Path:
     return work
 
 
-def _extract(shard: Path, work: Path) -> int:
-    """Write the members of one shard under ``work``; returns their count.
-
-    A plain loop over the stream instead of ``extractall``: members are checked by hand (regular files under
-    ``images/`` or ``labels/``, no ``..``), and no owner, mode or time is set per file, which made ``extractall``
-    3x slower than ``tar xf`` (bench/scale.py).
-    """
-    count, made = 0, set()
+def _check_members(shard: Path) -> list[tarfile.TarInfo]:
+    """The members of a shard, refused unless each is a regular file under ``images/`` or ``labels/``."""
     try:
         with tarfile.open(shard, mode="r:") as tar:
-            for member in tar:
-                parts = PurePosixPath(member.name).parts
-                if not member.isfile() or not parts or parts[0] not in FILE_FOLDERS or ".." in parts:
-                    raise SourceReadError(f"shard member outside images/ and labels/: {member.name}", shard)
-                dest = work.joinpath(*parts)
-                if dest.parent not in made:
-                    dest.parent.mkdir(parents=True, exist_ok=True)
-                    made.add(dest.parent)
-                with tar.extractfile(member) as src, open(dest, "wb") as fh:
-                    fh.write(src.read())
-                count += 1
+            members = tar.getmembers()  # headers only: the data blocks are skipped
     except (OSError, tarfile.TarError, EOFError) as exc:
         raise SourceReadError(
             f"cannot read shard ({type(exc).__name__}: {exc}): run `dvc pull` or convert again", shard
         ) from exc
-    return count
+    for member in members:
+        parts = PurePosixPath(member.name).parts
+        if not member.isfile() or not parts or parts[0] not in FILE_FOLDERS or ".." in parts:
+            raise SourceReadError(f"shard member outside images/ and labels/: {member.name}", shard)
+    return members
+
+
+def _extract(shard: Path, work: Path) -> int:
+    """Write the members of one shard under ``work``; returns their count.
+
+    The members are checked first (headers only); then ``tar xf`` writes them when there is one: Python's
+    ``extractall`` was 3x and a plain Python loop 4x slower than ``tar xf`` at 200K files (bench/scale.py).
+    """
+    members = _check_members(shard)
+    tar_cmd = shutil.which("tar")
+    if tar_cmd:
+        import subprocess
+
+        work.mkdir(parents=True, exist_ok=True)
+        done = subprocess.run(
+            [tar_cmd, "-xf", str(shard), "-C", str(work), "--no-same-owner", "--no-same-permissions"],
+            capture_output=True,
+            text=True,
+        )
+        if done.returncode:
+            raise SourceReadError(f"cannot extract shard: {done.stderr.strip()[:300]}", shard)
+        return len(members)
+    made = set()
+    with tarfile.open(shard, mode="r:") as tar:
+        for member in members:
+            dest = work.joinpath(*PurePosixPath(member.name).parts)
+            if dest.parent not in made:
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                made.add(dest.parent)
+            with tar.extractfile(member) as src, open(dest, "wb") as fh:
+                fh.write(src.read())
+    return len(members)
 
 
 def readable(data: Path) -> Path:

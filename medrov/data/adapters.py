@@ -278,7 +278,7 @@ def volume_samples(
     spec = source.spec
     pixels = normalise_volume(
         image.array,
-        source.modality,
+        source.normalisation,  # a user modality normalises like the catalogue kind it names
         spec.ct_window or params.ct_window,
         spec.mri_percentiles or params.mri_percentiles,
     )

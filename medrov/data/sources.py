@@ -272,7 +272,8 @@ def resolve_source(
             continue
         cls = vocab.lookup(target)
         if cls is None:
-            found.append(_class_problem(vocab, f"label {native!r} maps to", target))
+            what = "class" if native == target and native in spec.classes else f"label {native!r} maps to"
+            found.append(_class_problem(vocab, what, target))
             continue
         resolved_map[native] = cls.name
     for cls_name in spec.presence_overrides:

@@ -145,6 +145,22 @@ def test_presence_rows_per_image(converted):
     assert (scan_1[fluid], scan_1[cup], scan_1[liver]) == (1, 0, -1)
     assert rows.sources[rows.image_rel[manifest.loc["scan_1", "image"]]] == "RetinaOCT"
     assert rows.annotated(manifest.loc["case_b", "image"]) == {kidney, adrenal}
+    # training looks images up by resolved path (the mosaic tiles carry that row to the sampler and the rule)
+    assert (
+        rows.image_row[str((out / manifest.loc["case_b", "image"]).resolve())]
+        == rows.image_rel[manifest.loc["case_b", "image"]]
+    )
+
+
+def test_the_dataset_card_lists_the_added_classes_and_modalities(converted, tmp_path):
+    from medrov.data import report
+
+    _, out, _ = converted
+    card = report.run(out, tmp_path / "card").read_text()
+    novel = len(load_vocabulary().novel) + 1  # the catalogue's novel classes and retinal fluid
+    assert f"Vocabulary: 160 classes, {novel} novel." in card
+    assert "adrenal gland (ct, mri; base)" in card and "retinal fluid (oct; novel)" in card
+    assert "oct (normalised: photo)" in card
 
 
 def test_the_dataset_with_user_classes_and_modality_passes_validation(converted):

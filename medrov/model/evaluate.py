@@ -205,7 +205,7 @@ def evaluate(
     boxes = pd.read_parquet(data_dir / "boxes.parquet")
     boxes = boxes[boxes["image"].isin(set(manifest["image"]))]
     presence = read_presence(data_dir / "presence.csv")
-    rows = presence_rows(data_dir, list(names.values()))
+    image_presence = presence_rows(data_dir, list(names.values()))
     by_name = {prompt_name(n): i for i, n in names.items()}
 
     cache = None if params.text.cache_dir is None else (root / params.text.cache_dir)
@@ -240,7 +240,7 @@ def evaluate(
             pred_cls = np.array([prompt_class[n] for n in det.names], dtype=int)
             det_boxes = np.asarray(det.boxes, float).reshape(-1, 4)
             det_scores = np.asarray(det.scores, float).reshape(-1)
-            scored = scored_classes(rows, img, class_ids)
+            scored = scored_classes(image_presence, img, class_ids)
             keep = np.isin(pred_cls, sorted(scored))
             det_boxes, det_scores, pred_cls = det_boxes[keep], det_scores[keep], pred_cls[keep]
             stats[img] = {

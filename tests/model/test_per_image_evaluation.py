@@ -11,7 +11,7 @@ import torch
 from medrov.config import load_params
 from medrov.data import convert
 from tests.conftest import ROOT
-from tests.data.test_user_vocabulary import ABDOMEN, RETINA, SOURCES, _write_collection
+from tests.data.test_mixed_collection import ABDOMEN, RETINA, SOURCES, _write_collection
 
 
 def test_evaluation_scores_each_image_on_its_own_row(tmp_path):

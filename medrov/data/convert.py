@@ -649,8 +649,9 @@ def run(
     """
     started = time.perf_counter()
     sources_path = sources_file or params.sources
+    # resolving first reports every problem of the file (the vocabulary block's among them) in one error
+    every_source, skipped_sources = resolve_sources(sources_path)
     vocab = sources_vocabulary(sources_path)
-    every_source, skipped_sources = resolve_sources(sources_path, vocab)
     for message in skipped_sources:
         log.info(message)
     only = None if sources is None else set(sources)

@@ -227,8 +227,10 @@ def sources_vocabulary(path: str | Path) -> Vocabulary:
     return vocab
 
 
-def _class_problem(vocab: Vocabulary, what: str, name: str) -> str:
-    return f"{what} {name!r}, which is not in the vocabulary{did_you_mean(name, vocab.aliases)}"
+def _class_problem(vocab: Vocabulary, what: str | None, name: str) -> str:
+    """``what 'name', which is not in the vocabulary`` (``class 'name' is not...`` without ``what``) + a suggestion."""
+    lead = f"class {name!r} is" if what is None else f"{what} {name!r}, which is"
+    return f"{lead} not in the vocabulary{did_you_mean(name, vocab.aliases)}"
 
 
 def resolve_source(
@@ -272,7 +274,7 @@ def resolve_source(
             continue
         cls = vocab.lookup(target)
         if cls is None:
-            what = "class" if native == target and native in spec.classes else f"label {native!r} maps to"
+            what = None if native == target and native in spec.classes else f"label {native!r} maps to"
             found.append(_class_problem(vocab, what, target))
             continue
         resolved_map[native] = cls.name

@@ -98,7 +98,7 @@ vocabulary_extra: 1
         "source B: unknown key 'lable_map' (did you mean 'label_map'?)",
         "source A: modality 'ctt' is not one of",
         "(did you mean 'ct'?)",
-        "source A: class 'livr', which is not in the vocabulary (did you mean 'liver'?)",
+        "source A: class 'livr' is not in the vocabulary (did you mean 'liver'?)",
         "source C: root",
     ]
     text = " || ".join(problems)
@@ -106,6 +106,31 @@ vocabulary_extra: 1
         assert part in text, (part, problems)
     assert len(problems) == 6, problems
     assert str(err.value).startswith(f"{path}: 6 problems: [1] ")
+
+
+def test_convert_reports_the_vocabulary_and_the_sources_problems_together(tmp_path):
+    from medrov.config import load_params
+    from medrov.data import convert
+    from tests.conftest import ROOT
+
+    path = _file(
+        tmp_path,
+        """
+vocabulary:
+  classes:
+    - {name: melanoma, modalities: [dermoscpy]}
+sources:
+  - {name: A, root: data, modality: ct, format: mask2d, classes: [livr]}
+""",
+    )
+    params = load_params(ROOT / "params.yaml", ["data.workers=1"])
+    with pytest.raises(SourcesFileError) as err:
+        convert.run(params.data, path, tmp_path / "omnis", progress=False)
+    assert err.value.problems == [
+        "vocabulary: class 'melanoma': unknown modality 'dermoscpy' (did you mean 'dermoscopy'?)",
+        "source A: class 'livr' is not in the vocabulary (did you mean 'liver'?)",
+    ]
+    assert not (tmp_path / "omnis" / "manifest.parquet").exists()
 
 
 def test_typos_in_a_valid_entry_are_all_listed(tmp_path):

@@ -98,6 +98,14 @@ class SourceSpec(Section):
     def _string_keys(cls, value: Any) -> Any:
         return {str(k): v for k, v in value.items()} if isinstance(value, dict) else value
 
+    @field_validator("presence", mode="before")
+    @classmethod
+    def _presence_word(cls, value: Any) -> Any:
+        # one clear message instead of pydantic's two for the union (mapping or the word per_image)
+        if isinstance(value, str) and value != "per_image":
+            raise ValueError(f"must be per_image or a mapping class -> 1/0/-1{did_you_mean(value, ['per_image'])}")
+        return value
+
     @field_validator("presence_group")
     @classmethod
     def _regex(cls, value: str | None) -> str | None:

@@ -162,6 +162,7 @@ def test_presence_group_needs_per_image_and_a_valid_regex(tmp_path):
 sources:
   - {name: A, root: data, modality: ct, format: mask2d, presence_group: '(p\\d+)'}
   - {name: B, root: data, modality: ct, format: mask2d, presence: per_image, presence_group: '(unclosed'}
+  - {name: C, root: data, modality: ct, format: mask2d, presence: per-image}
 """,
     )
     with pytest.raises(SourcesFileError) as err:
@@ -169,6 +170,10 @@ sources:
     text = " || ".join(err.value.problems)
     assert "source A: presence_group needs presence: per_image" in text
     assert "source B: presence_group: Value error, not a regular expression" in text
+    assert (
+        "source C: presence: Value error, must be per_image or a mapping" in text
+        and "(did you mean 'per_image'?)" in text
+    )
 
 
 def test_a_user_class_can_be_used_by_a_source_and_its_modality_normalisation_is_resolved(tmp_path):

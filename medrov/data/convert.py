@@ -560,19 +560,24 @@ def source_names(params: DataParams, sources_file: str | Path | None = None) -> 
     return [s.name for s in sources]
 
 
-def _item_classes(source: ResolvedSource, item: Item, outcome: dict[str, Any]) -> set[str]:
+def _item_classes(source: ResolvedSource, item: Item, outcome: dict[str, Any], vocab: Vocabulary) -> set[str]:
     """The classes an item has labels for: every class it has a box of, and for mask files every class with a
-    mask (an empty mask still says the class was annotated and is absent)."""
+    mask (an empty mask still says the class was annotated and is absent); a mask token outside the label map
+    counts when it names a vocabulary class (tokens discovered from file names)."""
     classes = {str(b["class_name"]) for b in outcome.get("boxes", [])}
     for native in (item.spec or {}).get("masks", {}):
-        target = source.class_map.get(native)
-        if target is not None:
-            classes.add(target)
+        target = source.class_map.get(native, native)
+        cls = vocab.lookup(target) if target is not None else None
+        if cls is not None:
+            classes.add(cls.name)
     return classes
 
 
 def _presence_groups(
-    sources: list[ResolvedSource], items: dict[tuple[str, str], Item], outcomes: list[dict[str, Any]]
+    sources: list[ResolvedSource],
+    items: dict[tuple[str, str], Item],
+    outcomes: list[dict[str, Any]],
+    vocab: Vocabulary,
 ) -> dict[tuple[str, str], set[str]]:
     """(source, item id) -> the class set of its presence group, for the converted items of per-image sources.
 
@@ -589,7 +594,7 @@ def _presence_groups(
             continue
         key = (source.name, outcome["item_id"])
         item = items[key]
-        own[key] = _item_classes(source, item, outcome)
+        own[key] = _item_classes(source, item, outcome, vocab)
         group_of[key] = key
         pattern = source.spec.presence_group
         if pattern:
@@ -729,7 +734,7 @@ def _run_locked(
     records, boxes, status = [], [], Counter()
     live_states = set()
     class_order = {c.name: c.id for c in vocab.classes}
-    item_sets = _presence_groups(sources, item_for, outcomes)
+    item_sets = _presence_groups(sources, item_for, outcomes, vocab)
     for outcome in sorted(outcomes, key=lambda o: (o["source"], o["item_id"])):
         status[outcome["status"]] += 1
         if outcome["status"] == "quarantined":

@@ -79,6 +79,8 @@ def _stem(manifest: pd.DataFrame) -> pd.Series:
 def converted(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("mixed")
     _write_collection(tmp / "abdomen", ABDOMEN)
+    # an empty mask: kidney was annotated in case_c and is absent there (M=1, not "unlabelled")
+    Image.fromarray(np.zeros((SIZE, SIZE), np.uint8)).save(tmp / "abdomen" / "masks" / "case_c_kidney.png")
     _write_collection(tmp / "retina", RETINA, rgb=True)
     (tmp / "sources.yaml").write_text(SOURCES)
     params = load_params(ROOT / "params.yaml", ["data.workers=1"])
@@ -93,13 +95,17 @@ def test_every_image_converts_and_the_manifest_holds_its_own_class_set(converted
     manifest = pd.read_parquet(out / "manifest.parquet").pipe(lambda m: m.set_index(_stem(m)))
     assert manifest.loc["case_a", "annotated"] == "liver|kidney"  # catalogue order: liver before kidney
     assert manifest.loc["case_b", "annotated"] == "kidney|adrenal gland"
-    assert manifest.loc["case_c", "annotated"] == "liver"
+    assert manifest.loc["case_c", "annotated"] == "liver|kidney"  # its kidney mask is empty
     assert manifest.loc["scan_2", "annotated"] == "retinal fluid|optic cup"
     assert manifest.loc["scan_1", "modality"] == "oct"
-    # one presence row per distinct class set, named after its source
-    assert sorted(manifest["presence_row"]) == sorted(
-        ["MixedAbdomen@1", "MixedAbdomen@2", "MixedAbdomen@3", "RetinaOCT@1", "RetinaOCT@2"]
-    )
+    # one presence row per distinct (source, class set), named after its source: case_a and case_c share one
+    assert manifest["presence_row"].to_dict() == {
+        "case_a": "MixedAbdomen@1",
+        "case_b": "MixedAbdomen@2",
+        "case_c": "MixedAbdomen@1",
+        "scan_1": "RetinaOCT@1",
+        "scan_2": "RetinaOCT@2",
+    }
     boxes = pd.read_parquet(out / "boxes.parquet")
     assert set(boxes["class_name"]) == {"liver", "kidney", "adrenal gland", "retinal fluid", "optic cup"}
     assert set(boxes.loc[boxes["class_name"] == "adrenal gland", "class_id"]) == {157}

@@ -68,6 +68,7 @@ def convert_sources(
         description=f"{convert.summary_line(summary)}; quarantine report: {paths.resolve(data.out) / 'quarantine.csv'}",
     )
     summary["per_source"] = {p_name: p["sources"][p_name]["quarantined"] for p_name, p in zip(names, parts)}
+    convert.require_images(summary, paths.resolve(data.sources))  # as `medrov convert`: a source giving nothing fails
     return summary
 
 

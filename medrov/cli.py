@@ -87,8 +87,15 @@ def convert(
         f"({summary['boxes_repaired']} boxes clipped, {summary['boxes_dropped']} dropped; "
         f"{summary['reused']} inputs unchanged and reused)"
     )
-    if summary["quarantined"]:
+    masks = {k: summary.get(k, 0) for k in ("masks_merged", "masks_binarised", "speckles_removed", "masks_quarantined")}
+    if any(masks.values()):
+        typer.echo(
+            f"masks: {masks['masks_merged']} merged with another of their class, {masks['masks_binarised']} binarised "
+            f"({masks['speckles_removed']} speckles removed), {masks['masks_quarantined']} not used (quarantine.csv)"
+        )
+    if summary["quarantined"] or masks["masks_quarantined"]:
         typer.echo(f"quarantine report: {paths.resolve(out or cfg.data.out) / 'quarantine.csv'}")
+    step.require_images(summary, paths.resolve(sources or cfg.data.sources))
 
 
 @app.command()

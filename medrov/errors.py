@@ -36,6 +36,12 @@ class SourceReadError(MedrovError):
     """An input file cannot be read or makes no sense (corrupt, NaN voxels, mismatched mask...)."""
 
 
+class EmptySource(MedrovError):
+    """A source of the sources file gave no image (nothing found, or every input quarantined) and is not optional."""
+
+    exit_code = 1
+
+
 class ValidationFailed(MedrovError):
     """The converted dataset failed hard data-quality expectations (the gate: ``medrov validate`` exits 1)."""
 

@@ -9,11 +9,15 @@ whole or quarantined whole.
 
 from __future__ import annotations
 
+import bisect
 import csv
 import glob
 import json
+import logging
+import os
 import re
 import xml.etree.ElementTree as ET
+from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +25,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from medrov.catalog import normalise_name
 from medrov.config import DataParams
 from medrov.data.boxes import Box, check_box, mask_to_boxes, slice_boxes
 from medrov.data.normalise import normalise_volume, to_uint8_image
@@ -29,6 +34,8 @@ from medrov.errors import SourceReadError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 VOLUME_SUFFIXES = (".nii", ".nii.gz")
+
+log = logging.getLogger("medrov.convert")
 
 
 @dataclass
@@ -52,6 +59,7 @@ class Sample:
     boxes: list[Box]
     slice_index: int = -1
     spacing: tuple[float, float, float] = (float("nan"), float("nan"), float("nan"))
+    stats: dict[str, int] = field(default_factory=dict)  # what the converter did, summed into the convert summary
 
 
 @dataclass
@@ -60,6 +68,8 @@ class Skipped:
 
     input: str
     reason: str
+    level: str = "input"  # "mask": one file of an item that still converts (the item is not counted as quarantined)
+    action: str = "quarantined"
 
 
 def safe_id(relative: str) -> str:
@@ -301,39 +311,267 @@ def volume_samples(
 # ---------------------------------------------------------------- 2D image + per-class binary masks
 
 
+class _MaskFinder:
+    """Finds the mask files of each image of one source; folder listings and real paths are computed once."""
+
+    def __init__(self, source: ResolvedSource):
+        self.source = source
+        self.root = os.path.realpath(source.root)
+        self.listings: dict[str, list[str]] = {}
+        self._real_dirs: dict[str, str] = {}
+
+    def pattern(self, rel: Path) -> str:
+        """The absolute mask path of image ``rel`` with ``{class}`` left in place (every other placeholder filled)."""
+        # doubled braces survive str.format, so {class} comes out literally
+        filled = _template(self.source.spec.labels.replace("{class}", "{{class}}"), rel)
+        return os.path.normpath(os.path.join(self.root, os.path.expanduser(filled)))
+
+    def listing(self, folder: str) -> list[str]:
+        if folder not in self.listings:
+            try:
+                self.listings[folder] = sorted(os.listdir(folder))
+            except OSError:
+                self.listings[folder] = []
+        return self.listings[folder]
+
+    def key(self, path: str | Path) -> str:
+        """One name per file whatever the path it was reached by (the folder's symlinks resolved)."""
+        folder, name = os.path.split(os.fspath(path))
+        if folder not in self._real_dirs:
+            self._real_dirs[folder] = os.path.realpath(folder)
+        return os.path.join(self._real_dirs[folder], name)
+
+    def candidates(self, pattern: str) -> list[tuple[str, str]]:
+        """``(class token, path)`` of every file ``pattern`` matches with some token in place of ``{class}``."""
+        folder, base = os.path.split(pattern)
+        if "{class}" in folder or base.count("{class}") != 1:
+            parts = pattern.split("{class}")
+            # a token is one path component; a second {class} must repeat the first
+            regex = re.compile(
+                re.escape(parts[0])
+                + "(?P<token>[^/]+)"
+                + "".join(re.escape(p) + "(?P=token)" for p in parts[1:-1])
+                + re.escape(parts[-1])
+                + r"\Z"
+            )
+            found = (
+                (m["token"], path) for path in glob.glob("*".join(map(glob.escape, parts))) if (m := regex.match(path))
+            )
+        else:
+            prefix, suffix = base.split("{class}")
+            names = self.listing(folder)
+            # the names that start with this image's prefix are one run of the sorted listing: O(log n) per image
+            start = end = bisect.bisect_left(names, prefix)
+            while end < len(names) and names[end].startswith(prefix):
+                end += 1
+            found = (
+                (name[len(prefix) : len(name) - len(suffix)], os.path.join(folder, name))
+                for name in names[start:end]
+                if name.endswith(suffix) and len(name) > len(prefix) + len(suffix)
+            )
+        return sorted((token, path) for token, path in found if os.path.isfile(path))
+
+
+def _mask_target(source: ResolvedSource, token: str) -> tuple[bool, str | None, str]:
+    """``(known, class or None, reason)`` for a mask's class token: ``classes:``/``label_map`` first, then (without
+    ``classes:``) the vocabulary's names and synonyms; ``reason`` says why an unknown token is not used."""
+    if token in source.class_map:
+        return True, source.class_map[token], ""
+    spec = source.spec
+    if spec.classes:
+        listed = ", ".join(spec.classes)
+        mapped = f" nor in label_map ({', '.join(sorted(spec.label_map))})" if spec.label_map else ""
+        return False, None, f"class {token!r} not in classes: [{listed}]{mapped}"
+    found = source.vocabulary_index.get(normalise_name(token))
+    if found is not None:
+        return True, found, ""
+    reason = f"class {token!r} is neither a vocabulary class nor in label_map: map it there (to a class, or to null)"
+    return False, None, reason
+
+
+def _no_mask_reason(source: ResolvedSource, pattern: str, finder: _MaskFinder) -> str:
+    """Why an image has no mask: the template, the classes tried and example paths (expected and present)."""
+    root = finder.root
+
+    def short(path: str) -> str:  # relative to the source root: quarantine reasons are capped in length
+        return os.path.relpath(path, root) if path.startswith(root + os.sep) else path
+
+    tried = sorted(source.class_map) if source.spec.classes else []
+    classes = f"classes tried: {', '.join(tried)}" if tried else "classes: any token, discovered from file names"
+    expected = " or ".join(short(pattern.replace("{class}", t)) for t in (tried[:2] or ["<class>"]))
+    folder = os.path.dirname(pattern)
+    if "{class}" in folder:
+        present = ""
+    elif not os.path.isdir(folder):
+        present = f"; folder {short(folder)} does not exist"
+    else:
+        names = finder.listing(folder)
+        shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+        present = f"; {short(folder)}/ holds {len(names)} file(s){': ' + shown if names else ''}"
+    return f"no mask file matches {source.spec.labels!r} ({classes}; looked for {expected}{present})"
+
+
+def _unclaimed_masks(source: ResolvedSource, finder: _MaskFinder, known: set[str]) -> list[str]:
+    """Files the labels template could name (every placeholder a wildcard) that are no image's mask nor an image."""
+    pattern = re.sub(r"\{(stem|name|class)\}", "*", source.spec.labels)
+    pattern = re.sub(r"\{(parent|rel)\}", "**", pattern)
+    return [str(p) for p in _glob(source, pattern) if finder.key(p) not in known and p.is_file()]
+
+
 def enumerate_mask2d(source: ResolvedSource) -> tuple[list[Item], list[Skipped]]:
+    """Images and their per-class masks; every mask file the template matches is used or gets its own row.
+
+    Masks are found by the ``{class}`` template whatever their token; a token that is no class (not in
+    ``classes:``/``label_map`` or, without ``classes:``, not a vocabulary name) is a ``mask``-level quarantine
+    row, and so is a mask mapped to null. An image with no usable mask is quarantined saying why.
+    """
     spec = source.spec
     if not spec.images or not spec.labels or "{class}" not in spec.labels:
         raise SourceReadError(
             f"source {source.name}: mask2d needs 'images' (glob) and 'labels' with a {{class}} placeholder", source.root
         )
-    items, skipped = [], []
-    for image in _glob(source, spec.images):
+    finder = _MaskFinder(source)
+    images = _glob(source, spec.images)
+    patterns: dict[Path, str] = {}
+    claims: dict[str, list[tuple[int, Path, str]]] = {}
+    skipped: list[Skipped] = []
+    for image in images:
         with entry_guard(skipped, image):
-            rel = image.relative_to(source.root)
-            masks = {}
-            for native in source.class_map:
-                candidate = source.path(
-                    _template(spec.labels.replace("{class}", "{{class}}"), rel).replace("{class}", native)
+            patterns[image] = finder.pattern(image.relative_to(source.root))
+            itself = finder.key(image)  # with labels "{class}/{stem}.png" an image matches its own template
+            for token, path in finder.candidates(patterns[image]):
+                if finder.key(path) != itself:
+                    claims.setdefault(path, []).append((len(token), image, token))
+    # a file two images match ("a_b_liver.png" for images "a" and "a_b") belongs to the longest stem (shortest
+    # token); an image with masks of its own is an image, even if another image's template names it ("a_b.png"
+    # for image "a"); any other image file that some image's template names is a mask (one folder for both)
+    owner: dict[str, tuple[Path, str]] = {}
+    lost: dict[Path, list[tuple[str, Path]]] = {}
+    for path, claimants in claims.items():
+        _, image, token = min(claimants, key=lambda c: (c[0], str(c[1])))
+        owner[path] = (image, token)
+        for _, other, _ in claimants:
+            if other != image:
+                lost.setdefault(other, []).append((path, image))
+    with_masks = {finder.key(image) for image, _ in owner.values()}
+    masks_of: dict[Path, dict[str, str]] = {}
+    for path, (image, token) in owner.items():
+        if finder.key(path) not in with_masks:
+            masks_of.setdefault(image, {})[token] = path
+    claimed = {finder.key(p) for masks in masks_of.values() for p in masks.values()}
+    orphan = f"mask of no image: no image of {spec.images!r} names this file through {spec.labels!r}"
+    taken = claimed | {finder.key(i) for i in images}
+    skipped.extend(Skipped(path, orphan, "mask") for path in _unclaimed_masks(source, finder, taken))
+    items: list[Item] = []
+    tokens: Counter[tuple[str, str]] = Counter()
+    merged: dict[str, set[str]] = {}
+    discovered: dict[str, str] = {}
+    for image in images:
+        if image not in patterns or finder.key(image) in claimed:
+            continue
+        with entry_guard(skipped, image):
+            masks = masks_of.get(image, {})
+            if not masks and image in lost:
+                path, winner = lost[image][0]
+                reason = (
+                    f"no mask of its own: {spec.labels!r} names {os.path.basename(path)}, which is taken as the mask "
+                    f"of {winner.relative_to(source.root)} (a longer or equal stem; give each image its own mask "
+                    "name, e.g. with {rel} or {parent})"
                 )
-                if candidate.exists():
-                    masks[native] = str(candidate)
-            if not masks:
-                skipped.append(Skipped(str(image), f"no mask file matches {spec.labels}"))
+                skipped.append(Skipped(str(image), reason))
                 continue
-            item_id = safe_id(str(rel))
+            if not masks:
+                skipped.append(Skipped(str(image), _no_mask_reason(source, patterns[image], finder)))
+                continue
+            used: dict[str, str] = {}
+            targets: dict[str, str | None] = {}
+            for token, path in sorted(masks.items()):
+                known, target, reason = _mask_target(source, token)
+                tokens[(token, target if known else "?")] += 1
+                if not known:
+                    skipped.append(Skipped(path, f"{reason} (mask of {image.name})", level="mask"))
+                elif target is None:
+                    skipped.append(
+                        Skipped(path, f"label_map maps {token!r} to null (mask of {image.name})", "mask", "ignored")
+                    )
+                else:
+                    used[token], targets[token] = path, target
+                    if token not in source.class_map:
+                        discovered[token] = target
+            if not used:
+                nulls = sum(1 for t in masks if _mask_target(source, t)[:2] == (True, None))
+                reason = (
+                    f"every mask maps to null ({', '.join(sorted(masks))}): nothing to box"
+                    if nulls == len(masks)
+                    else f"no mask of a usable class: {len(masks) - nulls} of its {len(masks)} mask(s) have a class "
+                    f"token that is not a class, {nulls} map to null (see their rows)"
+                )
+                skipped.append(Skipped(str(image), reason))
+                continue
+            for target in set(targets.values()):
+                group = {t for t, c in targets.items() if c == target}
+                if len(group) > 1:
+                    merged.setdefault(target, set()).update(group)
+            item_id = safe_id(str(image.relative_to(source.root)))
             items.append(
-                Item(source.name, item_id, [str(image), *masks.values()], _group(source, item_id), {"masks": masks})
+                Item(
+                    source.name,
+                    item_id,
+                    [str(image), *used.values()],
+                    _group(source, item_id),
+                    {"masks": used, "targets": targets},
+                )
             )
+    # discovered classes join the source's label map, so its presence row marks them annotated (M = 1); this
+    # runs in the main process before any item is handed to a worker
+    source.class_map.update(discovered)
+    if tokens:
+        shown = ", ".join(
+            f"{token} x{n} -> {'not a class (quarantined)' if target == '?' else target or 'null'}"
+            for (token, target), n in sorted(tokens.items(), key=lambda kv: kv[0][0])
+        )
+        log.info("%s: mask class tokens matched by %r: %s", source.name, spec.labels, shown)
+    if merged:
+        log.info(
+            "%s: masks of one class are merged (logical OR) before boxes: %s",
+            source.name,
+            "; ".join(f"{' + '.join(sorted(group))} -> {target}" for target, group in sorted(merged.items())),
+        )
     return items, skipped
 
 
+def _binary_mask(mask: np.ndarray, connectivity: int, min_pixels: int) -> tuple[np.ndarray, bool, int]:
+    """Foreground of a mask: ``(mask, binarised, speckles removed)``.
+
+    A binary mask (values 0 and one other) is foreground where nonzero. Any other (JPEG-compressed: values around
+    the edges between 0 and max) is cut at half its value range, and the connected specks smaller than
+    ``min_pixels`` that compression leaves are removed.
+    """
+    from scipy import ndimage
+
+    low, high = mask.min(), mask.max()
+    if low == high or not np.any((mask != 0) & (mask != high)):
+        return mask > 0, False, 0
+    foreground = mask > (float(low) + float(high)) / 2
+    if min_pixels <= 1:
+        return foreground, True, 0
+    components, _ = ndimage.label(foreground, structure=ndimage.generate_binary_structure(2, connectivity))
+    small = np.bincount(components.ravel()) < min_pixels
+    small[0] = False
+    foreground &= ~small[components]
+    return foreground, True, int(small.sum())
+
+
 def load_mask2d(source: ResolvedSource, item: Item, params: DataParams) -> tuple[list[Sample], list[dict]]:
+    """One image and its boxes; the masks of one class are OR-ed first, so no class gets a box twice."""
     image_path = Path(item.inputs[0])
     pixels = to_uint8_image(_read_image(image_path), params.mri_percentiles)
     height, width = pixels.shape[:2]
     mode = source.spec.boxes or params.boxes
-    boxes: list[Box] = []
+    targets = item.spec.get("targets") or {t: source.class_map[t] for t in item.spec["masks"]}
+    union: dict[str, np.ndarray] = {}
+    members: dict[str, list[tuple[str, bool]]] = {}
+    stats = {"masks_merged": 0, "masks_binarised": 0, "speckles_removed": 0}
     for native, mask_file in item.spec["masks"].items():
         mask = _read_image(Path(mask_file))
         if mask.ndim == 3:
@@ -341,13 +579,31 @@ def load_mask2d(source: ResolvedSource, item: Item, params: DataParams) -> tuple
             mask = mask[..., :3].max(axis=2)
         if mask.shape != (height, width):
             raise SourceReadError(f"image/mask shape mismatch: image {(height, width)} vs mask {mask.shape}", mask_file)
-        target = source.class_map[native]
-        if target is None:
-            continue
-        for _, b in mask_to_boxes((mask > 0).astype(np.uint8), mode, params.connectivity, params.min_box_pixels):
-            boxes.append(Box(target, b.x0, b.y0, b.x1, b.y1))
-    _require_objects(boxes, item.inputs[0], params, "every mask is empty")
-    return [Sample("", pixels, boxes)], []
+        foreground, binarised, specks = _binary_mask(mask, params.connectivity, params.min_box_pixels)
+        stats["masks_binarised"] += int(binarised)
+        stats["speckles_removed"] += specks
+        target = targets[native]
+        union[target] = foreground if target not in union else union[target] | foreground
+        members.setdefault(target, []).append((mask_file, bool(foreground.any())))
+    boxes: list[Box] = []
+    notes: list[dict] = []
+    for target, foreground in union.items():
+        if len(members[target]) > 1:
+            stats["masks_merged"] += len(members[target])
+        found = mask_to_boxes(foreground.astype(np.uint8), mode, params.connectivity, params.min_box_pixels)
+        boxes.extend(Box(target, b.x0, b.y0, b.x1, b.y1) for _, b in found)
+        for mask_file, any_foreground in members[target]:
+            if not any_foreground or not found:
+                reason = (
+                    "mask is empty: no foreground pixels"
+                    if not any_foreground
+                    else f"no foreground component of >= {params.min_box_pixels} px (data.min_box_pixels)"
+                )
+                notes.append({"input": mask_file, "level": "mask", "action": "empty", "reason": reason})
+    some_foreground = any(seen for files in members.values() for _, seen in files)
+    why = f"no mask has a component of >= {params.min_box_pixels} px (data.min_box_pixels)"
+    _require_objects(boxes, item.inputs[0], params, why if some_foreground else "every mask is empty")
+    return [Sample("", pixels, boxes, stats=stats)], notes
 
 
 # ---------------------------------------------------------------- Pascal VOC XML

@@ -8,6 +8,7 @@ killed run leaves no half-written image that a later run would trust).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -37,7 +38,7 @@ from medrov.data.formats import ADAPTERS
 from medrov.data.presence import CLASS_SET_SEPARATOR, IMAGE_PRESENCE, image_presence_matrix, presence_matrix, row_name
 from medrov.data.sources import ResolvedSource, resolve_sources, sources_vocabulary
 from medrov.data.splits import SPLITS, split_of
-from medrov.errors import ConfigError, OutputBusy, SourceReadError
+from medrov.errors import ConfigError, EmptySource, OutputBusy, SourceReadError
 
 log = logging.getLogger("medrov.convert")
 
@@ -226,7 +227,17 @@ def process_item(
             "status": "quarantined",
             "reason": f"{item.inputs[0]}: internal error {type(exc).__name__}: {exc} ({detail})",
         }
-    state = {**base, "fingerprint": fingerprint, "records": records, "boxes": boxes, "notes": notes}
+    stats: Counter[str] = Counter()
+    for sample in samples:
+        stats.update(sample.stats)
+    state = {
+        **base,
+        "fingerprint": fingerprint,
+        "records": records,
+        "boxes": boxes,
+        "notes": notes,
+        "stats": dict(stats),
+    }
     _remove_outputs(out, previous, keep={r[k] for r in records for k in ("image", "label")})
     state_file.parent.mkdir(parents=True, exist_ok=True)
     _atomic_write_text(state_file, json.dumps(state))
@@ -470,7 +481,7 @@ def _enumerate(source: ResolvedSource) -> tuple[list[Item], list[Skipped], bool]
             ],
             True,
         )
-    skipped = [Skipped(printable(s.input), printable(s.reason)) for s in skipped]
+    skipped = [dataclasses.replace(s, input=printable(s.input), reason=printable(s.reason)) for s in skipped]
     unique, seen = [], set()
     for item in items:
         if printable(" ".join(item.inputs)) != " ".join(item.inputs):
@@ -565,8 +576,10 @@ def _item_classes(source: ResolvedSource, item: Item, outcome: dict[str, Any], v
     mask (an empty mask still says the class was annotated and is absent); a mask token outside the label map
     counts when it names a vocabulary class (tokens discovered from file names)."""
     classes = {str(b["class_name"]) for b in outcome.get("boxes", [])}
-    for native in (item.spec or {}).get("masks", {}):
-        target = source.class_map.get(native, native)
+    spec = item.spec or {}
+    targets = spec.get("targets") or {}  # mask2d: each mask token's class (discovered tokens included)
+    for native in spec.get("masks", {}):
+        target = targets.get(native, source.class_map.get(native, native))
         cls = vocab.lookup(target) if target is not None else None
         if cls is not None:
             classes.add(cls.name)
@@ -695,14 +708,17 @@ def _run_locked(
     jobs, split_for, item_for = [], {}, {}
     per_source_total: Counter[str] = Counter()
     dropped: set[str] = set()
+    unlisted: dict[str, str] = {}
     for source in sources:
         items, skipped, root_unreadable = _enumerate(source)
         if root_unreadable:
             dropped.add(source.name)
+            unlisted[source.name] = skipped[0].reason
             log.warning("source %s dropped: %s (its earlier outputs are kept)", source.name, skipped[0].reason)
-        per_source_total[source.name] = len(items) + len(skipped)
+        # a mask-level row is one file of an item that still converts: the inputs are the items and input rows
+        per_source_total[source.name] = len(items) + sum(s.level == "input" for s in skipped)
         quarantine.extend(
-            {"input": s.input, "source": source.name, "level": "input", "action": "quarantined", "reason": s.reason}
+            {"input": s.input, "source": source.name, "level": s.level, "action": s.action, "reason": s.reason}
             for s in skipped
         )
         for item in items:
@@ -722,7 +738,7 @@ def _run_locked(
         )
         for i, s in enumerate(sources)
     }
-    for source_name, count in Counter(q["source"] for q in quarantine).items():
+    for source_name, count in Counter(q["source"] for q in quarantine if q["level"] == "input").items():
         bars[source_name].update(count)
     outcomes = []
     for outcome in _run_jobs(jobs, workers, params.ray_address):
@@ -732,6 +748,7 @@ def _run_locked(
         bar.close()
 
     records, boxes, status = [], [], Counter()
+    stats: dict[str, Counter[str]] = {s.name: Counter() for s in sources}
     live_states = set()
     class_order = {c.name: c.id for c in vocab.classes}
     item_sets = _presence_groups(sources, item_for, outcomes, vocab)
@@ -755,9 +772,10 @@ def _run_locked(
         annotated = None if own is None else CLASS_SET_SEPARATOR.join(sorted(own, key=class_order.__getitem__))
         records.extend({**r, "split": split, "annotated": annotated} for r in outcome["records"])
         boxes.extend(outcome["boxes"])
+        stats[outcome["source"]].update(outcome.get("stats", {}))
         live_states.add(out / STATE_DIR / outcome["source"] / f"{outcome['item_id']}.json")
         for note in outcome["notes"]:
-            quarantine.append({**note, "source": outcome["source"], "level": "box"})
+            quarantine.append({"level": "box", **note, "source": outcome["source"]})
     kept: Counter[str] = Counter()
     for name in sorted(dropped):
         earlier, earlier_boxes = _earlier_rows(out, name)
@@ -822,19 +840,74 @@ def _run_locked(
                     ((quarantine_table["source"] == s.name) & (quarantine_table["level"] == "input")).sum()
                 ),
                 **({"dropped": True, "kept_from_earlier_run": kept[s.name]} if s.name in dropped else {}),
+                **{k: v for k, v in _mask_counts(quarantine_table, stats, s.name).items() if v},
             }
             for s in sources
         },
+        **_mask_counts(quarantine_table, stats),
         "splits": {split: int((manifest["split"] == split).sum()) for split in SPLITS},
         "vocabulary": {"classes": len(vocab), "user_classes": len(vocab.user.get("classes", []))},
         "image_presence_rows": len(image_rows),
         "seconds": round(time.perf_counter() - started, 2),
     }
+    summary["empty_sources"] = {}
+    for s in sources:
+        reason = _empty_reason(s, summary["sources"][s.name], unlisted.get(s.name), quarantine_table)
+        if reason and s.spec.optional:
+            log.info("optional source %s converted nothing: %s", s.name, reason)
+        elif reason:
+            summary["empty_sources"][s.name] = reason
     if converted + quarantined != total:  # every input is accounted for, or this is a bug worth stopping on
         raise RuntimeError(f"accounting error: converted {converted} + quarantined {quarantined} != total {total}")
     if only is None:
         _atomic_write_text(out / "convert_summary.json", json.dumps(summary, indent=2))
     return summary
+
+
+def _mask_counts(quarantine: pd.DataFrame, stats: dict[str, Counter[str]], source: str | None = None) -> dict[str, int]:
+    """Mask files quarantined, merged with another mask of their class, binarised; speckles removed."""
+    rows = quarantine if source is None else quarantine[quarantine["source"] == source]
+    done: Counter[str] = Counter()
+    for name, counts in stats.items():
+        if source is None or name == source:
+            done.update(counts)
+    return {
+        "masks_quarantined": int((rows["level"] == "mask").sum()),
+        **{k: int(done[k]) for k in ("masks_merged", "masks_binarised", "speckles_removed")},
+    }
+
+
+def _empty_reason(
+    source: ResolvedSource, counts: dict[str, Any], unlisted: str | None, quarantine: pd.DataFrame
+) -> str | None:
+    """Why a source gave no image (its inputs cannot be listed, none was found, all were quarantined), or None."""
+    if unlisted is not None:
+        return f"its inputs cannot be listed: {unlisted}"
+    if counts["images"]:
+        return None
+    if not counts["inputs"]:
+        looked = source.spec.images or source.spec.annotations
+        if looked:
+            return f"found no inputs: {looked!r} under {source.root} matches nothing"
+        return f"found no inputs under {source.root}"
+    rows = quarantine[(quarantine["source"] == source.name) & (quarantine["level"] == "input")]
+    example = f", e.g. {rows['reason'].iloc[0]}" if len(rows) else ""
+    return f"every one of its {counts['inputs']} input(s) was quarantined (see quarantine.csv){example}"
+
+
+def require_images(summary: dict[str, Any], sources_file: str | Path | None = None) -> None:
+    """Raise when a source (not marked ``optional: true``) converted nothing.
+
+    Raises:
+        EmptySource: naming each such source and why (no input found, every input quarantined...).
+    """
+    empty = summary.get("empty_sources") or {}
+    if empty:
+        raise EmptySource(
+            "; ".join(f"source {name} converted nothing: {why}" for name, why in empty.items())
+            + " (mark a source `optional: true` in the sources file if that is expected)",
+            sources_file,
+        )
 
 
 _MANIFEST_COLUMNS = [

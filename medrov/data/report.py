@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -155,6 +156,39 @@ def _presence(presence: pd.DataFrame, path: Path) -> None:
     plt.close(fig)
 
 
+def _read_quarantine(path: Path) -> pd.DataFrame:
+    columns = ["input", "source", "level", "action", "reason"]
+    if not path.is_file():
+        return pd.DataFrame(columns=columns)
+    return pd.read_csv(path, keep_default_na=False, dtype=str)
+
+
+def _per_source(data: Path, manifest: pd.DataFrame, boxes: pd.DataFrame, quarantine: pd.DataFrame) -> pd.DataFrame:
+    """One row per source, including those that gave no image (every input quarantined, or nothing found)."""
+    modality = dict(zip(manifest["source"], manifest["modality"]))
+    names = list(dict.fromkeys([*manifest["source"], *quarantine["source"]]))
+    summary = data / "convert_summary.json"
+    if summary.is_file():  # the sources of the last full run, even one with no input at all
+        try:
+            listed = json.loads(summary.read_text()).get("sources", {})
+        except ValueError:
+            log.warning("%s is not valid JSON: sources are taken from the manifest and quarantine only", summary)
+            listed = {}
+        names = list(dict.fromkeys([*listed, *names]))
+        for name, info in listed.items():
+            modality.setdefault(name, info.get("modality", "?"))
+    inputs = quarantine[quarantine["level"] == "input"].groupby("source").size()
+    table = pd.DataFrame({"source": sorted(names)})
+    table["modality"] = table["source"].map(modality).fillna("?")
+    table["converted"] = table["source"].map(manifest.groupby("source")["volume_id"].nunique()).fillna(0).astype(int)
+    table["quarantined"] = table["source"].map(inputs).fillna(0).astype(int)
+    table["found"] = table["converted"] + table["quarantined"]
+    table["images"] = table["source"].map(manifest.groupby("source").size()).fillna(0).astype(int)
+    table["boxes"] = table["source"].map(boxes.groupby("source").size()).fillna(0).astype(int)
+    table["classes"] = table["source"].map(boxes.groupby("source")["class_name"].nunique()).fillna(0).astype(int)
+    return table
+
+
 def run(data: Path, out: Path) -> Path:
     """Write ``README.md`` and PNG plots describing the dataset into ``out``; returns the card's path."""
     for required in ("manifest.parquet", "boxes.parquet", "presence.csv"):
@@ -175,30 +209,27 @@ def run(data: Path, out: Path) -> Path:
     _presence(presence, out / "presence.png")
 
     vocab = dataset_vocabulary(data)
-    per_source = (
-        manifest.groupby(["source", "modality"])
-        .agg(images=("image", "size"), volumes=("volume_id", "nunique"))
-        .reset_index()
-    )
-    per_source["boxes"] = per_source["source"].map(boxes.groupby("source").size()).fillna(0).astype(int)
-    per_source["classes"] = (
-        per_source["source"].map(boxes.groupby("source")["class_name"].nunique()).fillna(0).astype(int)
-    )
+    quarantine = _read_quarantine(data / "quarantine.csv")
+    per_source = _per_source(data, manifest, boxes, quarantine)
+    found, failed = int(per_source["found"].sum()), int(per_source["quarantined"].sum())
     splits = manifest.groupby("split").size().reindex(list(SPLITS)).fillna(0).astype(int)
     lines = [
         "# Omnis dataset card",
         "",
-        f"{len(manifest)} images from {manifest['volume_id'].nunique()} inputs of {manifest['source'].nunique()} sources "  # noqa: E501
+        f"{len(manifest)} images from {found} inputs ({failed} quarantined) of {len(per_source)} sources "
         f"in {manifest['modality'].nunique()} modalities; {len(boxes)} boxes of {boxes['class_name'].nunique()} classes "  # noqa: E501
         f"({int(boxes['novel'].sum())} boxes of novel classes). Vocabulary: {len(vocab)} classes, {len(vocab.novel)} novel.",  # noqa: E501
         *_user_vocabulary(vocab),
         "",
         "Splits (by patient/volume): " + ", ".join(f"{s} {n}" for s, n in splits.items()),
         "",
-        "| source | modality | inputs | images | boxes | classes |",
-        "|---|---|---|---|---|---|",
+        "Inputs found = converted + quarantined (an input is an image or a volume; a volume gives several images).",
+        "",
+        "| source | modality | inputs found | converted | quarantined | images | boxes | classes |",
+        "|---|---|---|---|---|---|---|---|",
         *(
-            f"| {r.source} | {r.modality} | {r.volumes} | {r.images} | {r.boxes} | {r.classes} |"
+            f"| {r.source} | {r.modality} | {r.found} | {r.converted} | {r.quarantined} | {r.images} | {r.boxes} "
+            f"| {r.classes} |"
             for r in per_source.itertuples()
         ),
         "",
@@ -210,12 +241,12 @@ def run(data: Path, out: Path) -> Path:
         "![sample images with boxes](samples.png)",
         "![presence matrix](presence.png)",
     ]
-    quarantine = data / "quarantine.csv"
-    if quarantine.is_file():
-        q = pd.read_csv(quarantine)
+    if len(quarantine):
+        q = quarantine
         lines += [
             "",
             f"Quarantine: {int((q['level'] == 'input').sum())} inputs not converted, "
+            f"{int((q['level'] == 'mask').sum())} mask files not used, "
             f"{int((q['level'] == 'box').sum())} boxes clipped or dropped (see quarantine.csv).",
         ]
     card = out / "README.md"

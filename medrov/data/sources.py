@@ -29,6 +29,7 @@ from medrov.catalog import (
     extend_vocabulary,
     load_catalog,
     load_vocabulary,
+    normalise_name,
 )
 from medrov.catalog.recipes import Recipe, recipe_for_source
 from medrov.config import Section
@@ -61,6 +62,7 @@ class SourceSpec(Section):
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     root: str
+    # an absent root is skipped, and finding or converting nothing is not an error (convert exits 1 otherwise)
     optional: bool = False
     modality: str | None = None
     format: Format | None = None
@@ -139,6 +141,8 @@ class ResolvedSource(Section):
     normalisation_kind: str | None = None
     catalog_presence: dict[str, int] | None = None
     recipe: Recipe | None = None
+    # mask2d without ``classes:``: normalised vocabulary names and synonyms -> class, to name discovered masks
+    vocabulary_index: dict[str, str] = {}
 
     @property
     def name(self) -> str:
@@ -304,6 +308,11 @@ def resolve_source(
         normalisation_kind=None if modality in BUILTIN_NORMALISATION else vocab.normalisation(modality),
         catalog_presence=dict(known.presence) if known else None,
         recipe=recipe,
+        vocabulary_index=(
+            {normalise_name(n): c.name for c in vocab.classes for n in (c.name, *c.synonyms)}
+            if fmt == "mask2d" and not spec.classes
+            else {}
+        ),
     )
 
 

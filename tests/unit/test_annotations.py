@@ -469,6 +469,72 @@ def test_mask2d_image_without_mask_is_skipped_and_shape_mismatch_raises(tmp_path
         load_mask2d(src, items[0], data_params)
 
 
+def test_mask2d_jpeg_mask_is_binarised_and_speckles_removed_before_boxes(tmp_path, data_params):
+    """In slice mode one speck would stretch the box over the image: it is removed, the clean box comes out."""
+    import io
+
+    root = tmp_path / "polyp"
+    _rgb(root / "images" / "f1.png", 40, 30)
+    clean = np.zeros((30, 40), dtype=np.uint8)
+    clean[8:20, 10:25] = 255
+    buffer = io.BytesIO()
+    Image.fromarray(clean).save(buffer, format="JPEG", quality=60)
+    jpeg = np.asarray(Image.open(buffer)).copy()
+    jpeg[28, 38] = jpeg[1, 1] = 250  # isolated specks
+    (root / "masks").mkdir(parents=True)
+    Image.fromarray(jpeg).save(root / "masks" / "f1_polyp.png")
+    src = _source(
+        tmp_path,
+        name="TinyPolyp",
+        root=str(root),
+        modality="endoscopy",
+        format="mask2d",
+        images="images/*.png",
+        labels="masks/{stem}_{class}.png",
+        label_map={"polyp": "colon polyp"},
+        boxes="slice",
+    )
+    (item,), _ = enumerate_mask2d(src)
+    samples, _ = load_mask2d(src, item, data_params.model_copy(update={"min_box_pixels": 3}))
+    assert _coords(samples[0].boxes) == [("colon polyp", 10, 8, 25, 20)]
+    assert samples[0].stats == {"masks_merged": 0, "masks_binarised": 1, "speckles_removed": 2}
+
+
+def test_mask2d_discovers_class_folders_and_keeps_each_mask_with_its_own_image(tmp_path):
+    """``{class}`` as a folder is discovered too; "a_b_liver" is image a_b's, and a mask is never taken as an image."""
+    root = tmp_path / "coll"
+    for stem in ("a", "a_b"):
+        _rgb(root / "by_class" / "img" / f"{stem}.png", 8, 6)
+        _rgb(root / "by_class" / "liver" / f"{stem}.png", 8, 6)
+        _rgb(root / "flat" / f"{stem}.png", 8, 6)
+        _rgb(root / "flat" / f"{stem}_liver.png", 8, 6)
+    _rgb(root / "by_class" / "left_kidney" / "a.png", 8, 6)
+    common = {"name": "Coll", "modality": "ct", "format": "mask2d"}
+    by_class = _source(tmp_path, root=str(root / "by_class"), images="img/*.png", labels="{class}/{stem}.png", **common)
+    items, skipped = enumerate_mask2d(by_class)
+    assert skipped == []
+    assert {i.item_id: sorted(i.spec["targets"].items()) for i in items} == {
+        "img__a": [("left_kidney", "left kidney"), ("liver", "liver")],
+        "img__a_b": [("liver", "liver")],
+    }
+    flat = _source(tmp_path, root=str(root / "flat"), images="*.png", labels="{stem}_{class}.png", **common)
+    items, skipped = enumerate_mask2d(flat)
+    assert skipped == []
+    assert {i.item_id: i.spec["masks"] for i in items} == {
+        "a": {"liver": str(root / "flat" / "a_liver.png")},
+        "a_b": {"liver": str(root / "flat" / "a_b_liver.png")},
+    }
+    # two images whose template gives one mask name: the second is told which image took it
+    _rgb(root / "deep" / "img" / "p1" / "x.png", 8, 6)
+    _rgb(root / "deep" / "img" / "p2" / "x.png", 8, 6)
+    _rgb(root / "deep" / "masks" / "x_liver.png", 8, 6)
+    deep = _source(tmp_path, root=str(root / "deep"), images="img/*/*.png", labels="masks/{stem}_{class}.png", **common)
+    items, skipped = enumerate_mask2d(deep)
+    assert [i.item_id for i in items] == ["img__p1__x"]
+    assert [s.input for s in skipped] == [str(root / "deep" / "img" / "p2" / "x.png")]
+    assert "x_liver.png, which is taken as the mask of img/p1/x.png" in skipped[0].reason
+
+
 def test_mask2d_needs_a_class_placeholder(tmp_path):
     src = _source(
         tmp_path,

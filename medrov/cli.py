@@ -243,11 +243,26 @@ def predict(
     imgsz: int = typer.Option(640, min=32, help="inference size"),
     modality: str = typer.Option("auto", help="auto, ct or mri: intensity normalisation of volumes"),
     threads: Optional[int] = typer.Option(None, min=1, help="CPU threads for inference (default: every core)"),
+    window: Optional[str] = typer.Option(
+        None, "--window", help="CT window LO,HI in HU (default: the one the weights were trained with)"
+    ),
+    percentiles: Optional[str] = typer.Option(
+        None, "--percentiles", help="MRI percentiles LO,HI (default: those the weights were trained with)"
+    ),
+    allow_encoder_mismatch: bool = typer.Option(
+        False,
+        "--allow-encoder-mismatch",
+        help="embed prompts with the params' text encoder even if the weights were trained with another one",
+    ),
     params: Optional[Path] = ParamsOpt,
     trust: bool = TrustOpt,
     set_: list[str] = SetOpt,
 ) -> None:
-    """Detect the prompted objects; volumes also get 3D boxes linked across slices."""
+    """Detect the prompted objects; volumes also get 3D boxes linked across slices and a montage of slices.
+
+    Prompts are embedded by the text encoder the weights were trained with (another one is refused), and volumes
+    are scaled with the recorded window and percentiles (--window / --percentiles override).
+    """
     _trust(trust)
     from medrov import steps
     from medrov.config import load_params
@@ -262,6 +277,9 @@ def predict(
         imgsz=imgsz,
         modality=modality,
         threads=threads,
+        ct_window=window,
+        mri_percentiles=percentiles,
+        allow_encoder_mismatch=allow_encoder_mismatch,
     )
     typer.echo(json.dumps(summary, indent=2, default=str))
 

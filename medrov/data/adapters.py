@@ -28,7 +28,8 @@ import numpy as np
 from medrov.catalog import normalise_name
 from medrov.config import DataParams
 from medrov.data.boxes import Box, check_box, mask_to_boxes, slice_boxes
-from medrov.data.normalise import normalise_volume, to_uint8_image
+from medrov.data.normalise import to_uint8_image
+from medrov.data.slicing import axial_stack, volume_slices
 from medrov.data.sources import ResolvedSource
 from medrov.errors import SourceReadError
 
@@ -267,9 +268,8 @@ def volume_samples(
         lab = lab.astype(np.int32)
     if lab.dtype.kind not in "iub":
         raise SourceReadError(f"label volume has unsupported type {lab.dtype}", label_path)
-    # (x, y, z) -> (z, y, x), one copy: each slice is then a contiguous (rows, cols) image whose rows run
-    # anterior->posterior and columns patient right->left (the radiological view of an LPS volume)
-    lab = np.ascontiguousarray(lab.transpose(2, 1, 0))
+    # the same (x, y, z) -> (z, y, x) as the image slices, so slice k of the labels boxes slice k of the image
+    lab = axial_stack(lab)
     if lab.dtype.kind == "i" and lab.min() < 0:
         raise SourceReadError(f"negative label ids (min {int(lab.min())})", label_path)
     counts = np.bincount(lab.ravel())
@@ -286,13 +286,11 @@ def volume_samples(
     if ignored:
         lab = np.where(np.isin(lab, ignored), 0, lab)
     spec = source.spec
-    pixels = normalise_volume(
-        image.array,
-        source.normalisation,  # a user modality normalises like the catalogue kind it names
-        spec.ct_window or params.ct_window,
-        spec.mri_percentiles or params.mri_percentiles,
+    # the one 3D -> 2D path, shared with predict: a model sees there the slices it was trained on
+    # a user modality normalises like the catalogue kind it names (source.normalisation)
+    pixels = volume_slices(
+        image, source.normalisation, spec.ct_window or params.ct_window, spec.mri_percentiles or params.mri_percentiles
     )
-    pixels = np.ascontiguousarray(pixels.transpose(2, 1, 0))
     mode = spec.boxes or params.boxes
     skip_empty = params.skip_empty_slices if spec.skip_empty_slices is None else spec.skip_empty_slices
     sx, sy, sz = image.spacing

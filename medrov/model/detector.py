@@ -53,12 +53,15 @@ class Detector:
         self.threads = set_inference_threads(threads)
         from ultralytics import YOLO, YOLOWorld
 
-        from medrov.model.weights import load_checkpoint
+        from medrov.model.record import record_of
+        from medrov.model.weights import load_model_and_checkpoint
 
         path = Path(weights)
         if not path.is_file():
             raise ModelError(f"{path}: weights not found")
-        net = load_checkpoint(path)
+        net, ckpt = load_model_and_checkpoint(path)
+        # encoder and normalisation the weights were trained with (None: weights older than the record)
+        self.record: dict[str, Any] | None = record_of(ckpt)
         self.open_vocabulary = type(net).__name__ == "WorldModel"
         self.yolo = YOLOWorld(str(path)) if self.open_vocabulary else YOLO(str(path))
         self.weights, self.prompter, self.device = path, prompter, device

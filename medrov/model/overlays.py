@@ -101,3 +101,102 @@ def write_grid(panels: list[Panel], path: Path, conf: float = 0.25, size: int = 
     path.parent.mkdir(parents=True, exist_ok=True)
     grid.save(path)
     return path
+
+
+# ---------------------------------------------------------------- predict: one frame, and a montage of a volume
+
+MIN_OVERLAY_PX = 512  # overlays are upscaled until their longer side reaches this, so captions stay readable
+MONTAGE_SLICES = 9  # slices of a volume shown in its montage, evenly spaced from the first to the last
+
+
+def label_colour(label: str) -> tuple[int, int, int]:
+    """A colour of the label's name (a hash, not its position in the prompt list: stable across runs)."""
+    import zlib
+
+    rng = np.random.default_rng(zlib.crc32(label.encode()))
+    return tuple(int(v) for v in rng.integers(64, 256, 3))
+
+
+def _font(size: int):
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, OSError, ImportError):  # a Pillow without FreeType has only the small bitmap font
+        return ImageFont.load_default()
+
+
+def upscale_factor(width: int, height: int, min_px: int = MIN_OVERLAY_PX) -> int:
+    """The smallest whole factor that brings the longer side to ``min_px`` (1 for images already that large);
+    whole, with nearest-neighbour resampling, so every voxel stays a crisp square and boxes scale exactly."""
+    return max(1, -(-int(min_px) // max(1, int(width), int(height))))
+
+
+def draw_overlay(image: np.ndarray, det, min_px: int = MIN_OVERLAY_PX):
+    """The frame in RGB, upscaled to at least ``min_px`` on its longer side, each box outlined and captioned
+    ``label score`` in a font sized to the image.
+
+    Args:
+        image: uint8 (H, W) grey or (H, W, 3) RGB.
+        det: :class:`~medrov.model.detector.Detections` in the frame's pixel coordinates.
+        min_px: minimum length of the longer side of the result.
+    """
+    from PIL import Image, ImageDraw
+
+    canvas = Image.fromarray(np.asarray(image)).convert("RGB")
+    factor = upscale_factor(*canvas.size, min_px=min_px)
+    if factor > 1:
+        canvas = canvas.resize((canvas.width * factor, canvas.height * factor), Image.NEAREST)
+    draw = ImageDraw.Draw(canvas)
+    font = _font(max(12, round(max(canvas.size) / 40)))
+    width = max(1, round(max(canvas.size) / 256))
+    for box, score, label in zip(det.boxes, det.scores, det.names):
+        x0, y0, x1, y1 = (float(v) * factor for v in box)
+        colour = label_colour(label)
+        draw.rectangle([x0, y0, x1, y1], outline=colour, width=width)
+        text = f"{label} {float(score):.2f}"
+        left, top, right, bottom = draw.textbbox((x0, y0), text, font=font)
+        # caption above the box, or inside it when the box touches the top edge
+        dy = bottom - top + 2 if y0 >= bottom - top + 2 else 0
+        draw.rectangle([left, top - dy, right + 2, bottom - dy], fill=colour)
+        draw.text((x0 + 1, y0 - dy), text, fill=(0, 0, 0), font=font)
+    return canvas
+
+
+def sample_slices(n_slices: int, n: int = MONTAGE_SLICES) -> list[int]:
+    """``n`` slice indices spread evenly from the first slice to the last (all of them when there are fewer)."""
+    if n_slices <= 0 or n <= 0:
+        return []
+    return [int(k) for k in np.unique(np.linspace(0, n_slices - 1, min(n, n_slices)).round().astype(int))]
+
+
+def montage(tiles: list, captions: list[str], footer: str, cols: int | None = None):
+    """Tiles (PIL images of one size) in a grid, each under its caption strip, with a footer line.
+
+    Args:
+        tiles: the drawn slices (e.g. by :func:`draw_overlay`), all the same size.
+        captions: one line per tile, e.g. ``slice 12: 2 boxes``.
+        footer: one line under the grid, e.g. the window the slices were normalised with.
+        cols: tiles per row (default: the square root of the count, rounded up).
+    """
+    from PIL import Image, ImageDraw
+
+    if not tiles:
+        raise ValueError("a montage needs at least one tile")
+    cols = cols or int(np.ceil(np.sqrt(len(tiles))))
+    rows = -(-len(tiles) // cols)
+    width, height = tiles[0].size
+    font = _font(max(14, round(width / 24)))
+    strip = font.getbbox("Ag")[3] + 8 if hasattr(font, "getbbox") else 20
+    sheet = Image.new("RGB", (cols * width, rows * (height + strip) + strip), (20, 20, 20))
+    draw = ImageDraw.Draw(sheet)
+    for k, (tile, caption) in enumerate(zip(tiles, captions)):
+        x, y = (k % cols) * width, (k // cols) * (height + strip)
+        draw.text((x + 4, y + 3), caption, fill=(235, 235, 235), font=font)
+        sheet.paste(tile, (x, y + strip))
+    # a narrow sheet (one slice) gets a smaller footer font rather than a cut-off line
+    size = max(14, round(width / 24))
+    while size > 10 and draw.textlength(footer, font=_font(size)) > sheet.width - 8:
+        size -= 1
+    draw.text((4, rows * (height + strip) + 3), footer, fill=(235, 235, 235), font=_font(size))
+    return sheet

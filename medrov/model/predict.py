@@ -10,26 +10,29 @@ from __future__ import annotations
 import glob
 import json
 import logging
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from medrov.catalog import VOLUME_MODALITIES
+from medrov.config import DataParams
 from medrov.data.adapters import IMAGE_SUFFIXES, VOLUME_SUFFIXES, _read_image, safe_id
-from medrov.data.normalise import normalise_volume, to_uint8_image
+from medrov.data.normalise import to_uint8_image
+from medrov.data.slicing import volume_slices
 from medrov.errors import ConfigError, SourceReadError
-
-if TYPE_CHECKING:
-    from PIL import Image
+from medrov.model.overlays import MONTAGE_SLICES, draw_overlay, montage, sample_slices
+from medrov.model.record import Normalisation, sha256_file
 
 log = logging.getLogger("medrov.predict")
 
 # a NIfTI volume with values below this is taken as CT in Hounsfield units (air is -1000 HU, MRI is >= 0)
 HU_LIKE_BELOW = -200.0
 DICOM_PREAMBLE_END = 132
+# what convert uses when params.yaml says nothing: the defaults of the data section, declared once in config.py
+DEFAULT_CT_WINDOW: tuple[float, float] = DataParams.model_fields["ct_window"].default
+DEFAULT_MRI_PERCENTILES: tuple[float, float] = DataParams.model_fields["mri_percentiles"].default
 
 
 @dataclass
@@ -145,14 +148,13 @@ def _volume_modality(volume, requested: str) -> str:
 
 
 def _volume_frames(item: InputFile, modality: str, ct_window, mri_percentiles) -> list[Frame]:
-    from medrov.io.volume import read_dicom_series, read_nifti, reorient
+    from medrov.io.volume import read_dicom_series, read_nifti
 
     # by kind, not suffix: a DICOM file found by its preamble may have no .dcm suffix
-    volume = reorient((read_nifti if item.kind == "nifti" else read_dicom_series)(item.path))
+    volume = (read_nifti if item.kind == "nifti" else read_dicom_series)(item.path)
     chosen = _volume_modality(volume, modality)
-    pixels = normalise_volume(volume.array, chosen, tuple(ct_window), tuple(mri_percentiles))
-    # (x, y, z) -> (z, y, x) as convert.load_volume does: slice k is then the radiological view of axial slice k
-    pixels = np.ascontiguousarray(pixels.transpose(2, 1, 0))
+    # convert's own 3D -> 2D path: slice k here is slice k of the converted training data
+    pixels = volume_slices(volume, chosen, tuple(ct_window), tuple(mri_percentiles))
     if pixels.shape[0] == 0:
         raise SourceReadError("volume has no slices", item.path)
     return [Frame(item.name, k, pixels[k], item.path, chosen) for k in range(pixels.shape[0])]
@@ -182,8 +184,8 @@ def _check_modality(modality: str) -> str:
 def load_inputs(
     path: str | Path,
     modality: str = "auto",
-    ct_window: tuple[float, float] = (-500.0, 1000.0),
-    mri_percentiles: tuple[float, float] = (0.5, 99.5),
+    ct_window: tuple[float, float] = DEFAULT_CT_WINDOW,
+    mri_percentiles: tuple[float, float] = DEFAULT_MRI_PERCENTILES,
 ) -> list[Frame]:
     """Read a picture, a NIfTI file, a DICOM series (folder or one of its files) or a folder of them into frames.
 
@@ -294,54 +296,64 @@ def link_boxes_3d(per_slice: Sequence[tuple[int, Any]], iou_threshold: float = 0
 # ---------------------------------------------------------------- predict and write
 
 
-def _colour(label: str) -> tuple[int, int, int]:
-    # a hash of the name, not its position in the prompt list, so a label keeps its colour across runs
-    rng = np.random.default_rng(zlib.crc32(label.encode()))
-    return tuple(int(v) for v in rng.integers(64, 256, 3))
-
-
-def draw_overlay(image: np.ndarray, det) -> Image.Image:
-    """The frame in RGB with each box outlined and captioned ``label score``."""
-    from PIL import Image, ImageDraw, ImageFont
-
-    canvas = Image.fromarray(image).convert("RGB")
-    draw = ImageDraw.Draw(canvas)
-    font = ImageFont.load_default()
-    width = max(1, round(min(canvas.size) / 200))
-    for box, score, label in zip(det.boxes, det.scores, det.names):
-        x0, y0, x1, y1 = (float(v) for v in box)
-        colour = _colour(label)
-        draw.rectangle([x0, y0, x1, y1], outline=colour, width=width)
-        text = f"{label} {float(score):.2f}"
-        left, top, right, bottom = draw.textbbox((x0, y0), text, font=font)
-        # caption above the box, or inside it when the box touches the top edge
-        dy = bottom - top + 2 if y0 >= bottom - top + 2 else 0
-        draw.rectangle([left, top - dy, right + 2, bottom - dy], fill=colour)
-        draw.text((x0 + 1, y0 - dy), text, fill=(0, 0, 0), font=font)
-    return canvas
-
-
 def _write_json(path: Path, payload: dict[str, Any]) -> None:
     tmp = path.with_name(path.name + ".partial")
     tmp.write_text(json.dumps(payload, indent=2))
     tmp.replace(path)
 
 
-def _predict_input(detector, frames: list[Frame], out: Path, imgsz: int, conf: float) -> tuple[dict, list[Path]]:
-    """Detect on one input's frames; write its overlays; return its JSON payload and the overlay files."""
+_FROM = {"weights": "recorded with the weights", "params": "params.yaml", "default": "default"}
+
+
+def _normalisation_used(frame: Frame, normalisation: Normalisation) -> str:
+    """One line saying how the input's pixels were scaled (the montage footer, the JSON)."""
+    if frame.slice_index is None:
+        return "picture: 8-bit as is, deeper ones scaled to the mri_percentiles"
+    if frame.modality == "ct":
+        low, high = normalisation.ct_window
+        origin = _FROM.get(normalisation.ct_window_from, "--window")
+        return f"CT window [{low:g}, {high:g}] HU ({origin})"
+    low, high = normalisation.mri_percentiles
+    origin = _FROM.get(normalisation.mri_percentiles_from, "--percentiles")
+    return f"{frame.modality}: volume percentiles [{low:g}, {high:g}] ({origin})"
+
+
+def _write_montage(frames: list[Frame], dets: list, path: Path, footer: str, n: int) -> Path:
+    """Sampled slices of a volume with their boxes, so its windowing can be seen even where nothing was found."""
+    picked = sample_slices(len(frames), n)
+    tiles = [draw_overlay(frames[k].image, dets[k]) for k in picked]
+    captions = [f"slice {frames[k].slice_index} of {len(frames)}: {len(dets[k].names)} boxes" for k in picked]
+    montage(tiles, captions, footer).save(path)
+    return path
+
+
+def _predict_input(
+    detector,
+    frames: list[Frame],
+    out: Path,
+    imgsz: int,
+    conf: float,
+    provenance: dict[str, Any],
+    normalisation: Normalisation,
+    montage_slices: int,
+) -> tuple[dict, list[Path], list[Path]]:
+    """Detect on one input's frames; write its overlays (and a volume's montage); return its JSON payload, the
+    overlay files and the montage files."""
     dets = detector.predict([f.image for f in frames], imgsz=imgsz, conf=conf)
     first = frames[0]
     is_volume = first.slice_index is not None
+    used = _normalisation_used(first, normalisation)
     payload: dict[str, Any] = {
         "input": str(first.source_path),
         "prompts": list(detector.vocabulary),
-        "weights": str(detector.weights),
+        **provenance,
+        "normalisation": {**normalisation.to_json(), "used": used},
         "imgsz": imgsz,
         "conf": conf,
         "modality": first.modality,
         "frames": [{"slice_index": f.slice_index, "boxes": d.to_json()} for f, d in zip(frames, dets)],
     }
-    overlays = []
+    overlays, montages = [], []
     # slices of an earlier run that have no detection now must not keep an overlay that contradicts the JSON
     for stale in out.glob(f"{glob.escape(first.name)}_slice[0-9][0-9][0-9]*.png") if is_volume else []:
         stale.unlink()
@@ -353,7 +365,33 @@ def _predict_input(detector, frames: list[Frame], out: Path, imgsz: int, conf: f
         overlays.append(out / name)
     if is_volume:
         payload["boxes_3d"] = link_boxes_3d([(f.slice_index, d) for f, d in zip(frames, dets)])
-    return payload, overlays
+        if montage_slices > 0:
+            montages.append(_write_montage(frames, dets, out / f"{first.name}_montage.png", used, montage_slices))
+            payload["montage"] = str(montages[-1])
+    return payload, overlays, montages
+
+
+def describe_weights(detector, model: str | None = None) -> dict[str, Any]:
+    """The weights a prediction used: the file, its sha256 and the model URI it came from (when one)."""
+    weights = Path(detector.weights)
+    described: dict[str, Any] = {"path": str(weights), "sha256": sha256_file(weights)}
+    if model and model != str(weights):
+        described["model"] = model
+    return described
+
+
+def describe_encoder(detector, check: str | None = None) -> dict[str, Any] | None:
+    """The text encoder the prompts were embedded with (None for a closed-set model), and how it was checked
+    against the one the weights were trained with."""
+    prompter = getattr(detector, "prompter", None)
+    if not detector.open_vocabulary or prompter is None:
+        return None
+    described = dict(prompter.describe())
+    recorded = (getattr(detector, "record", None) or {}).get("encoder")
+    described["trained_with"] = recorded.get("identity") if recorded else None
+    if check:
+        described["check"] = check
+    return described
 
 
 def predict_path(
@@ -364,13 +402,17 @@ def predict_path(
     imgsz: int = 640,
     conf: float = 0.25,
     modality: str = "auto",
-    ct_window: tuple[float, float] = (-500.0, 1000.0),
-    mri_percentiles: tuple[float, float] = (0.5, 99.5),
+    normalisation: Normalisation | None = None,
+    encoder_check: str | None = None,
+    model: str | None = None,
+    montage_slices: int = MONTAGE_SLICES,
 ) -> dict[str, Any]:
     """Detect ``prompts`` on every input under ``path``; write ``<name>.json`` and overlay PNGs into ``out_dir``.
 
-    Overlays: ``<name>.png`` for a picture, ``<name>_slice<k:03d>.png`` for each volume slice with a detection.
-    The JSON holds the input, prompts, weights, per-frame boxes (pixels) and, for volumes, ``boxes_3d``.
+    Overlays (upscaled to at least 512 px): ``<name>.png`` for a picture, ``<name>_slice<k:03d>.png`` for each
+    volume slice with a detection, and ``<name>_montage.png`` for every volume: ``montage_slices`` slices spread
+    over it, with or without boxes, so its normalisation can be inspected. The JSON holds the input, prompts,
+    weights (path, sha256), encoder, normalisation, per-frame boxes (pixels) and, for volumes, ``boxes_3d``.
     Inputs are read one at a time, so a folder of volumes is never all in memory.
 
     Args:
@@ -379,21 +421,27 @@ def predict_path(
         prompts: class names to detect.
         out_dir: created if missing.
         imgsz, conf: inference size and confidence threshold.
-        modality, ct_window, mri_percentiles: volume normalisation, as in :func:`load_inputs`.
+        modality: volume normalisation, as in :func:`load_inputs`.
+        normalisation: CT window and MRI percentiles (default: those of the data section's defaults).
+        encoder_check: how the prompt encoder was checked against the training one (recorded in the JSON).
+        model: the model URI the detector came from, when not a plain weights file (recorded in the JSON).
+        montage_slices: slices per volume montage (0: no montage).
 
     Returns:
-        Summary: ``inputs``, ``frames``, ``boxes``, ``json`` and ``overlays`` (written files) and ``skipped``
-        (unreadable inputs of a folder with the reason).
+        Summary: ``inputs``, ``frames``, ``boxes``, ``json``, ``overlays`` and ``montages`` (written files) and
+        ``skipped`` (unreadable inputs of a folder with the reason).
 
     Raises:
         SourceReadError: ``path`` itself is missing or unreadable (an unreadable input inside a folder is skipped).
         ConfigError: ``modality`` is invalid.
     """
     modality = _check_modality(modality)
+    normalisation = normalisation or Normalisation(DEFAULT_CT_WINDOW, DEFAULT_MRI_PERCENTILES, "default", "default")
     path, out = Path(path), Path(out_dir)
     inputs = discover_inputs(path)
     is_folder = path.is_dir() and not _is_series_dir(path)
     detector.set_vocabulary(list(prompts))
+    provenance = {"weights": describe_weights(detector, model), "encoder": describe_encoder(detector, encoder_check)}
     out.mkdir(parents=True, exist_ok=True)
     summary: dict[str, Any] = {
         "out_dir": str(out),
@@ -402,22 +450,26 @@ def predict_path(
         "boxes": 0,
         "json": [],
         "overlays": [],
+        "montages": [],
         "skipped": [],
     }
     for item in inputs:
         try:
-            frames = _load(item, modality, ct_window, mri_percentiles)
+            frames = _load(item, modality, normalisation.ct_window, normalisation.mri_percentiles)
         except SourceReadError as exc:
             if not is_folder:
                 raise
             log.warning("skipped %s", exc)
             summary["skipped"].append({"input": str(item.path), "reason": str(exc)})
             continue
-        payload, overlays = _predict_input(detector, frames, out, imgsz, conf)
+        payload, overlays, montages = _predict_input(
+            detector, frames, out, imgsz, conf, provenance, normalisation, montage_slices
+        )
         _write_json(out / f"{item.name}.json", payload)
         summary["inputs"] += 1
         summary["frames"] += len(frames)
         summary["boxes"] += sum(len(f["boxes"]) for f in payload["frames"])
         summary["json"].append(str(out / f"{item.name}.json"))
         summary["overlays"].extend(str(p) for p in overlays)
+        summary["montages"].extend(str(p) for p in montages)
     return summary

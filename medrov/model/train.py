@@ -14,6 +14,7 @@ from medrov import paths
 from medrov.config import Params, TrainProfile, flatten
 from medrov.errors import ConfigError
 from medrov.model.build import SCALES, ModelError, model_source
+from medrov.model.record import training_record, write_record
 
 log = logging.getLogger(__name__)
 RUN_INFO = "medrov.json"
@@ -195,6 +196,11 @@ def train(
         info["pseudo"] = (
             trainer._mechanisms.describe() if trainer._mechanisms is not None else {"labels": False, "negatives": False}
         )
+    record = training_record(params, info.get("encoder"))
+    info["normalisation"] = record["normalisation"]
+    for weights in {Path(info["weights"]), Path(trainer.last)}:
+        if weights.is_file():  # inside the checkpoint: predict reads it wherever the file is copied or logged
+            write_record(weights, record)
     (out / RUN_INFO).write_text(json.dumps(info, indent=2))
     log.info("train: %s -> %s (%s)", info["kind"], info["weights"], info.get("encoder", {}).get("identity", "no text"))
     return info

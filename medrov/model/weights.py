@@ -51,22 +51,15 @@ def _refusal(path: Path, exc: BaseException) -> ModelError:
     )
 
 
-def load_checkpoint(path: str | Path) -> Any:
-    """The ``nn.Module`` of an ultralytics checkpoint, loaded restricted unless trusted.
-
-    Raises:
-        ModelError: the file is missing, not a checkpoint, or refused by the restricted loader.
-    """
+def _load(path: Path, loader) -> Any:
+    """``loader(str(path))`` under the load policy, its failures turned into one :class:`ModelError`."""
     import pickle
 
-    from ultralytics.nn.tasks import load_checkpoint as ultra_load
-
-    path = Path(path)
     if not path.is_file():
         raise ModelError("weights not found (give a local checkpoint; nothing is downloaded)", path)
     apply_load_policy()
     try:
-        net, _ = ultra_load(str(path), device="cpu")
+        return loader(str(path))
     except pickle.UnpicklingError as exc:
         raise _refusal(path, exc) from exc
     except (TypeError, RuntimeError, EOFError, AttributeError, KeyError, ValueError, ModuleNotFoundError) as exc:
@@ -74,7 +67,42 @@ def load_checkpoint(path: str | Path) -> Any:
             raise _refusal(path, exc) from exc
         detail = f"{type(exc).__name__}: {str(exc).strip()[:200]}"
         raise ModelError(f"not a loadable ultralytics checkpoint ({detail})", path) from exc
-    return net
+
+
+def load_model_and_checkpoint(path: str | Path) -> tuple[Any, dict[str, Any]]:
+    """The ``nn.Module`` of an ultralytics checkpoint (FP32, eval) and the checkpoint dict, restricted unless trusted.
+
+    Raises:
+        ModelError: the file is missing, not a checkpoint, or refused by the restricted loader.
+    """
+    from ultralytics.nn.tasks import load_checkpoint as ultra_load
+
+    net, ckpt = _load(Path(path), lambda file: ultra_load(file, device="cpu"))
+    return net, ckpt if isinstance(ckpt, dict) else {}
+
+
+def load_checkpoint(path: str | Path) -> Any:
+    """The ``nn.Module`` of an ultralytics checkpoint, loaded restricted unless trusted.
+
+    Raises:
+        ModelError: the file is missing, not a checkpoint, or refused by the restricted loader.
+    """
+    return load_model_and_checkpoint(path)[0]
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The checkpoint dict as stored (modules untouched, e.g. still FP16), restricted unless trusted; to rewrite it.
+
+    Raises:
+        ModelError: the file is missing, not a checkpoint dict, or refused by the restricted loader.
+    """
+    from ultralytics.nn.tasks import torch_safe_load
+
+    path = Path(path)
+    ckpt, _ = _load(path, torch_safe_load)
+    if not isinstance(ckpt, dict):
+        raise ModelError(f"not an ultralytics checkpoint (a {type(ckpt).__name__}, not a dict)", path)
+    return ckpt
 
 
 def torch_load(path: str | Path, **kwargs: Any) -> Any:

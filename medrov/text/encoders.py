@@ -220,7 +220,10 @@ class MiniLMEncoder(Encoder):
     def _load(self):
         if self._model is None:
             from sentence_transformers import SentenceTransformer
+            from transformers.utils import logging as hf_logging
 
+            # transformers draws a "Loading weights" bar on stderr for every load: one log line says it instead
+            hf_logging.disable_progress_bar()
             self._model = SentenceTransformer(str(self._model_dir()), device=self.device, local_files_only=True)
             log.info("text encoder loaded: %s", self.identity)
         return self._model
@@ -265,5 +268,18 @@ def load_encoder(spec: str, fallback: str | None = None, device: str = "cpu") ->
     except EncoderError as exc:
         if not fallback or fallback == spec:
             raise
-        log.warning("text encoder %s unavailable (%s); falling back to %s", spec, exc, fallback)
+        # once per process and short: every step of a run asks for the encoder, the full reason is at debug level
+        level = logging.DEBUG if (spec, fallback) in _FALLBACK_WARNED else logging.WARNING
+        _FALLBACK_WARNED.add((spec, fallback))
+        log.log(level, "text encoder %s unavailable (%s); using the fallback %s", spec, _short_reason(exc), fallback)
+        log.debug("text encoder %s: %s", spec, exc)
         return _ready(fallback, device)
+
+
+_FALLBACK_WARNED: set[tuple[str, str]] = set()
+
+
+def _short_reason(exc: Exception, limit: int = 90) -> str:
+    """The last clause of an error (``...: not in the local Hugging Face cache``), at most ``limit`` characters."""
+    reason = str(exc).rsplit(": ", 1)[-1].strip()
+    return reason if len(reason) <= limit else reason[: limit - 3] + "..."

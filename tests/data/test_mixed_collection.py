@@ -191,3 +191,37 @@ def test_presence_group_shares_the_union_of_a_groups_classes(tmp_path):
     assert manifest.loc["p1_s1", "annotated"] == manifest.loc["p1_s2", "annotated"] == "liver|kidney"
     assert manifest.loc["p2_s1", "annotated"] == "kidney"
     assert manifest.loc["p1_s1", "presence_row"] == manifest.loc["p1_s2", "presence_row"]
+
+
+def test_a_user_volume_modality_is_normalised_like_the_kind_it_names(tmp_path):
+    import nibabel as nib
+
+    # thirds at -1000, 50 and 1000 HU: the window [-100, 100] maps 50 to 191, a percentile scale would give 134
+    image = np.full((12, 12, 3), -1000, np.int16)
+    image[4:8], image[8:] = 50, 1000
+    label = np.zeros((12, 12, 3), np.uint8)
+    label[2:10, 2:10] = 1
+    (tmp_path / "cbct").mkdir()
+    nib.save(nib.Nifti1Image(image, np.eye(4)), tmp_path / "cbct" / "scan.nii.gz")
+    nib.save(nib.Nifti1Image(label, np.eye(4)), tmp_path / "cbct" / "scan_seg.nii.gz")
+    (tmp_path / "sources.yaml").write_text(
+        """
+vocabulary:
+  modalities: {cbct: hu_window}
+sources:
+  - name: DentalCBCT
+    root: cbct
+    modality: cbct
+    format: volume
+    cases: [{image: scan.nii.gz, label: scan_seg.nii.gz}]
+    label_map: {1: liver}
+    ct_window: [-100, 100]
+"""
+    )
+    params = load_params(ROOT / "params.yaml", ["data.workers=1"])
+    summary = convert.run(params.data, tmp_path / "sources.yaml", tmp_path / "omnis", progress=False)
+    assert summary["converted"] == 1 and summary["images"] == 3
+    manifest = pd.read_parquet(tmp_path / "omnis" / "manifest.parquet")
+    assert set(manifest["modality"]) == {"cbct"}
+    pixels = np.asarray(Image.open(tmp_path / "omnis" / manifest["image"].iloc[0]))
+    assert set(np.unique(pixels).tolist()) == {0, 191, 255}

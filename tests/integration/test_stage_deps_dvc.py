@@ -79,6 +79,7 @@ def test_editing_a_file_marks_exactly_the_stages_that_import_it(locked):
         ("evaluate.conf", 0.002, {"evaluate", "promote"}),
         ("text.encoder", "minilm", {"train", "evaluate", "promote"}),
         ("data.boxes", "slice", {"convert"}),
+        ("data.ct_window", [-1000, 1000], {"convert", "train"}),  # train records it in the checkpoint for predict
         ("data.workers", 1, set()),
         ("tracking.uri", "http://127.0.0.1:5999", {"promote"}),
         ("promote.min_gain", 0.5, {"promote"}),

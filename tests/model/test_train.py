@@ -26,6 +26,17 @@ def test_train_then_evaluate_round_trip(train_overrides, tiny_omnis, tmp_path):
     assert weights.is_file() and info["kind"] == "open-vocabulary" and info["epochs_done"] == 1
     assert info["encoder"]["identity"].startswith("minilm:") and info["encoder"]["dim"] == 384
     assert json.loads((weights.parents[1] / "medrov.json").read_text())["encoder"] == info["encoder"]
+    # the checkpoints themselves carry the encoder and the normalisation predict must reuse
+    from medrov.model.record import record_of
+    from medrov.model.weights import read_checkpoint
+
+    for ckpt_file in (weights, weights.with_name("last.pt")):
+        record = record_of(read_checkpoint(ckpt_file))
+        assert record["encoder"] == info["encoder"], ckpt_file
+        assert record["normalisation"] == {
+            "ct_window": list(params.data.ct_window),
+            "mri_percentiles": list(params.data.mri_percentiles),
+        }
     assert (weights.parents[1] / "results.csv").is_file()  # ultralytics' own per-epoch log and plots
     assert list((tmp_path / "text-cache").glob("text-minilm*.pt")), "text embeddings were not cached"
 

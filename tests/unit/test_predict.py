@@ -193,7 +193,7 @@ def detector(tmp_path_factory):
 
 def _check_json(path: Path, n_frames: int, volume: bool) -> dict:
     payload = json.loads(path.read_text())
-    assert payload["prompts"] == PROMPTS and payload["weights"].endswith("world.pt")
+    assert payload["prompts"] == PROMPTS and payload["weights"]["path"].endswith("world.pt")
     assert len(payload["frames"]) == n_frames
     for frame in payload["frames"]:
         assert (frame["slice_index"] is None) is not volume
@@ -211,7 +211,7 @@ def test_predict_on_a_picture_writes_json_and_overlay(detector, tmp_path):
     assert payload["input"] == str(tmp_path / "cells.png")
     assert payload["frames"][0]["boxes"], "conf=0 must keep the untrained model's boxes"
     overlay = Image.open(tmp_path / "out" / "cells.png")
-    assert overlay.size == (64, 48) and overlay.mode == "RGB"
+    assert overlay.size == (512, 384) and overlay.mode == "RGB"  # 64x48 upscaled 8 times: captions readable
     assert summary["json"] == [str(tmp_path / "out" / "cells.json")]
     assert summary["overlays"] == [str(tmp_path / "out" / "cells.png")]
     assert summary["inputs"] == 1 and summary["frames"] == 1 and summary["boxes"] == len(payload["frames"][0]["boxes"])
@@ -232,8 +232,10 @@ def test_predict_on_a_volume_writes_per_slice_overlays_and_3d_boxes(detector, tm
     with_boxes = [f["slice_index"] for f in payload["frames"] if f["boxes"]]
     expected = sorted(str(out / f"ct_slice{k:03d}.png") for k in with_boxes)
     assert sorted(summary["overlays"]) == expected and with_boxes
-    assert sorted(str(p) for p in out.glob("*.png")) == expected  # the stale overlay is gone
-    assert Image.open(expected[0]).size == (32, 32)
+    montage = str(out / "ct_montage.png")
+    assert summary["montages"] == [montage] and payload["montage"] == montage
+    assert sorted(str(p) for p in out.glob("*.png")) == sorted([*expected, montage])  # the stale overlay is gone
+    assert Image.open(expected[0]).size == (512, 512)  # a 32x32 slice upscaled 16 times
 
 
 def test_predict_on_a_folder_skips_an_unreadable_input_and_reports_it(detector, tmp_path):

@@ -38,6 +38,9 @@ def test_evaluation_scores_each_image_on_its_own_row(tmp_path):
         ],
     )
     result = evaluate(weights, params, split="train", coco_dir=tmp_path / "coco")
+    # the user classes went through the encoder and its on-disk cache like catalogue classes
+    cached = {t for f in (tmp_path / "text-cache").glob("text-*.pt") for t in torch.load(f, weights_only=True)["texts"]}
+    assert {"adrenal gland", "retinal fluid", "optic cup"} <= cached
     assert result["images"] == 5 and set(result["modality"]) == {"ct", "oct"}
     assert "novel" in result and result["novel"]["classes"] == 1  # retinal fluid, a user class held out
     gt = json.loads((tmp_path / "coco" / "coco_gt.json").read_text())

@@ -210,11 +210,11 @@ def presence_rows(data_dir: str | Path, class_names: Sequence[str] | None = None
             _check_columns(frame, [str(n) for n in class_names], root / file)
     matrix = np.concatenate([f.to_numpy(dtype=int) for f in frames]) if frames else np.zeros((0, 0), int)
     index = {name: i for i, name in enumerate(names)}
-    import pyarrow.parquet as pq
-
     # three columns only: the manifest of a large dataset is read once per training process
-    wanted = [c for c in ("image", "source", "presence_row") if c in pq.read_schema(root / "manifest.parquet").names]
-    manifest = pd.read_parquet(root / "manifest.parquet", columns=wanted)
+    try:
+        manifest = pd.read_parquet(root / "manifest.parquet", columns=["image", "source", "presence_row"])
+    except ValueError:  # a manifest written before per-image presence has no presence_row (pyarrow's ArrowInvalid)
+        manifest = pd.read_parquet(root / "manifest.parquet", columns=["image", "source"])
     keys = manifest["presence_row"] if "presence_row" in manifest else manifest["source"]
     keys = keys.where(keys.notna(), manifest["source"]).astype(str)
     missing = sorted({k for k in keys if "@" in k and k not in index})

@@ -127,3 +127,18 @@ def test_evaluation_does_not_score_an_images_m0_classes_as_false_positives():
 
     assert evaluate(filtered=True) == 1.0
     assert evaluate(filtered=False) < 1.0  # what the source-level row would score: A's liver as a false positive
+
+
+def test_a_manifest_without_presence_rows_maps_images_to_their_source(tmp_path):
+    import pandas as pd
+
+    from medrov.data.presence import presence_rows
+
+    pd.DataFrame({"image": ["images/S/a.png", "images/T/b.png"], "source": ["S", "T"]}).to_parquet(
+        tmp_path / "manifest.parquet"
+    )
+    (tmp_path / "presence.csv").write_text("source,liver,kidney\nT,1,0\nS,0,1\n")
+    rows = presence_rows(tmp_path, ["liver", "kidney"])
+    assert rows.names == ["T", "S"] and rows.image_rel == {"images/S/a.png": 1, "images/T/b.png": 0}
+    assert rows.matrix.tolist() == [[1, 0], [0, 1]]
+    assert rows.image_row[str((tmp_path / "images/S/a.png").resolve())] == 1

@@ -224,7 +224,7 @@ class UserVocabulary(Section):
         return value
 
 
-def _pydantic_problems(exc: ValidationError, prefix: str, fields_of) -> list[str]:
+def pydantic_problems(exc: ValidationError, prefix: str, fields_of) -> list[str]:
     """One line per pydantic error; an unknown key gets a close-match suggestion among ``fields_of(loc)``."""
     out = []
     for e in exc.errors():
@@ -258,7 +258,7 @@ def extend_vocabulary(base: Vocabulary, block: Any) -> tuple[Vocabulary, list[st
     try:
         user = UserVocabulary.model_validate(block)
     except ValidationError as exc:
-        return base, _pydantic_problems(exc, "vocabulary: ", _user_fields)
+        return base, pydantic_problems(exc, "vocabulary: ", _user_fields)
     problems: list[str] = []
     modalities = dict(base.modalities)
     for name, spec in user.modalities.items():

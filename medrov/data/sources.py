@@ -24,12 +24,12 @@ from medrov.catalog import (
     BUILTIN_NORMALISATION,
     CatalogSource,
     Vocabulary,
-    _pydantic_problems,
     did_you_mean,
     extend_vocabulary,
     load_catalog,
     load_vocabulary,
     normalise_name,
+    pydantic_problems,
 )
 from medrov.catalog.recipes import Recipe, recipe_for_source
 from medrov.config import Section
@@ -199,7 +199,7 @@ def _parse(raw: dict[str, Any]) -> tuple[list[SourceSpec], Vocabulary, list[str]
         try:
             spec = SourceSpec.model_validate(entry)
         except ValidationError as exc:
-            problems += _pydantic_problems(exc, f"source {name}: ", _spec_fields)
+            problems += pydantic_problems(exc, f"source {name}: ", _spec_fields)
             continue
         if spec.name in seen:
             problems.append(f"source {spec.name} is listed twice")

@@ -16,8 +16,18 @@ Every arm is evaluated on the fully annotated test split (from the truth): mAP50
 with M=0 in the demo and over those with M=1, base classes only (novel ones are held out of every arm). Prints one
 table with the seconds per arm; ``--seeds 0,1`` repeats the off arm to show run-to-run noise.
 
+Pseudo-label quality against the truth, per epoch: each arm named in ``--quality`` keeps one checkpoint per epoch;
+each checkpoint is the teacher of the rule (``medrov.model.pseudo.decide``, the function training calls) on the
+un-augmented train images, all of their source's truth classes prompted, the demo's annotated boxes as ground
+truth. Its pseudo-labels are matched (IoU >= 0.5, same class) to the truth objects the demo leaves unannotated
+(M=0): precision, recall and count per epoch, at the params' C and at each ``--quality-c`` (calibration: a
+YOLO-style sigmoid score rarely reaches 0.9 on a small CPU teacher).
+
+An arm may carry its own overrides: ``labels:pseudo.conf_c=0.5`` (comma-free; several ``:``-separated).
+
     python bench/mechanisms.py [--work /tmp/medrov-mechanisms] [--arms off,presence,labels,all,oracle]
-                               [--warm-epochs 3] [--epochs 7] [--seeds 0,1] [-S pseudo.conf_c=0.5]
+                               [--warm-epochs 3] [--warm-weights W] [--epochs 7] [--seeds 0,1]
+                               [--quality labels,all] [--quality-c 0.5,0.7] [-S pseudo.conf_c=0.5]
 """
 
 from __future__ import annotations
@@ -107,6 +117,99 @@ def pair_scores(gt: dict, dt: list[dict], image_source: dict[str, str], presence
     }
 
 
+def pseudo_quality(
+    truth_gt: dict,
+    dt: list[dict],
+    image_source: dict[str, str],
+    presence,
+    novel: set[int],
+    conf_c: float,
+    iou_t: float,
+    nms_iou: float,
+) -> dict:
+    """Precision and recall, against the truth, of the pseudo-labels the rule makes from a teacher's detections.
+
+    Args:
+        truth_gt: COCO ground truth of the fully annotated split (every object of every class).
+        dt: the teacher's COCO detections on the same images (every truth class of the source prompted).
+        image_source: ``file_name`` -> source name.
+        presence: the demo's presence matrix (sources x class names in class id order): M=1 boxes are the ground
+            truth the rule sees, M=0 truth objects are the ones pseudo-labels should find.
+        novel: held-out class ids (never pseudo-labelled targets here: training never prompts them).
+        conf_c, iou_t, nms_iou: the rule's C, T and NMS IoU.
+
+    Returns:
+        ``{"labels": n, "correct": n, "missing": n truth M=0 objects, "precision": p | None, "recall": r | None}``.
+    """
+    import torch
+    from torchvision.ops import box_iou
+
+    from medrov.model.pseudo import ImageInput, Rule, decide
+
+    sources = list(presence.index)
+    m = presence.to_numpy(int)
+    nc = m.shape[1]
+    rule = Rule(conf_c=conf_c, iou_t=iou_t, nms_iou=nms_iou, labels=True, negatives=False)
+    xyxy = lambda b: [b[0], b[1], b[0] + b[2], b[1] + b[3]]  # noqa: E731
+    by_image: dict[int, dict[str, list]] = {im["id"]: {"gt": [], "dt": []} for im in truth_gt["images"]}
+    for a in truth_gt["annotations"]:
+        by_image[a["image_id"]]["gt"].append(a)
+    for d in dt:
+        if d["score"] >= conf_c:
+            by_image[d["image_id"]]["dt"].append(d)
+    labels = correct = missing = 0
+    for im in truth_gt["images"]:
+        source = image_source.get(im["file_name"])
+        if source not in sources:
+            continue
+        s = sources.index(source)
+        g, d = by_image[im["id"]]["gt"], by_image[im["id"]]["dt"]
+        seen = [a for a in g if m[s, a["category_id"]] == 1]  # what the demo annotates
+        hidden = [a for a in g if m[s, a["category_id"]] == 0 and a["category_id"] not in novel]
+        missing += len(hidden)
+        if not d:
+            continue
+        decided = decide(
+            [
+                ImageInput(
+                    boxes=np.array([xyxy(x["bbox"]) for x in d], float),
+                    scores=np.array([x["score"] for x in d], float),
+                    slots=np.array([x["category_id"] for x in d], int),
+                    gt_boxes=np.array([xyxy(a["bbox"]) for a in seen], float).reshape(-1, 4),
+                    gt_slots=np.array([a["category_id"] for a in seen], int),
+                    slot_classes=np.arange(nc),
+                    tiles=np.array([[0.0, 0.0, 1e9, 1e9]]),
+                    tile_sources=np.array([s]),
+                    size=(10**9, 10**9),
+                )
+            ],
+            m,
+            rule,
+        ).targets
+        decided = [t for t in decided if t.cls not in novel]
+        labels += len(decided)
+        free = [True] * len(hidden)
+        for t in sorted(decided, key=lambda t: -t.score):  # greedy by confidence, as the metric matches
+            cand = [j for j, a in enumerate(hidden) if free[j] and a["category_id"] == t.cls]
+            if not cand:
+                continue
+            ious = box_iou(
+                torch.tensor([t.box], dtype=torch.float64),
+                torch.tensor([xyxy(hidden[j]["bbox"]) for j in cand], dtype=torch.float64),
+            )[0]
+            best = int(ious.argmax())
+            if float(ious[best]) >= 0.5:
+                free[cand[best]] = False
+                correct += 1
+    return {
+        "labels": labels,
+        "correct": correct,
+        "missing": missing,
+        "precision": correct / labels if labels else None,
+        "recall": correct / missing if missing else None,
+    }
+
+
 def prepare(work: Path) -> tuple[Path, Path]:
     """Demo sources and their truth, converted: (demo Omnis, truth Omnis)."""
     from medrov.data import convert, demo
@@ -132,7 +235,10 @@ def main() -> None:
     ap.add_argument("--arms", default="off,presence,labels,all,oracle")
     ap.add_argument("--warm-epochs", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=7)
+    ap.add_argument("--warm-weights", type=Path, help="reuse this warm start instead of training one")
     ap.add_argument("--seeds", default="0", help="seeds of the off arm (the others use the first)")
+    ap.add_argument("--quality", default="labels,all", help="arms whose pseudo-labels are scored per epoch")
+    ap.add_argument("--quality-c", default="0.5,0.7", help="further C values the pseudo-labels are scored at")
     ap.add_argument("--encoder", default="minilm")
     ap.add_argument(
         "--score",
@@ -192,7 +298,9 @@ def main() -> None:
         (work / "scores.json").write_text(json.dumps(scored, indent=2))
         return
     warm_start = []
-    if args.warm_epochs:
+    if args.warm_weights:
+        warm_start = [f"train.profiles.demo.model={args.warm_weights.resolve()}"]
+    elif args.warm_epochs:
         t0 = time.perf_counter()
         params = load_params(
             overrides=[
@@ -207,22 +315,29 @@ def main() -> None:
         warm_start = [f"train.profiles.demo.model={warm['weights']}"]
         print(f"[warm] {args.warm_epochs} epochs in {time.perf_counter() - t0:.0f} s -> {warm['weights']}", flush=True)
     runs = [(arm, seeds[0]) for arm in args.arms.split(",")] + [("off", s) for s in seeds[1:]]
+    quality_arms = set(filter(None, args.quality.split(",")))
+    quality_c = [float(c) for c in args.quality_c.split(",") if c]
     results = {}
-    for arm, seed in runs:
+    for spec, seed in runs:
+        arm, *arm_overrides = spec.split(":")
         labels, negatives, presence_sampling = ARMS[arm]
         data = truth_omnis if arm == "oracle" else demo_omnis
-        key = arm if seed == seeds[0] else f"{arm} seed {seed}"
+        key = spec if seed == seeds[0] else f"{spec} seed {seed}"
+        slug = key.replace(" ", "-").replace(":", "_").replace("=", "")
+        keep_epochs = spec in quality_arms or arm in quality_arms
         params = load_params(
             overrides=[
                 *base,
                 *warm_start,
                 f"train.data={data / 'omnis.yaml'}",
-                f"train.project={work / 'runs' / key.replace(' ', '-')}",
+                f"train.project={work / 'runs' / slug}",
                 f"train.profiles.demo.epochs={args.epochs}",
                 f"train.profiles.demo.seed={seed}",
                 f"pseudo.labels={str(labels).lower()}",
                 f"pseudo.negatives={str(negatives).lower()}",
                 f"pseudo.presence_sampling={str(presence_sampling).lower()}",
+                *(["train.profiles.demo.extra.save_period=1"] if keep_epochs else []),
+                *arm_overrides,
             ]
         )
         t0 = time.perf_counter()
@@ -230,7 +345,7 @@ def main() -> None:
         info = train(params)
         seconds, cpu = time.perf_counter() - t0, time.process_time() - cpu0
         eval_params = load_params(overrides=[*base, f"train.data={truth_omnis / 'omnis.yaml'}"])
-        coco = work / "coco" / key.replace(" ", "-")
+        coco = work / "coco" / slug
         evaluate(info["weights"], eval_params, split="test", coco_dir=coco)
         scores = pair_scores(
             json.loads((coco / "coco_gt.json").read_text()),
@@ -239,7 +354,32 @@ def main() -> None:
             presence,
             novel,
         )
-        results[key] = {**scores, "seconds": seconds, "cpu_seconds": cpu, "pseudo_in_force": info.get("pseudo")}
+        quality = {}
+        if keep_epochs:
+            rule = params.pseudo
+            for epoch_weights in sorted(
+                Path(info["weights"]).parent.glob("epoch*.pt"), key=lambda w: int(w.stem[len("epoch") :])
+            ):
+                epoch = int(epoch_weights.stem[len("epoch") :]) + 1  # ultralytics numbers them from 0
+                qdir = work / "coco" / f"{slug}-train-epoch{epoch}"
+                evaluate(epoch_weights, eval_params, split="train", coco_dir=qdir)
+                gt_train = json.loads((qdir / "coco_gt.json").read_text())
+                dt_train = json.loads((qdir / "coco_dt.json").read_text())
+                quality[epoch] = {
+                    str(c): pseudo_quality(
+                        gt_train, dt_train, image_source, presence, novel, c, rule.iou_t, rule.nms_iou
+                    )
+                    for c in sorted({rule.conf_c, *quality_c})
+                }
+                q = quality[epoch][str(rule.conf_c)]
+                print(f"[{key}] epoch {epoch}: C={rule.conf_c} {q}", flush=True)
+        results[key] = {
+            **scores,
+            "seconds": seconds,
+            "cpu_seconds": cpu,
+            "pseudo_in_force": info.get("pseudo"),
+            "pseudo_quality": quality,
+        }
         print(f"[{key}] M=0 {scores['m0']} M=1 {scores['m1']} ({seconds:.0f} s)", flush=True)
     (work / "results.json").write_text(json.dumps(results, indent=2))
     ref = results.get("off")
@@ -269,6 +409,21 @@ def main() -> None:
                 print(
                     f"{key}: recovers {100 * ((r['m0'] or 0) - (ref['m0'] or 0)) / gap:.0f} % of the off-to-oracle M=0 gap"  # noqa: E501
                 )
+    for key, r in results.items():
+        if not r["pseudo_quality"]:
+            continue
+        print(f"\npseudo-labels of {key} vs the truth's unannotated (M=0) objects, per epoch (train split)")
+        cs = list(next(iter(r["pseudo_quality"].values())))
+        print(f"{'epoch':>5} " + " ".join(f"{'C=' + c + ' n/P/R':>24}" for c in cs))
+        fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
+        for epoch, by_c in r["pseudo_quality"].items():
+            print(
+                f"{epoch:>5} "
+                + " ".join(
+                    f"{by_c[c]['labels']:>8}/{fmt(by_c[c]['precision']):>6}/{fmt(by_c[c]['recall']):>6}" + " " * 2
+                    for c in cs
+                )
+            )
     print(
         "per pair (ap50): "
         + json.dumps({k: {p: round(v["ap50"], 3) for p, v in r["pairs"].items()} for k, r in results.items()})

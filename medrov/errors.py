@@ -23,6 +23,15 @@ class ConfigError(MedrovError):
     """params.yaml, a sources file or an override is invalid."""
 
 
+class SourcesFileError(ConfigError):
+    """A sources file has one or more problems; ``problems`` lists every one (reported together, numbered)."""
+
+    def __init__(self, problems: list[str], path: str | Path | None = None):
+        self.problems = list(problems)
+        count = f"{len(self.problems)} problem{'s' if len(self.problems) != 1 else ''}"
+        super().__init__(f"{count}: " + "; ".join(f"[{i}] {p}" for i, p in enumerate(self.problems, 1)), path)
+
+
 class SourceReadError(MedrovError):
     """An input file cannot be read or makes no sense (corrupt, NaN voxels, mismatched mask...)."""
 

@@ -287,8 +287,9 @@ def volume_samples(
         lab = np.where(np.isin(lab, ignored), 0, lab)
     spec = source.spec
     # the one 3D -> 2D path, shared with predict: a model sees there the slices it was trained on
+    # a user modality normalises like the catalogue kind it names (source.normalisation)
     pixels = volume_slices(
-        image, source.modality, spec.ct_window or params.ct_window, spec.mri_percentiles or params.mri_percentiles
+        image, source.normalisation, spec.ct_window or params.ct_window, spec.mri_percentiles or params.mri_percentiles
     )
     mode = spec.boxes or params.boxes
     skip_empty = params.skip_empty_slices if spec.skip_empty_slices is None else spec.skip_empty_slices

@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import socket
 import sys
 import time
@@ -30,13 +31,13 @@ import yaml
 from tqdm.auto import tqdm
 
 from medrov import paths
-from medrov.catalog import Vocabulary, load_vocabulary
+from medrov.catalog import Vocabulary
 from medrov.config import DataParams
 from medrov.data import layout
 from medrov.data.adapters import Item, Sample, Skipped
 from medrov.data.formats import ADAPTERS
-from medrov.data.presence import presence_matrix
-from medrov.data.sources import ResolvedSource, resolve_sources
+from medrov.data.presence import CLASS_SET_SEPARATOR, IMAGE_PRESENCE, image_presence_matrix, presence_matrix, row_name
+from medrov.data.sources import ResolvedSource, resolve_sources, sources_vocabulary
 from medrov.data.splits import SPLITS, split_of
 from medrov.errors import ConfigError, EmptySource, OutputBusy, SourceReadError
 
@@ -99,7 +100,7 @@ def _hash_inputs(item: Item, source: ResolvedSource, params: DataParams) -> str:
         "version": CONVERTER_VERSION,
         "code": _code_fingerprint(),
         "spec": item.spec,
-        "source": source.spec.model_dump(mode="json", exclude={"split", "optional", "presence"}),
+        "source": source.spec.model_dump(mode="json", exclude={"split", "optional", "presence", "presence_group"}),
         "modality": source.modality,
         "class_map": source.class_map,
         "params": {k: getattr(params, k) for k in _CONTENT_PARAMS},
@@ -571,8 +572,12 @@ def _remove_orphans(
 
 
 def dataset_yaml(vocab: Vocabulary, sources: list[ResolvedSource]) -> dict[str, Any]:
-    """The ultralytics dataset file: split lists, every vocabulary class (prompt = name/synonyms), base/novel."""
-    return {
+    """The ultralytics dataset file: split lists, every vocabulary class (prompt = name/synonyms), base/novel.
+
+    The sources file's ``vocabulary:`` block is recorded as applied (``vocabulary``), so the dataset and every
+    model trained on it know their classes and modalities (:func:`medrov.catalog.dataset_vocabulary`).
+    """
+    spec = {
         "train": "train.txt",
         "val": "val.txt",
         "test": "test.txt",
@@ -582,12 +587,88 @@ def dataset_yaml(vocab: Vocabulary, sources: list[ResolvedSource]) -> dict[str, 
         "novel": [c.id for c in vocab.classes if c.split == "novel"],
         "sources": {s.name: s.modality for s in sources},
     }
+    if vocab.user:
+        spec["vocabulary"] = vocab.user
+    return spec
 
 
 def source_names(params: DataParams, sources_file: str | Path | None = None) -> list[str]:
     """Names of the sources that ``run`` would convert (optional sources that are absent are left out)."""
-    sources, _ = resolve_sources(sources_file or params.sources, load_vocabulary())
+    sources, _ = resolve_sources(sources_file or params.sources)
     return [s.name for s in sources]
+
+
+def _item_classes(source: ResolvedSource, item: Item, outcome: dict[str, Any], vocab: Vocabulary) -> set[str]:
+    """The classes an item has labels for: every class it has a box of, and for mask files every class with a
+    mask (an empty mask still says the class was annotated and is absent); a mask token outside the label map
+    counts when it names a vocabulary class (tokens discovered from file names)."""
+    classes = {str(b["class_name"]) for b in outcome.get("boxes", [])}
+    spec = item.spec or {}
+    targets = spec.get("targets") or {}  # mask2d: each mask token's class (discovered tokens included)
+    for native in spec.get("masks", {}):
+        target = targets.get(native, source.class_map.get(native, native))
+        cls = vocab.lookup(target) if target is not None else None
+        if cls is not None:
+            classes.add(cls.name)
+    return classes
+
+
+def _presence_groups(
+    sources: list[ResolvedSource],
+    items: dict[tuple[str, str], Item],
+    outcomes: list[dict[str, Any]],
+    vocab: Vocabulary,
+) -> dict[tuple[str, str], set[str]]:
+    """(source, item id) -> the class set of its presence group, for the converted items of per-image sources.
+
+    Without ``presence_group`` each item is its own group; with it, items whose input path (relative to the
+    source root) gives the same match (named group ``group``, else group 1, else the whole match) share the union
+    of their classes, and an item that does not match stays alone.
+    """
+    by_name = {s.name: s for s in sources}
+    own: dict[tuple[str, str], set[str]] = {}
+    group_of: dict[tuple[str, str], tuple[str, str]] = {}
+    for outcome in outcomes:
+        source = by_name.get(outcome["source"])
+        if source is None or not source.spec.per_image or outcome["status"] == "quarantined":
+            continue
+        key = (source.name, outcome["item_id"])
+        item = items[key]
+        own[key] = _item_classes(source, item, outcome, vocab)
+        group_of[key] = key
+        pattern = source.spec.presence_group
+        if pattern:
+            path = Path(item.inputs[0])
+            rel = path.relative_to(source.root).as_posix() if path.is_relative_to(source.root) else path.name
+            match = re.search(pattern, rel)
+            if match:
+                value = match.groupdict().get("group") or match.group(1 if match.groups() else 0)
+                group_of[key] = (source.name, f"group:{value}")
+    union: dict[tuple[str, str], set[str]] = {}
+    for key, group in group_of.items():
+        union.setdefault(group, set()).update(own[key])
+    return {key: union[group] for key, group in group_of.items()}
+
+
+def _assign_rows(records: list[dict[str, Any]], vocab: Vocabulary, modality: dict[str, str]) -> dict[str, tuple]:
+    """Give each record of a per-image source (``annotated`` set) its presence row, one per distinct (source,
+    class set) in image order; the others keep their source's row. Returns the rows of ``image_presence.csv``."""
+    rows: dict[tuple[str, str], str] = {}
+    table: dict[str, tuple[str, list[str]]] = {}
+    counter: Counter[str] = Counter()
+    for record in sorted(records, key=lambda r: r["image"]):
+        annotated = record.get("annotated")
+        if not isinstance(annotated, str):
+            record["annotated"], record["presence_row"] = None, record["source"]
+            continue
+        key = (record["source"], annotated)
+        if key not in rows:
+            counter[record["source"]] += 1
+            rows[key] = row_name(record["source"], counter[record["source"]])
+            classes = [c for c in annotated.split(CLASS_SET_SEPARATOR) if c]
+            table[rows[key]] = (modality.get(record["source"], record["modality"]), classes)
+        record["presence_row"] = rows[key]
+    return table
 
 
 def run(
@@ -612,9 +693,10 @@ def run(
         OutputBusy: another convert writes the same dataset or one of the same sources into ``out_dir``.
     """
     started = time.perf_counter()
-    vocab = load_vocabulary()
     sources_path = sources_file or params.sources
-    every_source, skipped_sources = resolve_sources(sources_path, vocab)
+    # resolving first reports every problem of the file (the vocabulary block's among them) in one error
+    every_source, skipped_sources = resolve_sources(sources_path)
+    vocab = sources_vocabulary(sources_path)
     for message in skipped_sources:
         log.info(message)
     only = None if sources is None else set(sources)
@@ -661,7 +743,7 @@ def _run_locked(
     class_ids = {c.name: c.id for c in vocab.classes}
 
     quarantine: list[dict[str, Any]] = []
-    jobs, split_for = [], {}
+    jobs, split_for, item_for = [], {}, {}
     per_source_total: Counter[str] = Counter()
     dropped: set[str] = set()
     unlisted: dict[str, str] = {}
@@ -683,6 +765,7 @@ def _run_locked(
                 item.split or fixed or split_of(source.name, item.group, params.split)
             )
             jobs.append((source, item, params, out, class_ids))
+            item_for[(source.name, item.item_id)] = item
         log.info(
             "%s: %d input(s) found (%s, %s)", source.name, per_source_total[source.name], source.modality, source.format
         )
@@ -705,6 +788,8 @@ def _run_locked(
     records, boxes, status = [], [], Counter()
     stats: dict[str, Counter[str]] = {s.name: Counter() for s in sources}
     live_states = set()
+    class_order = {c.name: c.id for c in vocab.classes}
+    item_sets = _presence_groups(sources, item_for, outcomes, vocab)
     for outcome in sorted(outcomes, key=lambda o: (o["source"], o["item_id"])):
         status[outcome["status"]] += 1
         if outcome["status"] == "quarantined":
@@ -719,8 +804,11 @@ def _run_locked(
             )
             log.warning("quarantined %s", outcome["reason"][: 10 * REASON_LIMIT])
             continue
-        split = split_for[(outcome["source"], outcome["item_id"])]
-        records.extend({**r, "split": split} for r in outcome["records"])
+        key = (outcome["source"], outcome["item_id"])
+        split = split_for[key]
+        own = item_sets.get(key)
+        annotated = None if own is None else CLASS_SET_SEPARATOR.join(sorted(own, key=class_order.__getitem__))
+        records.extend({**r, "split": split, "annotated": annotated} for r in outcome["records"])
         boxes.extend(outcome["boxes"])
         stats[outcome["source"]].update(outcome.get("stats", {}))
         live_states.add(out / STATE_DIR / outcome["source"] / f"{outcome['item_id']}.json")
@@ -733,6 +821,10 @@ def _run_locked(
         boxes.extend(earlier_boxes)
         kept[name] = len(earlier)
 
+    image_rows = _assign_rows(records, vocab, {s.name: s.modality for s in sources})
+    per_image_union: dict[str, set[str]] = {}
+    for row_key, (_, classes) in image_rows.items():
+        per_image_union.setdefault(row_key.rsplit("@", 1)[0], set()).update(classes)
     novel_ids = {c.id for c in vocab.novel}
     manifest = pd.DataFrame.from_records(records, columns=_MANIFEST_COLUMNS)
     box_table = pd.DataFrame.from_records(boxes, columns=_BOX_COLUMNS)
@@ -750,7 +842,11 @@ def _run_locked(
         _write_table(manifest, out / "manifest.parquet")
         _write_table(box_table, out / "boxes.parquet")
         _atomic_write_text(out / "quarantine.csv", quarantine_table.to_csv(index=False))
-        _atomic_write_text(out / "presence.csv", presence_matrix(sources, vocab).to_csv())
+        _atomic_write_text(out / "presence.csv", presence_matrix(sources, vocab, per_image_union).to_csv())
+        if image_rows:
+            _atomic_write_text(out / IMAGE_PRESENCE, image_presence_matrix(image_rows, vocab).to_csv())
+        else:
+            (out / IMAGE_PRESENCE).unlink(missing_ok=True)
         for split in SPLITS:
             images = manifest.loc[manifest["split"] == split, "image"]
             _atomic_write_text(out / f"{split}.txt", "".join(f"./{p}\n" for p in images))
@@ -788,6 +884,8 @@ def _run_locked(
         },
         **_mask_counts(quarantine_table, stats),
         "splits": {split: int((manifest["split"] == split).sum()) for split in SPLITS},
+        "vocabulary": {"classes": len(vocab), "user_classes": len(vocab.user.get("classes", []))},
+        "image_presence_rows": len(image_rows),
         "seconds": round(time.perf_counter() - started, 2),
     }
     summary["empty_sources"] = {}
@@ -868,6 +966,8 @@ _MANIFEST_COLUMNS = [
     "spacing_z",
     "n_boxes",
     "input",
+    "presence_row",
+    "annotated",
 ]
 _BOX_COLUMNS = [
     "image",

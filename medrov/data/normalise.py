@@ -46,7 +46,8 @@ def normalise_volume(
     ct_window: tuple[float, float],
     mri_percentiles: tuple[float, float],
 ) -> np.ndarray:
-    """Dispatch by modality: CT gets the HU window, every other volume the percentile scale."""
-    if modality == "ct":
+    """Dispatch by modality or normalisation kind: CT (``hu_window``, which a user modality may name) gets the HU
+    window, every other volume the percentile scale."""
+    if modality in ("ct", "hu_window"):
         return hu_window(array, ct_window)
     return percentile_scale(array, mri_percentiles)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from medrov.catalog import MODALITIES, load_vocabulary
+from medrov.catalog import MODALITIES, dataset_vocabulary
 from medrov.data import layout
 from medrov.data.splits import SPLITS
 from medrov.errors import ValidationFailed
@@ -62,11 +62,32 @@ def _class_frequency(boxes: pd.DataFrame, path: Path) -> None:
     plt.close(fig)
 
 
+def _user_vocabulary(vocab) -> list[str]:
+    """Card lines naming the classes and modalities the sources file added to the catalogue (none: no lines)."""
+    classes = vocab.user.get("classes", [])
+    modalities = vocab.user.get("modalities", {})
+    if not classes and not modalities:
+        return []
+    parts = [f"{c['name']} ({', '.join(c['modalities'])}; {c['split']})" for c in classes]
+    added = [f"{m} (normalised: {v['normalisation']})" for m, v in modalities.items()]
+    return [
+        "",
+        f"Added by the sources file's vocabulary block: {len(classes)} classes: {', '.join(parts) or 'none'}; "
+        f"{len(modalities)} modalities: {', '.join(added) or 'none'}.",
+    ]
+
+
+def _ordered(modality: pd.Series) -> list[str]:
+    """The modalities present, catalogue ones in catalogue order, then user modalities by name."""
+    seen = set(modality.dropna().astype(str))
+    return [m for m in MODALITIES if m in seen] + sorted(seen - set(MODALITIES))
+
+
 def _box_sizes(boxes: pd.DataFrame, manifest: pd.DataFrame, path: Path) -> None:
     plt = _plt()
     modality = boxes["image"].map(manifest.set_index("image")["modality"])
     side = np.sqrt(boxes["width"] * boxes["height"])
-    present = [m for m in MODALITIES if (modality == m).any()]
+    present = _ordered(modality)
     fig, ax = plt.subplots(figsize=(8, 4))
     bins = np.logspace(np.log10(max(side.min(), 1e-4)), 0, 40)
     for m in present:
@@ -87,7 +108,7 @@ def _samples(data: Path, boxes: pd.DataFrame, manifest: pd.DataFrame, path: Path
     from PIL import Image
 
     plt = _plt()
-    present = [m for m in MODALITIES if (manifest["modality"] == m).any()]
+    present = _ordered(manifest["modality"])
     fig, axes = plt.subplots(
         len(present), per_modality, figsize=(2.6 * per_modality, 2.6 * len(present)), squeeze=False
     )
@@ -189,7 +210,7 @@ def run(data: Path, out: Path) -> Path:
     _samples(data, boxes, manifest, out / "samples.png")
     _presence(presence, out / "presence.png")
 
-    vocab = load_vocabulary()
+    vocab = dataset_vocabulary(data)
     quarantine = _read_quarantine(data / "quarantine.csv")
     per_source = _per_source(data, manifest, boxes, quarantine)
     found, failed = int(per_source["found"].sum()), int(per_source["quarantined"].sum())
@@ -200,6 +221,7 @@ def run(data: Path, out: Path) -> Path:
         f"{len(manifest)} images from {found} inputs ({failed} quarantined) of {len(per_source)} sources "
         f"in {manifest['modality'].nunique()} modalities; {len(boxes)} boxes of {boxes['class_name'].nunique()} classes "  # noqa: E501
         f"({int(boxes['novel'].sum())} boxes of novel classes). Vocabulary: {len(vocab)} classes, {len(vocab.novel)} novel.",  # noqa: E501
+        *_user_vocabulary(vocab),
         "",
         "Splits (by patient/volume): " + ", ".join(f"{s} {n}" for s, n in splits.items()),
         "",

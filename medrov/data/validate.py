@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from medrov import paths
-from medrov.catalog import MODALITIES, Vocabulary, load_vocabulary
+from medrov.catalog import Vocabulary, dataset_vocabulary
 from medrov.config import ValidateParams
 from medrov.data import layout
 from medrov.data.datadocs import make_offline
@@ -433,7 +433,7 @@ def checks(vocab: Vocabulary, params: ValidateParams) -> list[Check]:
             "manifest",
             "modality",
             "expect_column_values_to_be_in_set",
-            {"value_set": list(MODALITIES)},
+            {"value_set": list(vocab.modalities)},
             E,
             "modality is known",
             "image",
@@ -705,7 +705,7 @@ def run(
     for required in ("manifest.parquet", "boxes.parquet", "presence.csv"):
         if not (data / required).is_file():
             raise ValidationFailed(f"{required} is missing: run `medrov convert` first", data)
-    vocab = load_vocabulary()
+    vocab = dataset_vocabulary(data)  # the catalogue plus the vocabulary block recorded in omnis.yaml
     tables = build_tables(data, vocab, params)
     report = paths.resolve(report_dir) if report_dir else None
     workdir = Path(tempfile.mkdtemp(prefix="medrov-gx-"))

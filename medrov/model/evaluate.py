@@ -1,9 +1,11 @@
 """The ``evaluate`` step: open-vocabulary mAP on an Omnis split.
 
 Each source is evaluated with the classes it annotates (presence M=1) as text prompts, the usual protocol of
-multi-dataset detection (a source's unannotated classes cannot be scored). Novel classes were held out of training;
-here they are prompted like any other class. Reported: mAP50 and mAP50-95 over base, novel and base+novel
-classes, for the whole split, per modality and per source; PR curves and a per-modality bar chart as PNGs.
+multi-dataset detection (a source's unannotated classes cannot be scored). An image of a per-image source is scored
+on its own row: predictions of a class with M!=1 there (not annotated in that image) are not false positives.
+Novel classes were held out of training; here they are prompted like any other class. Reported: mAP50 and
+mAP50-95 over base, novel and base+novel classes, for the whole split, per modality and per source; PR curves
+and a per-modality bar chart as PNGs.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import yaml
 from medrov import paths
 from medrov.config import EvaluateParams, Params
 from medrov.data import layout
-from medrov.data.presence import annotated_classes, read_presence
+from medrov.data.presence import annotated_classes, presence_rows, read_presence
 from medrov.errors import ConfigError
 from medrov.model.detector import Detector
 from medrov.model.overlays import Panel, pick, write_grid
@@ -154,6 +156,14 @@ def to_coco(
     return {"images": images, "annotations": annotations, "categories": categories}, detections
 
 
+def scored_classes(rows, image: str, prompted: list[int]) -> set[int]:
+    """The classes whose predictions are scored on ``image``: the prompted ones that its presence row marks
+    annotated (M=1). A class with M=0 in an image's own row may be there unlabelled: a prediction of it is neither
+    a true nor a false positive."""
+    own = rows.annotated(image)
+    return set(prompted) & own if own else set(prompted)
+
+
 def _strip(summary: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in summary.items() if not k.startswith("_")}
 
@@ -197,6 +207,7 @@ def evaluate(
     boxes = pd.read_parquet(data_dir / "boxes.parquet")
     boxes = boxes[boxes["image"].isin(set(manifest["image"]))]
     presence = read_presence(data_dir / "presence.csv")
+    image_presence = presence_rows(data_dir, list(names.values()))
     by_name = {prompt_name(n): i for i, n in names.items()}
 
     cache = None if params.text.cache_dir is None else (root / params.text.cache_dir)
@@ -229,9 +240,14 @@ def evaluate(
             gt_boxes = g[["x0", "y0", "x1", "y1"]].to_numpy(float) if g is not None else np.zeros((0, 4))
             gt_cls = g["class_id"].to_numpy(int) if g is not None else np.zeros(0, int)
             pred_cls = np.array([prompt_class[n] for n in det.names], dtype=int)
+            det_boxes = np.asarray(det.boxes, float).reshape(-1, 4)
+            det_scores = np.asarray(det.scores, float).reshape(-1)
+            scored = scored_classes(image_presence, img, class_ids)
+            keep = np.isin(pred_cls, sorted(scored))
+            det_boxes, det_scores, pred_cls = det_boxes[keep], det_scores[keep], pred_cls[keep]
             stats[img] = {
-                "tp": match(det.boxes, det.scores, pred_cls, gt_boxes, gt_cls),
-                "conf": det.scores,
+                "tp": match(det_boxes, det_scores, pred_cls, gt_boxes, gt_cls),
+                "conf": det_scores,
                 "pred": pred_cls,
                 "target": gt_cls,
             }
@@ -242,16 +258,16 @@ def evaluate(
                         f"{source} {Path(img).stem[-14:]}",
                         gt_boxes,
                         [prompt_name(names[c]) for c in gt_cls],
-                        np.asarray(det.boxes, float),
+                        det_boxes,
                         [prompt_name(names[c]) for c in pred_cls],
-                        np.asarray(det.scores, float),
+                        det_scores,
                         [prompt_name(names[c]) for c in class_ids],
                     )
                 )
             if coco_dir is not None:
                 records[img] = {
-                    "boxes": np.asarray(det.boxes, float).reshape(-1, 4),
-                    "conf": det.scores,
+                    "boxes": det_boxes,
+                    "conf": det_scores,
                     "pred": pred_cls,
                     "gt_boxes": gt_boxes,
                     "target": gt_cls,

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from medrov.data.presence import image_sources, presence_array
+from medrov.data.presence import presence_rows
 from medrov.model.pseudo import Decisions, ImageInput, Rule, append_targets, decide
 from medrov.prompts import SYNONYM_SEPARATOR, prompt_name
 
@@ -68,8 +68,9 @@ class Mechanisms:
         self.encoder = encoder
         self.negatives_available = bool(getattr(encoder, "has_image", False))
         self.rule = Rule.from_params(settings, self.negatives_available)
-        _, self.sources = image_sources(data["path"])
-        self.presence = presence_array(Path(data["path"]) / "presence.csv", list(data["names"].values()), self.sources)
+        rows = presence_rows(data["path"], list(data["names"].values()))
+        # rows are sources, then per-image rows (``source@k``): the rule reads the row, counters name the source
+        self.presence, self.sources = rows.matrix, rows.sources
         self.names = [str(n) for n in data["names"].values()]
         self.text_class = {}
         for c, name in enumerate(self.names):
@@ -96,7 +97,7 @@ class Mechanisms:
             if self.rule.negatives or not self.settings.get("negatives")
             else "encoder has no image tower",
             "teacher": self.teacher,
-            "sources": self.sources,
+            "sources": list(dict.fromkeys(self.sources)),
         }
 
     def reset(self) -> None:

@@ -22,7 +22,7 @@ from ultralytics.models.yolo.world.train import on_pretrain_routine_end as stock
 from ultralytics.utils import RANK
 from ultralytics.utils.torch_utils import unwrap_model
 
-from medrov.data.presence import image_sources, presence_array
+from medrov.data.presence import presence_rows
 from medrov.model.build import Prompter, prompt_name, set_prompts
 
 log = logging.getLogger(__name__)
@@ -31,10 +31,11 @@ log = logging.getLogger(__name__)
 class PromptSampler(RandomLoadText):
     """ultralytics' per-image prompt sampler, with negatives drawn only from ``negatives`` (global class ids).
 
-    Held-out (novel) classes are never shown as negatives in training. With ``presence`` (sources x classes, the
-    presence matrix M) a class with M=0 for the source of any tile of the image (``labels["tiles"]``, set by
-    :class:`SourceTiles`) is not a negative either: that source may contain it unannotated, so showing its prompt
-    would train its objects as background. Positives are always kept.
+    Held-out (novel) classes are never shown as negatives in training. With ``presence`` (presence rows x classes:
+    the sources' rows, then per-image rows, :func:`medrov.data.presence.presence_rows`) a class with M=0 in the
+    row of any tile of the image (``labels["tiles"]``, set by :class:`SourceTiles`) is not a negative either: that
+    image may contain it unannotated, so showing its prompt would train its objects as background. Positives are
+    always kept.
     """
 
     def __init__(self, negatives: Sequence[int] | None = None, presence: np.ndarray | None = None, **kwargs):
@@ -131,7 +132,9 @@ class OmnisTrainDataset(_HoldOut, YOLOMultiModalDataset):
         if not self.data.get("track_sources"):
             return super().update_labels_info(label)
         if not hasattr(self, "_sources"):
-            self._sources, self._source_names = image_sources(self.data["path"])
+            rows = presence_rows(self.data["path"])
+            # one marker per presence row: a per-image source's images carry their own row through the mosaic
+            self._sources, self._source_names = rows.image_row, rows.names
         nc = int(self.data["nc"])
         source = self._sources.get(str(Path(label["im_file"]).resolve()), -1)
         if source >= 0:
@@ -150,8 +153,7 @@ class OmnisTrainDataset(_HoldOut, YOLOMultiModalDataset):
         allowed = self.data.get("negatives")
         presence = None
         if self.data.get("presence_sampling") and self.data.get("track_sources"):
-            root = Path(self.data["path"])
-            presence = presence_array(root / "presence.csv", list(self.data["names"].values()), image_sources(root)[1])
+            presence = presence_rows(self.data["path"], list(self.data["names"].values())).matrix
         for i, t in enumerate(transforms.transforms):
             if type(t) is RandomLoadText:
                 transforms.transforms[i] = PromptSampler(

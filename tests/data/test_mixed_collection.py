@@ -225,3 +225,102 @@ sources:
     assert set(manifest["modality"]) == {"cbct"}
     pixels = np.asarray(Image.open(tmp_path / "omnis" / manifest["image"].iloc[0]))
     assert set(np.unique(pixels).tolist()) == {0, 191, 255}
+
+
+def test_one_collection_with_every_kind_of_mask_accounts_for_every_file(tmp_path):
+    """Issue 17's collection in one piece: user classes and a new modality, per-image presence, two mask classes
+    mapped to one class, a JPEG-compressed mask and a mask class not listed. Every mask file is boxed or has a
+    quarantine row with its reason, and each image's presence row is its own."""
+    import io
+
+    rng = np.random.default_rng(7)
+    abdomen, retina = tmp_path / "abdomen", tmp_path / "retina"
+    for root in (abdomen, retina):
+        (root / "images").mkdir(parents=True)
+        (root / "masks").mkdir()
+
+    def rect(r0, r1, c0, c1):
+        m = np.zeros((SIZE, SIZE), np.uint8)
+        m[r0:r1, c0:c1] = 255
+        return m
+
+    def save(path, array):
+        Image.fromarray(array).save(path)
+        return path
+
+    buffer = io.BytesIO()
+    Image.fromarray(rect(10, 30, 10, 40)).save(buffer, format="JPEG", quality=70)
+    jpeg = np.asarray(Image.open(buffer)).copy()
+    assert len(np.unique(jpeg)) > 2  # really not binary
+    for stem in ("p1", "p2", "p3"):
+        save(abdomen / "images" / f"{stem}.png", rng.integers(0, 255, (SIZE, SIZE), dtype=np.uint8))
+    save(retina / "images" / "o1.png", rng.integers(0, 255, (SIZE, SIZE, 3), dtype=np.uint8))
+    masks = {
+        "p1_liver": save(abdomen / "masks" / "p1_liver.png", jpeg),  # JPEG-compressed
+        "p1_lkid": save(abdomen / "masks" / "p1_lkid.png", rect(40, 50, 5, 15)),  # two classes mapped to kidney
+        "p1_rkid": save(abdomen / "masks" / "p1_rkid.png", rect(40, 52, 12, 20)),
+        "p2_adrenal": save(abdomen / "masks" / "p2_adrenal.png", rect(5, 12, 40, 50)),  # a user class
+        "p2_marker": save(abdomen / "masks" / "p2_marker.png", rect(0, 5, 0, 5)),  # listed nowhere
+        "p3_liver": save(abdomen / "masks" / "p3_liver.png", rect(20, 40, 20, 40)),
+        "o1_fluid": save(retina / "masks" / "o1_fluid.png", rect(30, 40, 30, 44)),  # a user class, OCT
+    }
+    (tmp_path / "sources.yaml").write_text(
+        """
+vocabulary:
+  modalities:
+    oct: {normalisation: photo}
+  classes:
+    - {name: adrenal gland, modalities: [ct], split: base}
+    - {name: retinal fluid, modalities: [oct], split: base}
+sources:
+  - name: Abdomen
+    root: abdomen
+    modality: ct
+    format: mask2d
+    images: images/*.png
+    labels: masks/{stem}_{class}.png
+    label_map: {lkid: kidney, rkid: kidney, adrenal: adrenal gland}
+    presence: per_image
+  - name: Retina
+    root: retina
+    modality: oct
+    format: mask2d
+    images: images/*.png
+    labels: masks/{stem}_{class}.png
+    label_map: {fluid: retinal fluid}
+    presence: per_image
+"""
+    )
+    params = load_params(ROOT / "params.yaml", ["data.workers=1"])
+    summary = convert.run(params.data, tmp_path / "sources.yaml", tmp_path / "omnis", progress=False)
+    out = tmp_path / "omnis"
+    boxes = pd.read_parquet(out / "boxes.parquet")
+    manifest = pd.read_parquet(out / "manifest.parquet")
+    quarantine = pd.read_csv(out / "quarantine.csv", keep_default_na=False, dtype=str)
+    stems = _stem(manifest)
+
+    def classes_of(stem):
+        image = manifest.loc[stems == stem, "image"].iloc[0]
+        return sorted(prompt_name(c) for c in boxes.loc[boxes["image"] == image, "class_name"])
+
+    assert classes_of("p1") == ["kidney", "liver"]  # the two kidney masks merged: one box
+    assert classes_of("p2") == ["adrenal gland"]
+    assert classes_of("p3") == ["liver"]
+    assert classes_of("o1") == ["retinal fluid"]
+    p1 = manifest.loc[stems == "p1", "image"].iloc[0]
+    liver = boxes[(boxes["image"] == p1) & (boxes["class_name"].map(prompt_name) == "liver")]
+    assert len(liver) == 1  # the JPEG mask gives the clean rectangle's box, no speckle boxes
+    x0, y0, x1, y1 = liver[["x0", "y0", "x1", "y1"]].to_numpy(float)[0]
+    assert np.allclose([x0, y0, x1, y1], [10, 10, 40, 30], atol=1.5)  # pixels: the rectangle the JPEG blurred
+    marker = quarantine[quarantine["input"] == str(masks["p2_marker"])]
+    assert len(marker) == 1 and "marker" in marker["reason"].iloc[0]
+    boxed = {k for k in masks if k != "p2_marker"}
+    for key in boxed:
+        assert not (quarantine["input"] == str(masks[key])).any(), key
+    assert summary["sources"]["Abdomen"]["masks_merged"] >= 2 and summary["masks_binarised"] >= 1
+    rows = presence_rows(out)
+    names = [prompt_name(n) for n in read_presence(out / "presence.csv").columns]
+    for stem, has, lacks in (("p3", "liver", "kidney"), ("p2", "adrenal gland", "liver")):
+        image = manifest.loc[stems == stem, "image"].iloc[0]
+        row = rows.matrix[rows.image_rel[str(image)]]
+        assert row[names.index(has)] == 1 and row[names.index(lacks)] == 0, (stem, has, lacks)

@@ -84,16 +84,20 @@ def calibrated_c(weights: str, params, work: Path, precision: float) -> tuple[fl
         hits += list(tp)
         classes += [x["category_id"] for x in d]
     scores, hits, classes = np.array(scores), np.array(hits, bool), np.array(classes)
+    per_class = {
+        names[int(c)]: precision_threshold(scores[classes == c], hits[classes == c], precision)
+        for c in np.unique(classes)
+    }
+    return precision_threshold(scores, hits, precision), per_class
 
-    def threshold(mask) -> float:
-        order = np.argsort(-scores[mask])
-        s, h = scores[mask][order], hits[mask][order]
-        prec = np.cumsum(h) / np.arange(1, len(h) + 1)
-        ok = np.flatnonzero(prec >= precision)
-        return float(s[ok[-1]]) if ok.size else 1.0
 
-    per_class = {names[int(c)]: threshold(classes == c) for c in np.unique(classes)}
-    return threshold(np.ones_like(hits)), per_class
+def precision_threshold(scores: np.ndarray, hits: np.ndarray, precision: float) -> float:
+    """The lowest score s such that the detections scoring >= s are at least ``precision`` true (1.0: none)."""
+    order = np.argsort(-np.asarray(scores, float), kind="stable")
+    s, h = np.asarray(scores, float)[order], np.asarray(hits, bool)[order]
+    prec = np.cumsum(h) / np.arange(1, len(h) + 1)
+    ok = np.flatnonzero(prec >= precision)
+    return float(s[ok[-1]]) if ok.size else 1.0
 
 
 def convert_bccd(work: Path) -> Path:

@@ -41,3 +41,42 @@ def test_pairs_are_grouped_by_presence_and_novel_classes_left_out(bench):
     assert out["m0"] == pytest.approx(0.0) and out["m1"] == pytest.approx(1.0)  # CT/liver and Smear/tumour
     held_out = bench.pair_scores(gt, dt, {"ct.png": "CT", "smear.png": "Smear"}, presence, novel={2})
     assert set(held_out["pairs"]) == {"CT/liver", "CT/kidney"} and held_out["m0"] == 0.0 and held_out["m1"] == 1.0
+
+
+def test_pseudo_quality_scores_the_rule_against_the_hidden_truth(bench):
+    """The rule (pseudo.decide) on a teacher's detections: only confident boxes of M=0 classes away from the
+    annotated boxes become labels; precision and recall are counted against the truth the demo leaves out."""
+    presence = pd.DataFrame([[1, 0, 0]], index=["CT"], columns=["liver", "kidney", "tumour"])
+    gt = {
+        "images": [{"id": 1, "file_name": "ct.png"}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 0, "bbox": [0, 0, 10, 10]},  # liver: annotated (M=1)
+            {"id": 2, "image_id": 1, "category_id": 1, "bbox": [20, 20, 10, 10]},  # kidney: hidden (M=0)
+            {"id": 3, "image_id": 1, "category_id": 1, "bbox": [60, 0, 10, 10]},  # a second hidden kidney
+            {"id": 4, "image_id": 1, "category_id": 2, "bbox": [40, 40, 6, 6]},  # tumour: hidden, but novel
+        ],
+    }
+    dt = [
+        {"image_id": 1, "category_id": 0, "score": 0.99, "bbox": [0, 0, 10, 10]},  # the annotated liver: no label
+        {"image_id": 1, "category_id": 1, "score": 0.95, "bbox": [20, 20, 10, 10]},  # a right kidney label
+        {"image_id": 1, "category_id": 1, "score": 0.92, "bbox": [90, 90, 8, 8]},  # a wrong kidney label
+        {"image_id": 1, "category_id": 1, "score": 0.6, "bbox": [60, 0, 10, 10]},  # right, but below C
+        {"image_id": 1, "category_id": 2, "score": 0.97, "bbox": [40, 40, 6, 6]},  # novel: never a target here
+    ]
+    q = bench.pseudo_quality(gt, dt, {"ct.png": "CT"}, presence, {2}, conf_c=0.9, iou_t=0.3, nms_iou=0.3)
+    assert q == {"labels": 2, "correct": 1, "missing": 2, "precision": 0.5, "recall": 0.5}
+    low = bench.pseudo_quality(gt, dt, {"ct.png": "CT"}, presence, {2}, conf_c=0.5, iou_t=0.3, nms_iou=0.3)
+    assert (low["labels"], low["correct"], low["recall"]) == (3, 2, 1.0)
+    none = bench.pseudo_quality(gt, [], {"ct.png": "CT"}, presence, {2}, conf_c=0.9, iou_t=0.3, nms_iou=0.3)
+    assert none["labels"] == 0 and none["precision"] is None and none["recall"] == 0.0
+
+
+def test_calibrated_c_is_the_lowest_score_that_keeps_the_precision():
+    spec = importlib.util.spec_from_file_location("bench_missing", ROOT / "bench" / "missing_labels.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    scores = [0.95, 0.9, 0.8, 0.7, 0.6, 0.5]
+    hits = [True, True, True, False, True, False]  # precision from the top: 1, 1, 1, .75, .8, .67
+    assert module.precision_threshold(scores, hits, 1.0) == 0.8
+    assert module.precision_threshold(scores, hits, 0.8) == 0.6
+    assert module.precision_threshold(scores, [False] * 6, 0.5) == 1.0  # never precise enough: no pseudo-label

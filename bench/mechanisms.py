@@ -236,6 +236,11 @@ def main() -> None:
     ap.add_argument("--warm-epochs", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=7)
     ap.add_argument("--warm-weights", type=Path, help="reuse this warm start instead of training one")
+    ap.add_argument(
+        "--reuse",
+        action="store_true",
+        help="arms already trained in --work with the same settings are scored again, not trained again",
+    )
     ap.add_argument("--seeds", default="0", help="seeds of the off arm (the others use the first)")
     ap.add_argument("--quality", default="labels,all", help="arms whose pseudo-labels are scored per epoch")
     ap.add_argument("--quality-c", default="0.5,0.7", help="further C values the pseudo-labels are scored at")
@@ -252,6 +257,7 @@ def main() -> None:
     apply_offline_env()
     import pandas as pd
     import yaml
+    from _reuse import finished
 
     from medrov.model.evaluate import evaluate
     from medrov.model.train import train
@@ -342,8 +348,13 @@ def main() -> None:
         )
         t0 = time.perf_counter()
         cpu0 = time.process_time()
-        info = train(params)
-        seconds, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+        info = finished(params) if args.reuse else None
+        if info is None:
+            info = train(params)
+            seconds, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+        else:  # an interrupted bench goes on where it stopped: same arm, same settings, already trained
+            seconds, cpu = float(info["seconds"]), float("nan")
+            print(f"[{key}] reused {info['weights']} (trained in {seconds:.0f} s)", flush=True)
         eval_params = load_params(overrides=[*base, f"train.data={truth_omnis / 'omnis.yaml'}"])
         coco = work / "coco" / slug
         evaluate(info["weights"], eval_params, split="test", coco_dir=coco)

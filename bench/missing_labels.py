@@ -177,6 +177,8 @@ def main() -> None:
     ap.add_argument("--encoder", default="minilm")
     ap.add_argument("--arms", default="off,presence,labels,labels:pseudo.conf_c=calibrated,mechanisms")
     ap.add_argument("--calibrate-precision", type=float, default=0.9)
+    ap.add_argument("--teacher", type=Path, help="the arms start from this model (no warm-up)")
+    ap.add_argument("--reuse", action="store_true", help="arms already done in --work are not trained again")
     ap.add_argument("--closed-set-epochs", type=int, default=0, help="also compare open vs closed set on full BCCD")
     ap.add_argument(
         "--warmup-epochs",
@@ -188,6 +190,8 @@ def main() -> None:
     ap.add_argument("-S", "--set", dest="overrides", action="append", default=[])
     args = ap.parse_args()
     apply_offline_env()
+    from _reuse import finished
+
     from medrov.model.evaluate import evaluate
     from medrov.model.train import train
 
@@ -208,7 +212,9 @@ def main() -> None:
         "evaluate.metrics=null",
         "evaluate.plots=null",
     ]
-    if args.warmup_epochs:
+    if args.teacher:
+        base.append(f"train.profiles.demo.model={args.teacher.resolve()}")
+    elif args.warmup_epochs:
         params = load_params(
             overrides=[
                 *base,
@@ -219,7 +225,7 @@ def main() -> None:
                 f"train.profiles.demo.epochs={args.warmup_epochs}",
             ]
         )
-        warm = train(params)
+        warm = (finished(params) if args.reuse else None) or train(params)
         base.append(f"train.profiles.demo.model={warm['weights']}")
         print(f"[warmup] {args.warmup_epochs} epochs -> {warm['weights']}", flush=True)
     results = {}
@@ -229,9 +235,9 @@ def main() -> None:
         labels, negatives, presence_sampling = ARMS[arm]
         if "pseudo.conf_c=calibrated" in arm_overrides:
             if calibration is None:
-                if not args.warmup_epochs:
-                    raise SystemExit("pseudo.conf_c=calibrated needs a warm-up teacher (--warmup-epochs)")
-                teacher = base[-1].split("=", 1)[1]
+                if not (args.warmup_epochs or args.teacher):
+                    raise SystemExit("pseudo.conf_c=calibrated needs a teacher (--warmup-epochs or --teacher)")
+                teacher = base[-1].split("=", 1)[1]  # the warm-up's weights, appended last
                 calibration = calibrated_c(
                     teacher, load_params(overrides=[*base, *args.overrides]), work, args.calibrate_precision
                 )
@@ -255,6 +261,11 @@ def main() -> None:
                 *arm_overrides,
             ]
         )
+        saved = work / "results" / f"{slug}.json"
+        if args.reuse and saved.is_file():  # an interrupted bench goes on where it stopped
+            results[spec] = json.loads(saved.read_text())
+            print(f"[{spec}] reused {saved}", flush=True)
+            continue
         timing = {"batches": 0, "seconds": 0.0, "pseudo": []}
 
         def epoch_start(trainer):
@@ -289,6 +300,8 @@ def main() -> None:
             ),
             "pseudo_in_force": info.get("pseudo"),
         }
+        saved.parent.mkdir(parents=True, exist_ok=True)
+        saved.write_text(json.dumps(results[spec], indent=2))
         print(f"[{spec}] done: mAP50 {results[spec]['all']}, {results[spec]['ms_per_batch']:.0f} ms/batch", flush=True)
     (work / "results.json").write_text(json.dumps(results, indent=2))
     classes = sorted({c for r in results.values() for c in r["class"]})
@@ -320,6 +333,8 @@ def main() -> None:
 
 def open_vs_closed(work: Path, base: list[str], args) -> None:
     """YOLO-World (open vocabulary) vs the closed-set YOLOv8 of the same scale on the full BCCD, equal budget."""
+    from _reuse import finished
+
     from medrov.model.evaluate import evaluate
     from medrov.model.train import train
 
@@ -343,8 +358,12 @@ def open_vs_closed(work: Path, base: list[str], args) -> None:
             ]
         )
         t0 = time.perf_counter()
-        info = train(params, closed_set=kind == "closed-set")
-        seconds = time.perf_counter() - t0
+        info = finished(params, kind == "closed-set") if args.reuse else None
+        if info is None:
+            info = train(params, closed_set=kind == "closed-set")
+            seconds = time.perf_counter() - t0
+        else:
+            seconds = float(info["seconds"])
         res = evaluate(info["weights"], params, split="test")
         rows[kind] = {
             "all": (res.get("all") or {}).get("map50"),

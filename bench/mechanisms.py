@@ -373,7 +373,8 @@ def main() -> None:
             ):
                 epoch = int(epoch_weights.stem[len("epoch") :]) + 1  # ultralytics numbers them from 0
                 qdir = work / "coco" / f"{slug}-train-epoch{epoch}"
-                evaluate(epoch_weights, eval_params, split="train", coco_dir=qdir)
+                if not (args.reuse and (qdir / "coco_dt.json").is_file()):  # same checkpoint, same predictions
+                    evaluate(epoch_weights, eval_params, split="train", coco_dir=qdir)
                 gt_train = json.loads((qdir / "coco_gt.json").read_text())
                 dt_train = json.loads((qdir / "coco_dt.json").read_text())
                 quality[epoch] = {

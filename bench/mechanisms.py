@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -325,7 +326,8 @@ def main() -> None:
     quality_c = [float(c) for c in args.quality_c.split(",") if c]
     results = {}
     for spec, seed in runs:
-        arm, *arm_overrides = spec.split(":")
+        # ":" before a dotted key starts the next override (a value such as local-dir:/path keeps its colon)
+        arm, *arm_overrides = re.split(r":(?=[A-Za-z_][\w.]*=)", spec)
         labels, negatives, presence_sampling = ARMS[arm]
         data = truth_omnis if arm == "oracle" else demo_omnis
         key = spec if seed == seeds[0] else f"{spec} seed {seed}"

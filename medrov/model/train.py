@@ -142,6 +142,11 @@ def _trainer_class(params: Params, data_file: str, closed_set: bool):
     return make_world_trainer(params.text.encoder, params.text.fallback, cache, held_out, pseudo)
 
 
+def recorded_settings(params: Params) -> dict[str, Any]:
+    """The flattened ``text``, ``train`` and ``pseudo`` settings a run summary (``medrov.json``) records."""
+    return {k: v for k, v in flatten(params).items() if k.split(".")[0] in ("text", "train", "pseudo")}
+
+
 def train(
     params: Params,
     profile: str | None = None,
@@ -172,7 +177,7 @@ def train(
             "kind": "closed-set" if closed_set else "open-vocabulary",
             "profile": profile or params.train.profile,
             "args": args,
-            "params": {k: v for k, v in flatten(params).items() if k.split(".")[0] in ("text", "train", "pseudo")},
+            "params": recorded_settings(params),
         }
         out.mkdir(parents=True, exist_ok=True)
         (out / RUN_INFO).write_text(json.dumps(info, indent=2))

@@ -67,10 +67,13 @@ def calibrated_c(weights: str, params, work: Path, precision: float) -> tuple[fl
     dt = json.loads((coco / "coco_dt.json").read_text())
     names = {c["id"]: c["name"].split("/", 1)[0] for c in gt["categories"]}
     xyxy = lambda b: [b[0], b[1], b[0] + b[2], b[1] + b[3]]  # noqa: E731
+    by_image: dict[int, tuple[list, list]] = {im["id"]: ([], []) for im in gt["images"]}
+    for a in gt["annotations"]:
+        by_image[a["image_id"]][0].append(a)
+    for x in dt:
+        by_image[x["image_id"]][1].append(x)
     scores, hits, classes = [], [], []
-    for im in gt["images"]:
-        g = [a for a in gt["annotations"] if a["image_id"] == im["id"]]
-        d = [x for x in dt if x["image_id"] == im["id"]]
+    for g, d in by_image.values():
         if not d:
             continue
         tp = match(

@@ -217,7 +217,26 @@ def log_dataset(client: "MlflowClient", run_id: str, params: Params, context: st
     dataset = MetaDataset(source=source, name="omnis", digest=digest.removesuffix(".dir")[:36])
     entity = dataset._to_mlflow_entity()
     given = DatasetInput(entity, tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])
-    guard(lambda: client.log_inputs(run_id, datasets=[given]), client.tracking_uri)
+    guard(lambda: log_inputs_once_created(client, run_id, given), client.tracking_uri)
+
+
+# what SQL stores say when two runs insert the same new dataset row at once (PostgreSQL, SQLite, MySQL)
+_DUPLICATE_ROW = ("UniqueViolation", "UNIQUE constraint failed", "Duplicate entry", "duplicate key value")
+
+
+def log_inputs_once_created(client: "MlflowClient", run_id: str, given, attempts: int = 3) -> None:
+    """``log_inputs``, retried when a concurrent run created the same dataset row between MLflow's lookup and its
+    insert (MLflow's get-or-create is not atomic): the retry finds the row and only links it to this run."""
+    from mlflow.exceptions import MlflowException
+
+    for attempt in range(attempts):
+        try:
+            client.log_inputs(run_id, datasets=[given])
+            return
+        except MlflowException as exc:
+            if attempt == attempts - 1 or not any(mark in str(exc) for mark in _DUPLICATE_ROW):
+                raise
+            time.sleep(0.2 * (attempt + 1))
 
 
 @contextlib.contextmanager

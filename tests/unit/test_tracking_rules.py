@@ -161,3 +161,36 @@ def test_table_prompter_prefers_whole_cached_lists_then_rows():
     assert prompter(["c", "a"]).shape == (2, 512) and torch.equal(prompter(["c", "a"])[:, :384], rows[[2, 0]])
     with pytest.raises(ModelError, match="names no encoder"):
         prompter(["unknown prompt"])
+
+
+class _RacingClient:
+    """log_inputs fails the way MLflow's SQL store does when another run inserted the same dataset first."""
+
+    def __init__(self, failures: int, message: str):
+        self.failures, self.message, self.calls = failures, message, 0
+
+    def log_inputs(self, run_id, datasets):
+        from mlflow.exceptions import MlflowException
+
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise MlflowException(self.message)
+
+
+def test_a_dataset_row_created_by_a_concurrent_run_is_retried_not_fatal():
+    from mlflow.exceptions import MlflowException
+
+    from medrov.tracking.store import log_inputs_once_created
+
+    race = '(psycopg2.errors.UniqueViolation) duplicate key value violates unique constraint "dataset_pk"'
+    client = _RacingClient(1, race)
+    log_inputs_once_created(client, "run", object())
+    assert client.calls == 2  # the second attempt finds the row
+    other = _RacingClient(1, "RESOURCE_DOES_NOT_EXIST: run not found")
+    with pytest.raises(MlflowException, match="run not found"):
+        log_inputs_once_created(other, "run", object())
+    assert other.calls == 1  # any other error is not retried
+    stuck = _RacingClient(5, race)
+    with pytest.raises(MlflowException, match="UniqueViolation"):
+        log_inputs_once_created(stuck, "run", object(), attempts=2)
+    assert stuck.calls == 2

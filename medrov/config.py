@@ -180,6 +180,7 @@ class PseudoParams(Section):
     labels: bool = True  # M=0 -> pseudo ground truth
     negatives: bool = True  # M=1/-1 -> image-feature negatives (needs an encoder with an image tower)
     presence_sampling: bool = True  # M=0 classes of an image's sources are never sampled as negative prompts
+    probe: bool = True  # the teacher also scores an image's M=0 classes its prompts leave out (labels need it then)
     iou_t: float = Field(0.3, ge=0, le=1)  # T: "new" when IoU with every GT box is below this
     conf_c: float = Field(0.9, ge=0, le=1)  # C: minimum confidence
     nms_iou: float = Field(0.3, gt=0, le=1)  # class-agnostic NMS on the teacher's predictions

@@ -5,7 +5,10 @@ presence matrix has real 0 entries (an unannotated kidney *is* in the abdominal 
 
 - ``SynthAbdomenCT``  CT NIfTI, RAS: liver and spleen annotated; kidneys present but not annotated.
 - ``SynthKidneyCT``   CT NIfTI stored LPS (to exercise orientation handling): kidneys and kidney tumour
-  annotated; liver and spleen present but not annotated.
+  annotated; liver and spleen present but not annotated. Scanned in another contrast phase (arterial, as kidney
+  tumour CTs are): a bright aorta, kidneys with an enhancing cortex, a darker liver and a mottled spleen. The phase
+  is what makes its unannotated organs a real missing-label problem: a model can tell the two CT sources apart, so
+  treating the kidney CT's liver as background teaches "no liver in this look" instead of averaging out.
 - ``SynthAbdomenMRI`` MRI NIfTI (arbitrary units, bias field): liver and both kidneys annotated; spleen present.
 - ``SynthChestXray``  16-bit PNG + CSV of boxes: lung nodule, lung mass, cardiomegaly.
 - ``SynthBloodSmear`` RGB PNG + COCO JSON: red/white blood cells, platelets.
@@ -283,8 +286,16 @@ def _ct_source(
     label_ids: dict[str, int],
     lps: bool,
     truth: _Truth,
+    phase: str = "portal",
 ) -> int:
-    hu = {"liver": 150.0, "spleen": 120.0, "right kidney": 240.0, "left kidney": 240.0, "kidney tumor": 35.0}
+    from scipy.ndimage import binary_erosion
+
+    arterial = phase == "arterial"
+    hu = (
+        {"liver": 95.0, "spleen": 150.0, "right kidney": 150.0, "left kidney": 150.0, "kidney tumor": 45.0}
+        if arterial
+        else {"liver": 150.0, "spleen": 120.0, "right kidney": 240.0, "left kidney": 240.0, "kidney tumor": 35.0}
+    )
     shape = tuple(cfg.volume_shape)
     for case in range(cfg.ct_volumes):
         organs = _abdomen(rng, shape, with_tumour=True)
@@ -293,14 +304,21 @@ def _ct_source(
         ct[organs["fat"]] = -100
         ct[organs["gas"]] = -800
         ct[organs["spine"]] = 600
-        ct[organs["aorta"]] = 170
+        ct[organs["aorta"]] = 320 if arterial else 170
         for organ, value in hu.items():
             ct[organs[organ]] = value
         # liver: dark portal vessels give it its own texture; kidneys: dark renal sinus
         vessels = (_smooth_noise(rng, shape, 4) > 0.45) & organs["liver"]
         ct[vessels] = 60
+        if arterial:
+            # arterial spleen: mottled (bright and dark bands); kidneys: a bright enhancing cortex around the medulla
+            bands = (_smooth_noise(rng, shape, 3) > 0.2) & organs["spleen"]
+            ct[bands] = 200
+            for kidney in ("right kidney", "left kidney"):
+                k = organs[kidney]
+                ct[k & ~binary_erosion(k, np.ones((3, 3, 1), bool), iterations=2)] = 280
         ct[_hilum(organs, shape)] = -40
-        ct += rng.normal(0, 12, shape).astype(np.float32)
+        ct += rng.normal(0, 18 if arterial else 12, shape).astype(np.float32)
         item = f"case_{case:03d}.nii.gz"
         _save_nifti(ct.astype(np.int16), root / name / "images" / item, lps)
         _save_nifti(_label_volume(organs, label_ids), root / name / "labels" / item, lps)
@@ -570,7 +588,14 @@ def generate(cfg: DemoParams, out: str | Path | None = None) -> dict[str, int]:
     counts = {
         "SynthAbdomenCT": _ct_source(root, rng, cfg, "SynthAbdomenCT", {"liver": 1, "spleen": 2}, False, truth),
         "SynthKidneyCT": _ct_source(
-            root, rng, cfg, "SynthKidneyCT", {"right kidney": 1, "left kidney": 2, "kidney tumor": 3}, True, truth
+            root,
+            rng,
+            cfg,
+            "SynthKidneyCT",
+            {"right kidney": 1, "left kidney": 2, "kidney tumor": 3},
+            True,
+            truth,
+            phase="arterial",
         ),
         "SynthAbdomenMRI": _mri_source(root, rng, cfg, truth),
         "SynthChestXray": _xray_source(root, rng, cfg, truth),

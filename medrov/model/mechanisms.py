@@ -12,6 +12,7 @@ import csv
 import logging
 import time
 from collections import Counter, defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 
 from medrov.data.presence import presence_rows
-from medrov.model.pseudo import Decisions, ImageInput, Rule, append_targets, decide
+from medrov.model.pseudo import Decisions, ImageInput, Rule, append_targets, decide, place_probed
 from medrov.prompts import SYNONYM_SEPARATOR, prompt_name
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,16 @@ class _PendingTargets:
         return getattr(self.criterion, name)
 
 
+@dataclass
+class Probe:
+    """Probe slots of one batch: ``classes`` (P global ids, M=0 in some image's rows and not among its prompts),
+    their prompt embeddings ``feats`` (P, D) and ``mask`` (B, P): which probes apply to which image."""
+
+    classes: list[int]
+    feats: torch.Tensor
+    mask: torch.Tensor
+
+
 def _xywh2xyxy(b: torch.Tensor) -> torch.Tensor:
     return torch.cat((b[..., :2] - b[..., 2:] / 2, b[..., :2] + b[..., 2:] / 2), -1)
 
@@ -60,9 +71,10 @@ class Mechanisms:
         settings: the ``pseudo`` params section as a dict.
         data: the ultralytics data dict (``path``, ``names``).
         encoder: the run's encoder; negatives need ``encoder.has_image``.
+        held_out: novel class ids: never probed (nothing may teach them).
     """
 
-    def __init__(self, settings: dict[str, Any], data: dict[str, Any], encoder):
+    def __init__(self, settings: dict[str, Any], data: dict[str, Any], encoder, held_out=()):
 
         self.settings = settings
         self.encoder = encoder
@@ -80,6 +92,9 @@ class Mechanisms:
         self.rng = np.random.default_rng(int(settings.get("seed", 0)))
         self.start_epoch = int(settings.get("start_epoch", 0))
         self.teacher = settings.get("teacher", "ema")
+        self.held_out = {int(c) for c in held_out}
+        # the student decides from the training forward's own prompts: there is no teacher pass to add probes to
+        self.probe = bool(settings.get("probe", True)) and self.rule.labels and self.teacher != "student"
         self.gallery_size = int(settings.get("gallery", 0))
         self.reset()
         if settings.get("negatives") and not self.negatives_available:
@@ -97,11 +112,17 @@ class Mechanisms:
             if self.rule.negatives or not self.settings.get("negatives")
             else "encoder has no image tower",
             "teacher": self.teacher,
+            "probe": self.probe,
+            "probe_off_reason": "teacher student has no teacher pass"
+            if self.settings.get("probe", True) and self.rule.labels and not self.probe
+            else None,
             "sources": list(dict.fromkeys(self.sources)),
         }
 
     def reset(self) -> None:
         self.labels = Counter()
+        self.probed = Counter()  # pseudo-labels whose class was only a probe (not among the image's prompts)
+        self.probe_dropped = 0  # probed classes with targets but no free prompt slot
         self.negatives = Counter()
         self.gallery: dict[int, list[np.ndarray]] = defaultdict(list)
         self.seconds = 0.0
@@ -117,8 +138,11 @@ class Mechanisms:
             self._pending = batch
             return None
         start = time.perf_counter()
-        images = self._inputs(batch, self._teacher_predictions(trainer, batch))
+        probe = self._probe(trainer, batch) if self.probe else None
+        images = self._inputs(batch, self._teacher_predictions(trainer, batch, probe), probe)
         decisions = decide(images, self.presence, self.rule, self.rng)
+        if probe is not None:
+            decisions = self._place_probed(trainer, batch, images, decisions)
         if decisions.negatives:
             self._inject_negatives(batch, decisions)
         if decisions.targets or decisions.negatives:
@@ -131,28 +155,77 @@ class Mechanisms:
         self.batches += 1
         return decisions
 
-    def _teacher_predictions(self, trainer, batch) -> torch.Tensor:
-        """(B, 4 + K, anchors) decoded predictions (xywh pixels, sigmoid scores) of the teacher on this batch."""
+    # --- probes: the teacher also scores the M=0 classes an image's prompts leave out ---------------------------
+    def _embedding(self, trainer, cls: int) -> torch.Tensor:
+        """The prompt embedding of class ``cls`` as the batches carry it (the trainer's text embeddings)."""
+        for text in [prompt_name(self.names[cls])] + self.names[cls].split(SYNONYM_SEPARATOR):
+            if text.strip() in trainer.text_embeddings:
+                return trainer.text_embeddings[text.strip()]
+        raise KeyError(f"pseudo: no text embedding for class {self.names[cls]!r}")
+
+    def _rows(self, batch, b: int) -> list[int]:
+        tiles = batch.get("tiles") or []
+        t = np.asarray(tiles[b] if b < len(tiles) else np.zeros((0, 5)), dtype=np.float64).reshape(-1, 5)
+        return sorted({int(r) for r in t[:, 4] if 0 <= int(r) < self.presence.shape[0]})
+
+    def _probe(self, trainer, batch) -> Probe | None:
+        """Probe slots for this batch: per image, the classes with M=0 in a row of its tiles that none of its
+        prompts names (held-out classes never); None when no image has one."""
+        per_image = []
+        for b, texts in enumerate(batch["texts"]):
+            rows = self._rows(batch, b)
+            prompted = {self.text_class.get(x, self.text_class.get(x.strip(), -1)) for x in texts}
+            m0 = set(np.flatnonzero((self.presence[rows] == 0).any(axis=0)).tolist()) if rows else set()
+            per_image.append(m0 - prompted - self.held_out)
+        classes = sorted(set().union(*per_image))
+        if not classes:
+            return None
+        ref = batch["txt_feats"]
+        feats = torch.stack([self._embedding(trainer, c) for c in classes]).to(ref.device, ref.dtype)
+        mask = torch.tensor([[c in mine for c in classes] for mine in per_image], device=ref.device)
+        return Probe(classes, feats, mask)
+
+    def _place_probed(self, trainer, batch, images: list[ImageInput], decisions: Decisions) -> Decisions:
+        """Probed classes with targets take a negative prompt slot of their image (:func:`place_probed`)."""
+        before = {(t.image, t.cls) for t in decisions.targets if t.slot >= images[t.image].prompt_slots}
+        decisions, placed = place_probed(decisions, images, self.rng)
+        self.probe_dropped += len(before) - len(placed)
+        for b, slot, cls in placed:
+            batch["txt_feats"][b, slot] = self._embedding(trainer, cls).to(batch["txt_feats"].dtype)
+            batch["texts"][b][slot] = prompt_name(self.names[cls])
+            for t in decisions.targets:
+                if t.image == b and t.slot == slot:
+                    self.probed[(self.sources[t.source], self.names[t.cls])] += 1
+        return decisions
+
+    def _teacher_predictions(self, trainer, batch, probe: Probe | None = None) -> torch.Tensor:
+        """(B, 4 + K (+ P probes), anchors) decoded predictions (xywh pixels, sigmoid scores) of the teacher."""
         from ultralytics.utils.torch_utils import unwrap_model
 
         model = trainer.ema.ema if (self.teacher == "ema" and trainer.ema) else unwrap_model(trainer.model)
         head = model.model[-1]
-        k = batch["txt_feats"].shape[1]
+        txt = batch["txt_feats"]
+        if probe is not None:
+            txt = torch.cat((txt, probe.feats.unsqueeze(0).expand(txt.shape[0], -1, -1)), 1)
         nc, training = head.nc, model.training
-        head.nc = k  # the head's class count follows the prompts of this batch
+        head.nc = txt.shape[1]  # the head's class count follows the prompts of this batch
         model.eval()
         try:
             with torch.no_grad():
-                out = model.predict(batch["img"], txt_feats=batch["txt_feats"])
+                out = model.predict(batch["img"], txt_feats=txt)
         finally:
             head.nc = nc
             model.train(training)
         return (out[0] if isinstance(out, (tuple, list)) else out).float()
 
-    def _inputs(self, batch, y: torch.Tensor) -> list[ImageInput]:
+    def _inputs(self, batch, y: torch.Tensor, probe: Probe | None = None) -> list[ImageInput]:
         h, w = batch["img"].shape[2:]
         k = batch["txt_feats"].shape[1]
-        scores = y[:, 4 : 4 + k]
+        p = 0 if probe is None else len(probe.classes)
+        scores = y[:, 4 : 4 + k + p]
+        if p:  # a probe that does not apply to an image scores nothing there
+            scores = scores.clone()
+            scores[:, k:] *= probe.mask.to(scores.dtype).unsqueeze(-1)
         conf, slot = scores.max(1)
         boxes = _xywh2xyxy(y[:, :4].transpose(1, 2))
         boxes = torch.stack(
@@ -180,10 +253,15 @@ class Mechanisms:
                     slots=slot[b][keep].cpu().numpy(),
                     gt_boxes=gt_all[mine].cpu().numpy(),
                     gt_slots=batch["cls"][mine].reshape(-1).long().cpu().numpy(),
-                    slot_classes=np.array([self.text_class.get(x, self.text_class.get(x.strip(), -1)) for x in texts]),
+                    slot_classes=np.array(
+                        [self.text_class.get(x, self.text_class.get(x.strip(), -1)) for x in texts]
+                        + ([] if probe is None else probe.classes),
+                        dtype=int,
+                    ),
                     tiles=t[:, :4],
                     tile_sources=t[:, 4].astype(int),
                     size=(int(h), int(w)),
+                    prompt_slots=None if probe is None else k,
                 )
             )
         return out
@@ -269,6 +347,8 @@ class Mechanisms:
         metrics = {
             "pseudo/labels": float(sum(self.labels.values())),
             "pseudo/negatives": float(sum(self.negatives.values())),
+            "pseudo/probed": float(sum(self.probed.values())),
+            "pseudo/probe_no_slot": float(self.probe_dropped),
             "pseudo/ms_per_batch": 1000 * self.seconds / max(self.batches, 1),
         }
         for (source, name), n in self.labels.items():
@@ -289,9 +369,10 @@ class Mechanisms:
         if self.gallery:
             self.write_gallery(save_dir / f"pseudo_gallery_epoch{epoch}.png", epoch)
         log.info(
-            "pseudo: epoch %d: %d pseudo-labels, %d negatives, %.1f ms/batch",
+            "pseudo: epoch %d: %d pseudo-labels (%d of classes only probed), %d negatives, %.1f ms/batch",
             epoch,
             metrics["pseudo/labels"],
+            metrics["pseudo/probed"],
             metrics["pseudo/negatives"],
             metrics["pseudo/ms_per_batch"],
         )

@@ -11,6 +11,12 @@ its image is below ``T``, the source ``d`` of the image region it lies in and it
   slot of the image and the box is appended as a target of that slot (``negative_class="slot"``) or of the
   predicted slot (``"predicted"``, what the reference code does).
 
+**Probes.** The teacher may also score *probe* slots: classes with M=0 in the image's presence rows that its prompts
+leave out (presence-aware sampling never prompts them, so without probes it could never pseudo-label them). A probe
+slot sits after the image's ``prompt_slots`` training prompts; its predictions can only become pseudo targets (a
+probed class is M=0 somewhere in the image; elsewhere its boxes are ignored, never negatives), and
+:func:`place_probed` then gives each probed class with a target one of the image's negative prompt slots.
+
 Inputs are per image and in the pixel frame of the training image; prompt slots index the per-image prompt list
 (``batch["texts"]``), global class ids index the vocabulary and the presence matrix. Nothing here touches a model.
 """
@@ -73,6 +79,8 @@ class ImageInput:
             when there was no mosaic).
         tile_sources: (t,) source index of each tile (row of the presence matrix).
         size: (height, width) of the training image.
+        prompt_slots: how many of the slots are the image's training prompts; the slots from there on are probes
+            (see the module docstring). None: every slot is a training prompt.
     """
 
     boxes: np.ndarray
@@ -84,6 +92,7 @@ class ImageInput:
     tiles: np.ndarray
     tile_sources: np.ndarray
     size: tuple[int, int]
+    prompt_slots: int | None = None
 
 
 @dataclass(frozen=True)
@@ -172,6 +181,7 @@ def decide_image(index: int, im: ImageInput, presence: np.ndarray, rule: Rule, r
     slots = np.asarray(im.slots, dtype=int).reshape(-1)
     slot_classes = np.asarray(im.slot_classes, dtype=int).reshape(-1)
     gt = _as2d(im.gt_boxes, 4)
+    k = slot_classes.size if im.prompt_slots is None else int(im.prompt_slots)
     order = candidates(boxes, scores, slots, rule)
     if order.size and gt.shape[0]:
         ious = box_iou(torch.as_tensor(boxes[order]), torch.as_tensor(gt)).numpy().max(axis=1)
@@ -187,6 +197,8 @@ def decide_image(index: int, im: ImageInput, presence: np.ndarray, rule: Rule, r
             continue
         m = int(presence[source, cls])
         box = tuple(float(v) for v in boxes[i])
+        if slot >= k and m != 0:
+            continue  # a probe names a class unannotated elsewhere in the image: here it is neither label nor negative
         if m == 0:
             if rule.labels:
                 out.targets.append(PseudoTarget(index, slot, cls, source, box, float(scores[i])))
@@ -196,19 +208,15 @@ def decide_image(index: int, im: ImageInput, presence: np.ndarray, rule: Rule, r
         return out
     positive = set(np.asarray(im.gt_slots, dtype=int).reshape(-1).tolist())
     # padding prompts repeat class names: a slot naming a positive class is positive too
-    positive_classes = {int(slot_classes[k]) for k in positive if 0 <= k < slot_classes.size} - {-1}
-    taken = (
-        positive
-        | {t.slot for t in out.targets}
-        | {k for k in range(slot_classes.size) if slot_classes[k] in positive_classes}
-    )
+    positive_classes = {int(slot_classes[j]) for j in positive if 0 <= j < slot_classes.size} - {-1}
+    taken = positive | {t.slot for t in out.targets} | {j for j in range(k) if slot_classes[j] in positive_classes}
     for i, slot, cls, source, box in negative_pool:
         if len(out.negatives) >= rule.crops_per_image:
             break
         w, h = box[2] - box[0], box[3] - box[1]
         if not (rule.crop_min <= w <= rule.crop_max and rule.crop_min <= h <= rule.crop_max):
             continue
-        free = [k for k in range(slot_classes.size) if k not in taken]
+        free = [j for j in range(k) if j not in taken]
         if not free:
             break
         target_slot = int(rng.choice(free))
@@ -241,6 +249,60 @@ def decide(
         out.targets += d.targets
         out.negatives += d.negatives
     return out
+
+
+def place_probed(
+    decisions: Decisions, images: Sequence[ImageInput], rng: np.random.Generator | None = None
+) -> tuple[Decisions, list[tuple[int, int, int]]]:
+    """Give every probed class with a pseudo target a training prompt slot of its image.
+
+    A probe slot is not a prompt the training forward sees, so each class whose targets came from one takes a slot
+    of the image that holds no positive, no positive class's padding, no pseudo target and no negative crop; its
+    targets move there. When no slot is free, that class's targets of the image are dropped.
+
+    Args:
+        decisions: the rule's output on ``images`` (:func:`decide`).
+        images: the same images; their ``prompt_slots`` tell probes from training prompts.
+        rng: draws the slot each probed class takes.
+
+    Returns:
+        The decisions with every target in a training slot, and ``(image, slot, class)`` of each slot to overwrite
+        with that class's prompt.
+    """
+    rng = rng or np.random.default_rng(0)
+    placed: list[tuple[int, int, int]] = []
+    moved: dict[tuple[int, int], int | None] = {}  # (image, probe slot) -> training slot (None: dropped)
+    for index, im in enumerate(images):
+        if im.prompt_slots is None:
+            continue
+        k = int(im.prompt_slots)
+        probed = sorted({t.slot for t in decisions.targets if t.image == index and t.slot >= k})
+        if not probed:
+            continue
+        slot_classes = np.asarray(im.slot_classes, dtype=int).reshape(-1)
+        positive = {int(j) for j in np.asarray(im.gt_slots, dtype=int).reshape(-1)}
+        positive_classes = {int(slot_classes[j]) for j in positive if 0 <= j < slot_classes.size} - {-1}
+        taken = (
+            positive
+            | {j for j in range(k) if slot_classes[j] in positive_classes}
+            | {t.slot for t in decisions.targets if t.image == index and t.slot < k}
+            | {s for n in decisions.negatives if n.image == index for s in (n.slot, n.label_slot)}
+        )
+        for probe in probed:
+            free = [j for j in range(k) if j not in taken]
+            slot = int(rng.choice(free)) if free else None
+            moved[(index, probe)] = slot
+            if slot is not None:
+                taken.add(slot)
+                placed.append((index, slot, int(slot_classes[probe])))
+    if not moved:
+        return decisions, placed
+    targets = []
+    for t in decisions.targets:
+        slot = moved.get((t.image, t.slot), t.slot)
+        if slot is not None:
+            targets.append(dataclasses.replace(t, slot=slot))
+    return Decisions(targets=targets, negatives=list(decisions.negatives)), placed
 
 
 def append_targets(

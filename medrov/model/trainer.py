@@ -266,7 +266,7 @@ class MedrovWorldTrainer(WorldTrainer):
         if self._mechanisms is None and self.pseudo:
             from medrov.model.mechanisms import Mechanisms
 
-            self._mechanisms = Mechanisms(self.pseudo, self.data, self.prompter.encoder)
+            self._mechanisms = Mechanisms(self.pseudo, self.data, self.prompter.encoder, self.held_out)
             if RANK in {-1, 0}:
                 log.info("pseudo: %s", self._mechanisms.describe())
         return self._mechanisms

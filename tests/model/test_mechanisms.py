@@ -131,10 +131,10 @@ def test_pseudo_labels_reach_the_loss_with_counters_and_gallery(train_overrides,
         ],
     )
 
-    def oracle(self, trainer, batch):
+    def oracle(self, trainer, batch, probe=None):
         b, k = batch["txt_feats"].shape[:2]
         h, w = batch["img"].shape[2:]
-        y = torch.zeros(b, 4 + k, 2)
+        y = torch.zeros(b, 4 + k + (0 if probe is None else len(probe.classes)), 2)
         y[:, 0], y[:, 1], y[:, 2], y[:, 3] = w / 2, h / 2, w * 0.9, h * 0.9
         for i, texts in enumerate(batch["texts"]):
             src = int(batch["tiles"][i][0, 4])
@@ -166,6 +166,56 @@ def test_pseudo_labels_reach_the_loss_with_counters_and_gallery(train_overrides,
     assert sum(int(r["count"]) for r in labels) == sum(t for _, t, _ in appended)
     assert (run / "pseudo_gallery_epoch1.png").stat().st_size > 1000
     assert not info["pseudo"]["negatives"]  # MiniLM has no image tower
+
+
+@pytest.mark.parametrize("probe", [True, False])
+def test_presence_sampling_and_pseudo_labels_work_together_through_probes(train_overrides, monkeypatch, probe):
+    """With presence-aware sampling an image is never prompted with a class its source leaves unannotated (M=0),
+    so only a probe lets the teacher score it: an oracle teacher's confident probe box becomes a target in a
+    negative prompt slot that now carries the probed class's prompt and embedding. Without probes: no labels."""
+    import torch
+
+    from medrov.model import mechanisms
+    from medrov.model.train import train
+    from medrov.prompts import prompt_name
+
+    params = load_params(
+        ROOT / "params.yaml",
+        [*train_overrides, "train.profiles.demo.extra={mosaic: 0.0}", f"pseudo.probe={str(probe).lower()}"],
+    )
+    assert params.pseudo.presence_sampling
+
+    def oracle(self, trainer, batch, probe=None):
+        b, k = batch["txt_feats"].shape[:2]
+        h, w = batch["img"].shape[2:]
+        p = 0 if probe is None else len(probe.classes)
+        y = torch.zeros(b, 4 + k + p, 2)
+        y[:, 0], y[:, 1], y[:, 2], y[:, 3] = w / 2, h / 2, w * 0.9, h * 0.9
+        y[:, 4 + k :, 0] = 0.99  # every probe confident; those not applying to an image are masked by _inputs
+        return y
+
+    monkeypatch.setattr(mechanisms.Mechanisms, "_teacher_predictions", oracle)
+    seen = []
+    call = mechanisms.Mechanisms.__call__
+
+    def check(self, trainer, batch):
+        d = call(self, trainer, batch)
+        for t in d.targets:
+            src = self._rows(batch, t.image)[0]
+            assert self.presence[src, t.cls] == 0 and t.cls not in self.held_out
+            assert t.slot < batch["txt_feats"].shape[1]  # a training slot, not a probe
+            assert batch["texts"][t.image][t.slot] == prompt_name(self.names[t.cls])
+            assert torch.equal(batch["txt_feats"][t.image, t.slot], self._embedding(trainer, t.cls))
+        seen.append(len(d.targets))
+        return d
+
+    monkeypatch.setattr(mechanisms.Mechanisms, "__call__", check)
+    info = train(params)
+    rows = _rows(Path(info["save_dir"]) / "pseudo_counts.csv")
+    labels = sum(int(r["count"]) for r in rows if r["kind"] == "label")
+    assert labels == sum(seen)
+    assert (labels > 0) == probe
+    assert info["pseudo"]["probe"] == probe
 
 
 def test_student_teacher_decides_inside_the_training_forward(train_overrides, tmp_path, monkeypatch):

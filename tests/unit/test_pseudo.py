@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
-from medrov.model.pseudo import ImageInput, Rule, append_targets, decide, enlarge_box, source_of
+from medrov.model.pseudo import ImageInput, Rule, append_targets, decide, enlarge_box, place_probed, source_of
 
 # two sources x four classes; slots of the image name classes 0..3, slot 4 is padding
 PRESENCE = np.array(
@@ -156,3 +158,53 @@ def test_rule_defaults_are_the_params_defaults_and_read_from_a_section_or_its_di
     assert Rule.from_params(section) == Rule.from_params(section.model_dump()) != Rule()
     assert Rule.from_params(section).iou_t == 0.25
     assert Rule.from_params(section, negatives_available=False).negatives is False
+
+
+# --- probes: classes the image's prompts leave out, scored by the teacher after its K training prompts ----------
+def probed_image(boxes, scores, slots, gt_boxes=(), gt_slots=(), tile_sources=(0,), tiles=((0, 0, 640, 640),)):
+    """Training prompts name classes 0, 3, 2 (slots 0-2); slot 3 probes class 1 (M=0 for source 0)."""
+    im = image(boxes, scores, slots, gt_boxes, gt_slots, tiles=tiles, tile_sources=tile_sources)
+    return dataclasses.replace(im, slot_classes=np.array([0, 3, 2, 1]), prompt_slots=3)
+
+
+def test_a_probed_class_becomes_a_target_in_a_free_training_slot():
+    im = probed_image([[10, 10, 110, 110]], [0.95], [3], gt_boxes=[[300, 300, 400, 400]], gt_slots=[0])
+    d = decide([im], PRESENCE, Rule())
+    assert [(t.slot, t.cls) for t in d.targets] == [(3, 1)]  # decided in the probe slot
+    placed_d, placed = place_probed(d, [im], np.random.default_rng(0))
+    ((image_index, slot, cls),) = placed
+    assert image_index == 0 and cls == 1 and slot in (1, 2)  # never the positive slot 0, never a probe slot
+    assert [(t.slot, t.cls, t.box) for t in placed_d.targets] == [(slot, 1, (10.0, 10.0, 110.0, 110.0))]
+
+
+def test_a_probe_never_makes_a_negative_and_negatives_never_take_a_probe_slot():
+    # box 1: probe of class 1 inside a tile of source 1 (M=1 there): ignored, not a negative;
+    # box 2: class 2 in source 0 (M=-1): a negative, which must land in a training slot (< 3)
+    im = probed_image(
+        [[10, 10, 110, 110], [400, 400, 500, 500]],
+        [0.95, 0.95],
+        [3, 2],
+        tiles=((0, 0, 320, 640), (320, 0, 640, 640)),
+        tile_sources=(1, 0),
+    )
+    d = decide([im], PRESENCE, Rule())
+    assert d.targets == []
+    (neg,) = d.negatives
+    assert neg.cls == 2 and neg.slot < 3 and neg.label_slot < 3
+
+
+def test_probed_classes_share_a_slot_per_class_and_are_dropped_when_no_slot_is_free():
+    boxes = [[10, 10, 110, 110], [200, 200, 300, 300]]
+    im = probed_image(boxes, [0.95, 0.94], [3, 3], gt_boxes=[[500, 500, 600, 600]], gt_slots=[0])
+    d, placed = place_probed(decide([im], PRESENCE, Rule()), [im])
+    assert len(placed) == 1 and len(d.targets) == 2 and len({t.slot for t in d.targets}) == 1
+    # every training slot positive: nowhere to put the probed class, so its targets go
+    full = probed_image(boxes, [0.95, 0.94], [3, 3], gt_boxes=[[500, 500, 600, 600]] * 3, gt_slots=[0, 1, 2])
+    d, placed = place_probed(decide([full], PRESENCE, Rule()), [full])
+    assert placed == [] and d.targets == []
+
+
+def test_without_probes_placement_changes_nothing():
+    im = image([[10, 10, 110, 110]], [0.95], [1])
+    d = decide([im], PRESENCE, Rule())
+    assert place_probed(d, [im]) == (d, [])

@@ -10,13 +10,15 @@ gets the same encoder spec, cache directory and held-out classes.
 from __future__ import annotations
 
 import logging
+from copy import copy
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+import torch
 from ultralytics.data.augment import RandomLoadText
 from ultralytics.data.dataset import YOLODataset, YOLOMultiModalDataset
-from ultralytics.models.yolo.detect import DetectionTrainer
+from ultralytics.models.yolo.detect import DetectionTrainer, DetectionValidator
 from ultralytics.models.yolo.world import WorldTrainer
 from ultralytics.models.yolo.world.train import on_pretrain_routine_end as stock_pretrain_end
 from ultralytics.utils import RANK
@@ -170,6 +172,45 @@ class OmnisTrainDataset(_HoldOut, YOLOMultiModalDataset):
         return transforms
 
 
+def annotated_only(pred: dict[str, torch.Tensor], annotated: np.ndarray | None) -> dict[str, torch.Tensor]:
+    """The predictions of one image whose class its presence row annotates (``annotated``: (classes,) bool, M=1).
+
+    A class with M=0 may be in the image unlabelled, so its prediction is neither a true nor a false positive; one
+    with M=-1 cannot be there, and no source-annotated box of it exists to match. ``None`` (an image without a
+    presence row) keeps everything.
+    """
+    if annotated is None or not len(pred["cls"]):
+        return pred
+    keep = torch.as_tensor(annotated, dtype=torch.bool, device=pred["cls"].device)[pred["cls"].long()]
+    return {k: v[keep] for k, v in pred.items()}
+
+
+class PresenceValidator(DetectionValidator):
+    """ultralytics' validation during training (best-epoch selection, ``medrov tune``'s objective) under the same
+    protocol as ``medrov evaluate``: an image's predictions of classes its presence row does not annotate are not
+    scored. Without it a model that finds the kidney CT's unlabelled liver (what pseudo-labels teach) is charged a
+    false positive for each one, and the sweep and the best checkpoint favour forgetting it."""
+
+    _rows = None
+
+    def annotated(self, im_file: str) -> np.ndarray | None:
+        """(classes,) bool: M=1 in the presence row of ``im_file``; None when it has none."""
+        if self._rows is None:
+            self._rows = presence_rows(self.data["path"], list(self.data["names"].values()))
+        row = self._rows.image_row.get(str(Path(im_file).resolve()), -1)
+        return None if row < 0 else self._rows.matrix[row] == 1
+
+    def update_metrics(self, preds, batch) -> None:
+        preds = [annotated_only(p, self.annotated(f)) for p, f in zip(preds, batch["im_file"])]
+        super().update_metrics(preds, batch)
+
+
+def _presence_validator(trainer) -> PresenceValidator:
+    return PresenceValidator(
+        trainer.test_loader, save_dir=trainer.save_dir, args=copy(trainer.args), _callbacks=trainer.callbacks
+    )
+
+
 def _whole_image(label) -> np.ndarray:
     """The box covering the whole image in the label's own format (ultralytics stores normalised xywh)."""
     if label.get("normalized", True):
@@ -296,6 +337,9 @@ class MedrovWorldTrainer(WorldTrainer):
             hooks.append(_medrov_pretrain_end)
         return model
 
+    def get_validator(self):
+        return _presence_validator(self)
+
     def build_dataset(self, img_path, mode="train", batch=None):
         dataset = _dataset(self, img_path, mode, batch, multi_modal=True)
         if mode == "train":
@@ -311,6 +355,9 @@ class MedrovDetectionTrainer(DetectionTrainer):
     """Closed-set YOLOv8 baseline on the same data: same held-out classes, no text."""
 
     held_out: tuple[int, ...] = ()
+
+    def get_validator(self):
+        return _presence_validator(self)
 
     def build_dataset(self, img_path, mode="train", batch=None):
         return _dataset(self, img_path, mode, batch, multi_modal=False)

@@ -57,8 +57,12 @@ ARMS = {
 }
 
 
-def pair_scores(gt: dict, dt: list[dict], image_source: dict[str, str], presence, novel: set[int]) -> dict:
-    """mAP50 over (source, class) pairs grouped by their demo presence value, from COCO-format files.
+def pair_scores(
+    gt: dict, dt: list[dict], image_source: dict[str, str], presence, novel: set[int], shown: float = 0.25
+) -> dict:
+    """mAP50 over (source, class) pairs grouped by their demo presence value, from COCO-format files, and the
+    recall at the score from which a user is shown boxes (``shown``, ``evaluate.overlay_conf``): AP only ranks, so a
+    class trained as background can keep its AP while scoring too low to be shown at all.
 
     Args:
         gt: COCO ground truth (``images`` with ``file_name``, ``annotations``) of the fully annotated split.
@@ -68,7 +72,8 @@ def pair_scores(gt: dict, dt: list[dict], image_source: dict[str, str], presence
         novel: class ids held out of training (left out of both groups).
 
     Returns:
-        ``{"m0": mAP50 | None, "m1": mAP50 | None, "pairs": {"source/class": {"m": M, "ap50": AP, "boxes": n}}}``.
+        ``{"m0": mAP50 | None, "m1": mAP50 | None, "m0_recall": R | None, "m1_recall": R | None,
+        "pairs": {"source/class": {"m": M, "ap50": AP, "recall": R at ``shown``, "boxes": n}}}``.
     """
     from medrov.model.evaluate import ap_per_class, match
 
@@ -105,15 +110,22 @@ def pair_scores(gt: dict, dt: list[dict], image_source: dict[str, str], presence
         for c, a in zip(classes, ap[:, 0]):
             if int(c) in novel or source not in presence.index:
                 continue
+            boxes = int((target == c).sum())
+            # match() gives each truth box to at most one prediction, the most confident that overlaps it
+            found = int((tp[:, 0].astype(bool) & (pred == c) & (conf >= shown)).sum())
             pairs[f"{source}/{names[int(c)]}"] = {
                 "m": int(presence.loc[source].iloc[int(c)]),
                 "ap50": float(a),
-                "boxes": int((target == c).sum()),
+                "recall": found / boxes if boxes else None,
+                "boxes": boxes,
             }
-    group = lambda m: [p["ap50"] for p in pairs.values() if p["m"] == m]  # noqa: E731
+    group = lambda m, key="ap50": [p[key] for p in pairs.values() if p["m"] == m and p[key] is not None]  # noqa: E731
+    mean = lambda values: float(np.mean(values)) if values else None  # noqa: E731
     return {
-        "m0": float(np.mean(group(0))) if group(0) else None,
-        "m1": float(np.mean(group(1))) if group(1) else None,
+        "m0": mean(group(0)),
+        "m1": mean(group(1)),
+        "m0_recall": mean(group(0, "recall")),
+        "m1_recall": mean(group(1, "recall")),
         "pairs": pairs,
     }
 
@@ -278,6 +290,7 @@ def main() -> None:
         *args.overrides,
     ]
     mechanisms_off = ["pseudo.labels=false", "pseudo.negatives=false", "pseudo.presence_sampling=false"]
+    shown = load_params(overrides=base).evaluate.overlay_conf  # the score from which a user is shown a box
     if args.score:
         eval_params = load_params(overrides=[*base, f"train.data={truth_omnis / 'omnis.yaml'}"])
         scored = {}
@@ -291,6 +304,7 @@ def main() -> None:
                 image_source,
                 presence,
                 novel,
+                shown,
             )
         print("\nmAP50 on the fully annotated demo test split (truth), base classes, by demo presence M")
         pairs = sorted({p for r in scored.values() for p in r["pairs"]})
@@ -366,6 +380,7 @@ def main() -> None:
             image_source,
             presence,
             novel,
+            shown,
         )
         quality = {}
         if keep_epochs:
@@ -400,7 +415,11 @@ def main() -> None:
     print(
         "\nmAP50 on the fully annotated demo test split (truth), base classes; pairs (source, class) by demo presence M"
     )
-    print(f"{'arm':>14} {'M=0':>7} {'d off':>7} {'M=1':>7} {'d off':>7} {'worst M=1 pair':>28} {'s':>6} {'x off':>6}")
+    print(f"recall: truth boxes found with score >= {shown} (evaluate.overlay_conf: what a user is shown)")
+    print(
+        f"{'arm':>14} {'M=0':>7} {'d off':>7} {'M=1':>7} {'d off':>7} {'R0':>6} {'R1':>6}"
+        f" {'worst M=1 pair':>28} {'s':>6} {'x off':>6}"
+    )
     for key, r in results.items():
         worst = ""
         if ref and key != "off":
@@ -414,7 +433,8 @@ def main() -> None:
         d1 = f"{(r['m1'] or 0) - (ref['m1'] or 0):+.3f}" if ref and key != "off" else ""
         ratio = r["seconds"] / ref["seconds"] if ref else float("nan")
         print(
-            f"{key:>14} {r['m0'] or 0:7.3f} {d0:>7} {r['m1'] or 0:7.3f} {d1:>7} {worst:>28} {r['seconds']:6.0f} {ratio:6.2f}"  # noqa: E501
+            f"{key:>14} {r['m0'] or 0:7.3f} {d0:>7} {r['m1'] or 0:7.3f} {d1:>7} {r.get('m0_recall') or 0:6.3f}"
+            f" {r.get('m1_recall') or 0:6.3f} {worst:>28} {r['seconds']:6.0f} {ratio:6.2f}"
         )
     if ref and "oracle" in results:
         gap = (results["oracle"]["m0"] or 0) - (ref["m0"] or 0)
@@ -439,8 +459,16 @@ def main() -> None:
                 )
             )
     print(
-        "per pair (ap50): "
-        + json.dumps({k: {p: round(v["ap50"], 3) for p, v in r["pairs"].items()} for k, r in results.items()})
+        "per pair [ap50, recall]: "
+        + json.dumps(
+            {
+                k: {
+                    p: [round(v["ap50"], 3), None if v["recall"] is None else round(v["recall"], 3)]
+                    for p, v in r["pairs"].items()
+                }
+                for k, r in results.items()
+            }
+        )
     )
 
 

@@ -35,10 +35,17 @@ def test_pairs_are_grouped_by_presence_and_novel_classes_left_out(bench):
         {"image_id": 2, "category_id": 2, "score": 0.7, "bbox": [0, 0, 8, 8]},
     ]  # smear tumour found
     out = bench.pair_scores(gt, dt, {"ct.png": "CT", "smear.png": "Smear"}, presence, novel=set())
-    assert out["pairs"]["CT/liver"] == {"m": 1, "ap50": pytest.approx(1.0), "boxes": 1}
+    assert out["pairs"]["CT/liver"] == {"m": 1, "ap50": pytest.approx(1.0), "recall": 1.0, "boxes": 1}
     assert out["pairs"]["CT/kidney"]["m"] == 0 and out["pairs"]["CT/kidney"]["ap50"] == 0.0
     assert out["pairs"]["CT/tumour"]["m"] == 0 and out["pairs"]["CT/tumour"]["ap50"] == 0.0
     assert out["m0"] == pytest.approx(0.0) and out["m1"] == pytest.approx(1.0)  # CT/liver and Smear/tumour
+    assert out["m0_recall"] == 0.0 and out["m1_recall"] == 1.0
+    # shown only from 0.75: the smear tumour (0.7) keeps its AP (ranking) but is no longer shown to a user
+    strict = bench.pair_scores(gt, dt, {"ct.png": "CT", "smear.png": "Smear"}, presence, novel=set(), shown=0.75)
+    assert (
+        strict["pairs"]["Smear/tumour"]["ap50"] == pytest.approx(1.0) and strict["pairs"]["Smear/tumour"]["recall"] == 0
+    )
+    assert strict["m1_recall"] == 0.5
     held_out = bench.pair_scores(gt, dt, {"ct.png": "CT", "smear.png": "Smear"}, presence, novel={2})
     assert set(held_out["pairs"]) == {"CT/liver", "CT/kidney"} and held_out["m0"] == 0.0 and held_out["m1"] == 1.0
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from medrov.data.presence import presence_rows
-from medrov.model.pseudo import Decisions, ImageInput, Rule, append_targets, decide, place_probed
+from medrov.model.pseudo import Decisions, ImageInput, Rule, append_targets, decide, place_probed, probe_mask
 from medrov.prompts import SYNONYM_SEPARATOR, prompt_name
 
 log = logging.getLogger(__name__)
@@ -95,6 +95,7 @@ class Mechanisms:
         self.held_out = {int(c) for c in held_out}
         # the student decides from the training forward's own prompts: there is no teacher pass to add probes to
         self.probe = bool(settings.get("probe", True)) and self.rule.labels and self.teacher != "student"
+        self.probe_mask = self._probe_mask(data["path"]) if self.probe else None
         self.gallery_size = int(settings.get("gallery", 0))
         self.reset()
         if settings.get("negatives") and not self.negatives_available:
@@ -156,6 +157,17 @@ class Mechanisms:
         return decisions
 
     # --- probes: the teacher also scores the M=0 classes an image's prompts leave out ---------------------------
+    def _probe_mask(self, path) -> np.ndarray:
+        """(rows, classes): what each presence row may probe (:func:`medrov.model.pseudo.probe_mask`)."""
+        import pandas as pd
+
+        manifest = pd.read_parquet(Path(path) / "manifest.parquet", columns=["source", "modality"])
+        modality = dict(manifest.drop_duplicates("source").itertuples(index=False, name=None))
+        mask = probe_mask(self.presence, [modality.get(s, "") for s in self.sources])
+        if self.held_out:
+            mask[:, sorted(self.held_out)] = False
+        return mask
+
     def _embedding(self, trainer, cls: int) -> torch.Tensor:
         """The prompt embedding of class ``cls`` as the batches carry it (the trainer's text embeddings)."""
         for text in [prompt_name(self.names[cls])] + self.names[cls].split(SYNONYM_SEPARATOR):
@@ -169,14 +181,14 @@ class Mechanisms:
         return sorted({int(r) for r in t[:, 4] if 0 <= int(r) < self.presence.shape[0]})
 
     def _probe(self, trainer, batch) -> Probe | None:
-        """Probe slots for this batch: per image, the classes with M=0 in a row of its tiles that none of its
-        prompts names (held-out classes never); None when no image has one."""
+        """Probe slots for this batch: per image, the classes a row of its tiles may probe (M=0 there, annotated in
+        its modality, never held out) that none of its prompts names; None when no image has one."""
         per_image = []
         for b, texts in enumerate(batch["texts"]):
             rows = self._rows(batch, b)
             prompted = {self.text_class.get(x, self.text_class.get(x.strip(), -1)) for x in texts}
-            m0 = set(np.flatnonzero((self.presence[rows] == 0).any(axis=0)).tolist()) if rows else set()
-            per_image.append(m0 - prompted - self.held_out)
+            m0 = set(np.flatnonzero(self.probe_mask[rows].any(axis=0)).tolist()) if rows else set()
+            per_image.append(m0 - prompted)
         classes = sorted(set().union(*per_image))
         if not classes:
             return None

@@ -12,7 +12,8 @@ its image is below ``T``, the source ``d`` of the image region it lies in and it
   predicted slot (``"predicted"``, what the reference code does).
 
 **Probes.** The teacher may also score *probe* slots: classes with M=0 in the image's presence rows that its prompts
-leave out (presence-aware sampling never prompts them, so without probes it could never pseudo-label them). A probe
+leave out (presence-aware sampling never prompts them, so without probes it could never pseudo-label them), among
+those a source of the same modality annotates (:func:`probe_mask`: the teacher has seen them on such images). A probe
 slot sits after the image's ``prompt_slots`` training prompts; its predictions can only become pseudo targets (a
 probed class is M=0 somewhere in the image; elsewhere its boxes are ignored, never negatives), and
 :func:`place_probed` then gives each probed class with a target one of the image's negative prompt slots.
@@ -249,6 +250,20 @@ def decide(
         out.targets += d.targets
         out.negatives += d.negatives
     return out
+
+
+def probe_mask(presence: np.ndarray, row_modalities: Sequence[str]) -> np.ndarray:
+    """(rows, classes) bool: the classes a presence row may probe: M=0 there, and annotated (M=1) by some row of the
+    same modality, so that the teacher was taught the class on images like these. A class the teacher only saw in
+    another modality (an X-ray lung mass, probed on an abdominal CT) would be a guess, not a label.
+    """
+    presence = np.asarray(presence, dtype=int)
+    modalities = np.asarray(list(row_modalities), dtype=object)
+    taught = {m: (presence[modalities == m] == 1).any(axis=0) for m in set(modalities.tolist())}
+    mask = np.zeros(presence.shape, dtype=bool)
+    for r, m in enumerate(modalities):
+        mask[r] = (presence[r] == 0) & taught[m]
+    return mask
 
 
 def place_probed(

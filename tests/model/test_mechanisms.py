@@ -172,7 +172,8 @@ def test_pseudo_labels_reach_the_loss_with_counters_and_gallery(train_overrides,
 def test_presence_sampling_and_pseudo_labels_work_together_through_probes(train_overrides, monkeypatch, probe):
     """With presence-aware sampling an image is never prompted with a class its source leaves unannotated (M=0),
     so only a probe lets the teacher score it: an oracle teacher's confident probe box becomes a target in a
-    negative prompt slot that now carries the probed class's prompt and embedding. Without probes: no labels."""
+    negative prompt slot that now carries the probed class's prompt and embedding; only classes another source of
+    the image's modality annotates are probed. Without probes: no labels."""
     import torch
 
     from medrov.model import mechanisms
@@ -203,6 +204,7 @@ def test_presence_sampling_and_pseudo_labels_work_together_through_probes(train_
         for t in d.targets:
             src = self._rows(batch, t.image)[0]
             assert self.presence[src, t.cls] == 0 and t.cls not in self.held_out
+            assert self.probe_mask[src, t.cls]  # a class a source of this image's modality annotates
             assert t.slot < batch["txt_feats"].shape[1]  # a training slot, not a probe
             assert batch["texts"][t.image][t.slot] == prompt_name(self.names[t.cls])
             assert torch.equal(batch["txt_feats"][t.image, t.slot], self._embedding(trainer, t.cls))

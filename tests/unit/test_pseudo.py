@@ -8,7 +8,16 @@ import numpy as np
 import pytest
 import torch
 
-from medrov.model.pseudo import ImageInput, Rule, append_targets, decide, enlarge_box, place_probed, source_of
+from medrov.model.pseudo import (
+    ImageInput,
+    Rule,
+    append_targets,
+    decide,
+    enlarge_box,
+    place_probed,
+    probe_mask,
+    source_of,
+)
 
 # two sources x four classes; slots of the image name classes 0..3, slot 4 is padding
 PRESENCE = np.array(
@@ -208,3 +217,16 @@ def test_without_probes_placement_changes_nothing():
     im = image([[10, 10, 110, 110]], [0.95], [1])
     d = decide([im], PRESENCE, Rule())
     assert place_probed(d, [im]) == (d, [])
+
+
+def test_a_row_probes_only_unannotated_classes_its_modality_was_taught():
+    presence = np.array(
+        [
+            [1, 0, 0, 0],  # CT A: liver annotated; kidney, lung mass, polyp may be there
+            [0, 1, 0, -1],  # CT B: kidney annotated
+            [-1, -1, 1, -1],  # X-ray: lung mass annotated
+        ]
+    )
+    mask = probe_mask(presence, ["ct", "ct", "xray"])
+    # CT A probes the kidney (CT B taught it) but not the lung mass (taught on X-rays only) nor the polyp (nowhere)
+    assert mask.tolist() == [[False, True, False, False], [True, False, False, False], [False, False, False, False]]

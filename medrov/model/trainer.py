@@ -70,14 +70,23 @@ class PromptSampler(RandomLoadText):
             "cls": np.array([[position[c]] for c in cls.tolist()], dtype=int).reshape(-1, 1),
         }
         if self.presence is not None and self.padding:
-            # padding repeats class names: only names that may be negatives here, or the M=0 ones come back
+            # a small pool leaves most of the max_samples slots to padding, which repeats class names: only the
+            # names of this image's negatives (an M=0 name would come back; a positive's name repeated in a slot
+            # without its boxes would train that very class as background and crush its scores)
             saved = self.padding_value
-            self.padding_value = [t for c in pool for t in labels["texts"][c]] or saved
+            self.padding_value = padding_names(labels["texts"], pool, set(cls.tolist())) or saved
             try:
                 return super().get_params(compact)
             finally:
                 self.padding_value = saved
         return super().get_params(compact)
+
+
+def padding_names(texts: Sequence[Sequence[str]], pool: Sequence[int], positives: set[int]) -> list[str]:
+    """Prompt padding for one image: every name of the pool's classes that are not among its positives; when the
+    pool holds positives only, their names (the stock behaviour; nothing else may be shown)."""
+    negatives = [t for c in pool if c not in positives for t in texts[c]]
+    return negatives or [t for c in pool for t in texts[c]]
 
 
 class _HoldOut:

@@ -70,3 +70,25 @@ def test_switch_off_or_no_tiles_samples_every_allowed_class(presence):
     sampler = _sampler(presence)
     tiles = [0] if presence is None else []  # off: tiles are ignored; on but untracked image: nothing to block
     assert _sample(sampler, positives=[0], tile_sources=tiles) == set(NAMES)
+
+
+def test_padding_never_repeats_a_positive_name():
+    """A small pool leaves most slots to padding: those must be negatives, never the image's own class again (a
+    second "liver" slot without the liver's boxes would train the liver as background)."""
+    sampler = PromptSampler(
+        negatives=range(len(NAMES)), presence=PRESENCE, max_samples=12, padding=True, padding_value=list(NAMES)
+    )
+    random.seed(0)
+    for _ in range(40):
+        out = sampler(_labels([0], [0]))
+        assert len(out["texts"]) == 12 and out["texts"].count("liver") == 1
+        assert "right kidney" not in out["texts"]  # nor an M=0 class
+        assert set(out["texts"]) - {"liver"} <= {"spleen", "red blood cell", "platelets", "colon polyp"}
+
+
+def test_padding_falls_back_to_the_positives_when_the_pool_has_nothing_else():
+    from medrov.model.trainer import padding_names
+
+    texts = [[n] for n in NAMES]
+    assert padding_names(texts, [0, 1], {0}) == ["spleen"]
+    assert padding_names(texts, [0], {0}) == ["liver"]

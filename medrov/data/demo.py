@@ -312,7 +312,9 @@ def _ct_source(
         ct[vessels] = 60
         if arterial:
             # arterial spleen: mottled (bright and dark bands); kidneys: a bright enhancing cortex around the medulla
-            bands = (_smooth_noise(rng, shape, 3) > 0.2) & organs["spleen"]
+            # its own generator: the main one draws exactly as in the portal phase, so every other source is unchanged
+            phase_rng = np.random.default_rng([cfg.seed, case, 1])
+            bands = (_smooth_noise(phase_rng, shape, 3) > 0.2) & organs["spleen"]
             ct[bands] = 200
             for kidney in ("right kidney", "left kidney"):
                 k = organs[kidney]

@@ -205,9 +205,10 @@ class Mechanisms:
         for b, slot, cls in placed:
             batch["txt_feats"][b, slot] = self._embedding(trainer, cls).to(batch["txt_feats"].dtype)
             batch["texts"][b][slot] = prompt_name(self.names[cls])
-            for t in decisions.targets:
-                if t.image == b and t.slot == slot:
-                    self.probed[(self.sources[t.source], self.names[t.cls])] += 1
+        taken = {(b, slot) for b, slot, _ in placed}
+        self.probed.update(
+            (self.sources[t.source], self.names[t.cls]) for t in decisions.targets if (t.image, t.slot) in taken
+        )
         return decisions
 
     def _teacher_predictions(self, trainer, batch, probe: Probe | None = None) -> torch.Tensor:

@@ -139,6 +139,7 @@ class TrainParams(Section):
     """The ``train`` section: dataset, the profile in force and the named profiles."""
 
     data: str = "data/omnis/omnis.yaml"
+    val_data: str | None = None  # per-epoch validation on this Omnis's val split instead (same classes)
     profile: str = "demo"
     project: str = "runs"
     profiles: dict[str, TrainProfile] = {"demo": TrainProfile()}
@@ -257,7 +258,7 @@ class TuneParams(Section):
     resources: TuneResources = TuneResources()
     space: dict[str, dict[str, list[Any]]] = {
         "pseudo.iou_t": {"uniform": [0.2, 0.4]},
-        "pseudo.conf_c": {"uniform": [0.7, 0.95]},
+        "pseudo.conf_c": {"uniform": [0.3, 0.95]},
     }
     seed: int | None = 0  # seeds the random search; null: a different sweep each time
     ray_address: str | None = (

@@ -230,6 +230,9 @@ def _run(
             "error": None if result.error is None else f"{type(result.error).__name__}: {result.error}".splitlines()[0],
             "mlflow_run_id": child,
         }
+        best_pt = Path(result.path) / profile / "weights" / "best.pt" if result.path else None
+        if best_pt is not None and best_pt.is_file():  # on shared storage for a cluster; local otherwise
+            row["weights"] = str(best_pt)
         trials.append(row)
         status = client.get_run(child).info.status if child else None
         # a trial Ray stopped (ASHA, or max_t reached) ends with SystemExit raised in its thread, possibly again

@@ -112,6 +112,7 @@ def check_train_args(params: Params, profile: str | None = None, closed_set: boo
             not know or a value of the wrong type; one line naming the params key.
     """
     args = train_args(params, profile, closed_set)
+    val_data_file(params, yaml.safe_load(Path(args["data"]).read_text()))
     name = profile or params.train.profile
     prefix = f"train.profiles.{name}"
     _check_device(args["device"], f"{prefix}.device")
@@ -135,11 +136,34 @@ def _trainer_class(params: Params, data_file: str, closed_set: bool):
 
     data = yaml.safe_load(Path(data_file).read_text())
     held_out = [int(c) for c in data.get("novel", [])]
+    val_data = val_data_file(params, data)
     if closed_set:
-        return make_detection_trainer(held_out)
+        return make_detection_trainer(held_out, val_data)
     cache = None if params.text.cache_dir is None else str(_resolve(params.text.cache_dir))
     pseudo = {**params.pseudo.model_dump(), "seed": params.train.active.seed}
-    return make_world_trainer(params.text.encoder, params.text.fallback, cache, held_out, pseudo)
+    return make_world_trainer(params.text.encoder, params.text.fallback, cache, held_out, pseudo, val_data)
+
+
+def val_data_file(params: Params, data: dict[str, Any]) -> str | None:
+    """``train.val_data`` resolved and checked against the training data's classes (None when unset).
+
+    Raises:
+        ConfigError: the file is missing, has no val split, or names other classes.
+    """
+    if not params.train.val_data:
+        return None
+    path = _resolve(params.train.val_data)
+    if not path.is_file():
+        raise ConfigError(f"train.val_data: {path}: dataset file not found")
+    path = layout.readable_file(path)
+    other = yaml.safe_load(Path(path).read_text()) or {}
+    if not other.get("val"):
+        raise ConfigError(f"train.val_data: {path}: has no val split")
+    ours, theirs = dict(data.get("names") or {}), dict(other.get("names") or {})
+    if ours != theirs:
+        diff = sorted(set(ours.items()) ^ set(theirs.items()))[:3]
+        raise ConfigError(f"train.val_data: {path}: its classes differ from the training data's (e.g. {diff})")
+    return str(path)
 
 
 def recorded_settings(params: Params) -> dict[str, Any]:

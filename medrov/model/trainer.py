@@ -25,6 +25,7 @@ from ultralytics.utils import RANK
 from ultralytics.utils.torch_utils import unwrap_model
 
 from medrov.data.presence import presence_rows
+from medrov.errors import ConfigError
 from medrov.model.build import Prompter, prompt_name, set_prompts
 
 log = logging.getLogger(__name__)
@@ -204,8 +205,9 @@ class PresenceValidator(DetectionValidator):
 
     def annotated(self, im_file: str) -> np.ndarray | None:
         """(classes,) bool: M=1 in the presence row of ``im_file``; None when it has none."""
-        if self._rows is None:
-            self._rows = presence_rows(self.data["path"], list(self.data["names"].values()))
+        if self._rows is None:  # a separate validation set (``train.val_data``) brings its own presence rows
+            root = self.data.get("val_root", self.data["path"])
+            self._rows = presence_rows(root, list(self.data["names"].values()))
         row = self._rows.image_row.get(str(Path(im_file).resolve()), -1)
         return None if row < 0 else self._rows.matrix[row] == 1
 
@@ -218,6 +220,36 @@ def _presence_validator(trainer) -> PresenceValidator:
     return PresenceValidator(
         trainer.test_loader, save_dir=trainer.save_dir, args=copy(trainer.args), _callbacks=trainer.callbacks
     )
+
+
+def with_val_data(data: dict[str, Any], val_data: str | Path) -> dict[str, Any]:
+    """The trainer's data with the val split of another Omnis (``train.val_data``, e.g. a fully annotated copy of
+    the training sources): per-epoch validation, the best checkpoint and ``medrov tune``'s objective then score it.
+
+    Raises:
+        ConfigError: its classes (names, ids) differ from the training data's (``medrov.model.train.val_data_file``
+            checks this before a run starts).
+    """
+    from ultralytics.data.utils import check_det_dataset
+
+    other = check_det_dataset(str(val_data))
+    if dict(other["names"]) != dict(data["names"]):
+        raise ConfigError(f"train.val_data: {val_data}: its classes differ from the training data's")
+    return {**data, "val": other["val"], "val_root": str(other["path"])}
+
+
+class _ValData:
+    """``get_dataset`` with the val split of ``val_data`` (class attribute; None: the training data's own)."""
+
+    val_data: str | None = None
+
+    def get_dataset(self):
+        data = super().get_dataset()
+        if self.val_data:
+            data = with_val_data(data, self.val_data)
+            if RANK in {-1, 0}:
+                log.info("validation: the val split of %s (train.val_data)", self.val_data)
+        return data
 
 
 def _whole_image(label) -> np.ndarray:
@@ -292,7 +324,7 @@ def _pseudo_epoch_end(trainer) -> None:
         trainer.pseudo_metrics = trainer._mechanisms.end_epoch(trainer.save_dir, trainer.epoch + 1)
 
 
-class MedrovWorldTrainer(WorldTrainer):
+class MedrovWorldTrainer(_ValData, WorldTrainer):
     """WorldTrainer with our text encoder. Use :func:`make_world_trainer`, which fills the class attributes."""
 
     text_spec: str = "minilm"
@@ -360,7 +392,7 @@ class MedrovWorldTrainer(WorldTrainer):
         return dict(zip(texts, self.prompter(texts).to(self.device)))
 
 
-class MedrovDetectionTrainer(DetectionTrainer):
+class MedrovDetectionTrainer(_ValData, DetectionTrainer):
     """Closed-set YOLOv8 baseline on the same data: same held-out classes, no text."""
 
     held_out: tuple[int, ...] = ()
@@ -378,6 +410,7 @@ def make_world_trainer(
     text_cache_dir: str | Path | None,
     held_out: Sequence[int],
     pseudo: dict[str, Any] | None = None,
+    val_data: str | Path | None = None,
 ):
     """A per-run trainer class carrying our settings (see the module docstring for why a class).
 
@@ -393,9 +426,11 @@ def make_world_trainer(
         "held_out": tuple(int(c) for c in held_out),
         "pseudo": None if active is None else dict(active),
         "presence_sampling": bool(pseudo and pseudo.get("presence_sampling")),
+        "val_data": None if val_data is None else str(val_data),
     }
     return type("MedrovWorldRunTrainer", (MedrovWorldTrainer,), attrs)
 
 
-def make_detection_trainer(held_out: Sequence[int]):
-    return type("MedrovDetectionRunTrainer", (MedrovDetectionTrainer,), {"held_out": tuple(int(c) for c in held_out)})
+def make_detection_trainer(held_out: Sequence[int], val_data: str | Path | None = None):
+    attrs = {"held_out": tuple(int(c) for c in held_out), "val_data": None if val_data is None else str(val_data)}
+    return type("MedrovDetectionRunTrainer", (MedrovDetectionTrainer,), attrs)

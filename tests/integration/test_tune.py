@@ -3,6 +3,8 @@ data, every trial an MLflow child run of one parent run, and the best config wri
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -41,7 +43,9 @@ def test_sweep_logs_child_runs_and_writes_the_best_config(train_overrides, tmp_p
     assert len(summary["trials"]) == 4 and summary["completed"] == 4
     assert all(t["error"] is None and 1 <= t["epochs"] <= 2 for t in summary["trials"])
     for t in summary["trials"]:
-        assert 0.2 <= t["config"]["pseudo.iou_t"] <= 0.4 and 0.7 <= t["config"]["pseudo.conf_c"] <= 0.95
+        for key, dist in params.tune.space.items():  # within the params' ranges
+            assert dist["uniform"][0] <= t["config"][key] <= dist["uniform"][1], (key, t["config"])
+        assert t["weights"].endswith("best.pt") and Path(t["weights"]).is_file()  # what the sweep bench scores
     assert len({t["config"]["pseudo.iou_t"] for t in summary["trials"]}) == 4, "the trials must sample different T"
 
     # the best config: a params.yaml fragment that validates, equal to the best trial's values, and the dvc flags

@@ -308,10 +308,12 @@ def main() -> None:
             )
         print("\nmAP50 on the fully annotated demo test split (truth), base classes, by demo presence M")
         pairs = sorted({p for r in scored.values() for p in r["pairs"]})
-        print(f"{'model':>12} {'M=0':>7} {'M=1':>7}  " + "  ".join(pairs))
+        print(f"recall (R0, R1): truth boxes found with score >= {shown} (evaluate.overlay_conf)")
+        print(f"{'model':>12} {'M=0':>7} {'M=1':>7} {'R0':>6} {'R1':>6}  " + "  ".join(pairs))
         for name, r in scored.items():
             print(
-                f"{name:>12} {r['m0'] or 0:7.3f} {r['m1'] or 0:7.3f}  "
+                f"{name:>12} {r['m0'] or 0:7.3f} {r['m1'] or 0:7.3f}"
+                + f" {r['m0_recall'] or 0:6.3f} {r['m1_recall'] or 0:6.3f}  "
                 + "  ".join(
                     f"{r['pairs'][p]['ap50']:.3f}(M={r['pairs'][p]['m']})" if p in r["pairs"] else "-" for p in pairs
                 )

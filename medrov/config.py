@@ -225,7 +225,7 @@ class PromoteParams(Section):
 
     model_name: str = "medrov"  # registered model name
     split: Literal["train", "val", "test"] = "val"
-    metric: Literal["map50", "map50_95"] = "map50"  # compared on base+novel classes and per modality
+    metric: Literal["map50", "map50_95"] = "map50_95"  # compared on base+novel classes and per modality
     min_gain: float = Field(0.01, ge=0)  # base+novel metric must improve by at least this
     max_modality_drop: float = Field(0.05, ge=0)  # and no modality may drop by more than this
 

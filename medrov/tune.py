@@ -170,10 +170,12 @@ def _run(
     owns_ray = False
     try:
         owns_ray = _init_ray(cfg, address or cfg.ray_address)
+        name = f"tune-{time.strftime('%Y%m%d-%H%M%S')}"
         trainable = tune.with_parameters(
             tune_trial,
             base=params.model_dump(mode="json", by_alias=True),
             root=str(root),
+            trials_dir=str(storage / name / "trials"),
             profile=profile,
             epochs=cfg.epochs,
             metric=cfg.metric,
@@ -198,9 +200,7 @@ def _run(
                 reuse_actors=True,  # a trial process keeps torch/ultralytics imported and the encoder loaded for the next  # noqa: E501
                 search_alg=BasicVariantGenerator(random_state=cfg.seed, max_concurrent=cfg.max_concurrent or 0),
             ),
-            run_config=tune.RunConfig(
-                name=f"tune-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=str(storage), verbose=1
-            ),
+            run_config=tune.RunConfig(name=name, storage_path=str(storage), verbose=1),
         )
         log.info(
             "tune: %d trials of %s (%d epochs max, ASHA grace %d) over %s",
@@ -230,8 +230,9 @@ def _run(
             "error": None if result.error is None else f"{type(result.error).__name__}: {result.error}".splitlines()[0],
             "mlflow_run_id": child,
         }
-        best_pt = Path(result.path) / profile / "weights" / "best.pt" if result.path else None
-        if best_pt is not None and best_pt.is_file():  # on shared storage for a cluster; local otherwise
+        run_dir = metrics.get("run_dir")  # the trial's training folder, under tune.storage
+        best_pt = Path(run_dir) / "weights" / "best.pt" if run_dir else None
+        if best_pt is not None and best_pt.is_file():
             row["weights"] = str(best_pt)
         trials.append(row)
         status = client.get_run(child).info.status if child else None

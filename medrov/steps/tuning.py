@@ -30,6 +30,7 @@ def tune_trial(
     *,
     base: dict[str, Any],
     root: str,
+    trials_dir: str | None = None,
     profile: str,
     epochs: int,
     metric: str,
@@ -42,6 +43,9 @@ def tune_trial(
         config: the trial's values by dotted params key.
         base: the sweep's params (JSON), which every trial starts from.
         root: the project root of the driver.
+        trials_dir: where each trial trains, a folder per trial name (``<tune.storage>/<sweep>/trials``, shared
+            storage on a cluster); None: Ray's trial folder, which for a reused actor is a temporary working
+            directory of the Ray session, deleted with it.
         profile: the training profile; epochs: its epochs here; metric: the ultralytics metric to report.
         device: the device override (never the profile's own list: Ray assigned the trial its GPUs, or none).
         tracking: ``uri`` and ``parent_run_id`` of the sweep's MLflow run.
@@ -54,7 +58,11 @@ def tune_trial(
 
     apply_offline_env()
     context = tune.get_context()
-    trial_dir = Path(context.get_trial_dir()).resolve()
+    if trials_dir:
+        trial_dir = (Path(trials_dir) / context.get_trial_name()).resolve()
+        trial_dir.mkdir(parents=True, exist_ok=True)
+    else:
+        trial_dir = Path(context.get_trial_dir()).resolve()
     overrides = [
         *(override(k, v) for k, v in config.items()),
         f"train.profile={profile}",
@@ -80,6 +88,7 @@ def tune_trial(
                 "objective": values[metric],
                 "epoch": int(trainer.epoch) + 1,
                 "mlflow_run_id": run_ids[0] if run_ids else None,
+                "run_dir": str(trainer.save_dir),
             }
         )
 

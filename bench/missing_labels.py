@@ -15,7 +15,9 @@ of each arm against "off" (same run, same data). Arms (``pseudo.labels``, ``pseu
 
 An arm may carry overrides after ``:``, e.g. ``labels:pseudo.conf_c=0.5``; ``pseudo.conf_c=calibrated`` is the
 calibrated rule: C = the lowest teacher score from which the teacher's detections on the (fully annotated) val
-split are at least ``--calibrate-precision`` precise (IoU 0.5, all classes pooled), printed with each class's own.
+split are at least ``--calibrate-precision`` precise (IoU 0.5, all classes pooled), printed with each class's own;
+``pseudo.conf_c=calibrated-class`` gives each class its own such C (``pseudo.conf_c_class``; the pooled one for
+the rest).
 
 ``--closed-set-epochs N`` adds MedROV's other claim on real data: on the full (unsplit) BCCD, open-vocabulary
 YOLO-World and the closed-set YOLOv8 baseline of the same scale, each trained N epochs from scratch at the same
@@ -236,7 +238,7 @@ def main() -> None:
     for spec in filter(None, args.arms.split(",")):
         arm, *arm_overrides = spec.split(":")
         labels, negatives, presence_sampling = ARMS[arm]
-        if "pseudo.conf_c=calibrated" in arm_overrides:
+        if {"pseudo.conf_c=calibrated", "pseudo.conf_c=calibrated-class"} & set(arm_overrides):
             if calibration is None:
                 if not (args.warmup_epochs or args.teacher):
                     raise SystemExit("pseudo.conf_c=calibrated needs a teacher (--warmup-epochs or --teacher)")
@@ -249,9 +251,10 @@ def main() -> None:
                     f" (per class {json.dumps({k: round(v, 3) for k, v in calibration[1].items()})})",
                     flush=True,
                 )
-            arm_overrides = [
-                f"pseudo.conf_c={calibration[0]:.4f}" if o == "pseudo.conf_c=calibrated" else o for o in arm_overrides
-            ]
+            pooled = f"pseudo.conf_c={calibration[0]:.4f}"
+            per_class = "pseudo.conf_c_class=" + json.dumps({k: round(v, 4) for k, v in calibration[1].items()})
+            calibrated = {"pseudo.conf_c=calibrated": [pooled], "pseudo.conf_c=calibrated-class": [pooled, per_class]}
+            arm_overrides = [x for o in arm_overrides for x in calibrated.get(o, [o])]
         slug = spec.replace(":", "_").replace("=", "")
         params = load_params(
             overrides=[

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from medrov import paths
 from medrov.errors import ConfigError
@@ -184,6 +184,7 @@ class PseudoParams(Section):
     probe: bool = True  # the teacher also scores an image's M=0 classes its prompts leave out (labels need it then)
     iou_t: float = Field(0.3, ge=0, le=1)  # T: "new" when IoU with every GT box is below this
     conf_c: float = Field(0.9, ge=0, le=1)  # C: minimum confidence
+    conf_c_class: dict[str, float] = {}  # C per class name (or synonym), overriding conf_c for that class
     nms_iou: float = Field(0.3, gt=0, le=1)  # class-agnostic NMS on the teacher's predictions
     crop_min: int = Field(50, ge=1)  # negative crops: box side bounds in pixels of the training image
     crop_max: int = Field(320, ge=1)
@@ -195,6 +196,14 @@ class PseudoParams(Section):
     )
     start_epoch: int = Field(0, ge=0)  # epochs of plain training before the mechanisms switch on
     gallery: int = Field(16, ge=0)  # pseudo-labelled crops kept per class for the audit gallery
+
+    @field_validator("conf_c_class")
+    @classmethod
+    def _class_c_in_range(cls, value: dict[str, float]) -> dict[str, float]:
+        bad = {k: v for k, v in value.items() if not 0 <= v <= 1}
+        if bad:
+            raise ValueError(f"conf_c_class: a C must lie in [0, 1], got {bad}")
+        return value
 
     @model_validator(mode="after")
     def _crop_bounds(self) -> "PseudoParams":

@@ -79,7 +79,6 @@ class Mechanisms:
         self.settings = settings
         self.encoder = encoder
         self.negatives_available = bool(getattr(encoder, "has_image", False))
-        self.rule = Rule.from_params(settings, self.negatives_available)
         rows = presence_rows(data["path"], list(data["names"].values()))
         # rows are sources, then per-image rows (``source@k``): the rule reads the row, counters name the source
         self.presence, self.sources = rows.matrix, rows.sources
@@ -89,6 +88,7 @@ class Mechanisms:
             for syn in name.split(SYNONYM_SEPARATOR):  # unstripped too: ultralytics' RandomLoadText splits as is
                 self.text_class.setdefault(syn, c)
                 self.text_class.setdefault(syn.strip(), c)
+        self.rule = Rule.from_params(settings, self.negatives_available, self.text_class)
         self.rng = np.random.default_rng(int(settings.get("seed", 0)))
         self.start_epoch = int(settings.get("start_epoch", 0))
         self.teacher = settings.get("teacher", "ema")
@@ -256,7 +256,7 @@ class Mechanisms:
         tiles = batch.get("tiles") or [np.zeros((0, 5), np.float32)] * len(batch["texts"])
         out = []
         for b, texts in enumerate(batch["texts"]):
-            keep = conf[b] >= self.rule.conf_c
+            keep = conf[b] >= self.rule.min_conf  # the rule applies each class's own C
             mine = bidx == b
             t = np.asarray(tiles[b], dtype=np.float64).reshape(-1, 5)
             out.append(

@@ -34,6 +34,7 @@ import torch
 from torchvision.ops import box_iou, nms
 
 from medrov.config import PseudoParams
+from medrov.errors import ConfigError
 
 UNKNOWN_SOURCE = -1
 _DEFAULTS = PseudoParams()
@@ -54,15 +55,44 @@ class Rule:
     negative_class: Literal["slot", "predicted"] = _DEFAULTS.negative_class
     labels: bool = _DEFAULTS.labels
     negatives: bool = _DEFAULTS.negatives
+    conf_c_class: tuple[tuple[int, float], ...] = ()  # (class id, C) pairs overriding conf_c for those classes
 
     @classmethod
-    def from_params(cls, p: PseudoParams | Mapping[str, Any], negatives_available: bool = True) -> "Rule":
+    def from_params(
+        cls,
+        p: PseudoParams | Mapping[str, Any],
+        negatives_available: bool = True,
+        class_ids: Mapping[str, int] | None = None,
+    ) -> "Rule":
         """From a ``PseudoParams`` section or its dict (the trainer carries it as a dict through DDP);
-        ``negatives_available`` is False for a text-only encoder."""
+        ``negatives_available`` is False for a text-only encoder; ``class_ids`` (name or synonym -> class id)
+        resolves ``conf_c_class``.
+
+        Raises:
+            ConfigError: ``conf_c_class`` names a class ``class_ids`` does not know (or none is given).
+        """
         get = p.get if isinstance(p, Mapping) else lambda key: getattr(p, key)
-        values = {f.name: get(f.name) for f in dataclasses.fields(cls)}
+        values = {f.name: get(f.name) for f in dataclasses.fields(cls) if f.name != "conf_c_class"}
         values["negatives"] = bool(values["negatives"]) and negatives_available
+        by_name = dict(get("conf_c_class") or {})
+        unknown = sorted(n for n in by_name if n not in (class_ids or {}))
+        if unknown:
+            raise ConfigError(f"pseudo.conf_c_class: {unknown} are not classes of the training data")
+        values["conf_c_class"] = tuple(sorted((int(class_ids[n]), float(c)) for n, c in by_name.items()))
         return cls(**values)
+
+    @property
+    def min_conf(self) -> float:
+        """The lowest C of any class: no prediction below it can pass."""
+        return min([self.conf_c, *(c for _, c in self.conf_c_class)])
+
+    def thresholds(self, classes: np.ndarray) -> np.ndarray:
+        """C of each prediction's class (``conf_c`` unless ``conf_c_class`` names it; -1 = no class)."""
+        classes = np.asarray(classes, dtype=int).reshape(-1)
+        out = np.full(classes.shape, self.conf_c, dtype=np.float64)
+        for cls_id, c in self.conf_c_class:
+            out[classes == cls_id] = c
+        return out
 
 
 @dataclass
@@ -137,10 +167,19 @@ def _as2d(a, cols: int) -> np.ndarray:
     return np.asarray(a, dtype=np.float64).reshape(-1, cols)
 
 
-def candidates(boxes, scores, slots, rule: Rule) -> np.ndarray:
-    """Indices of predictions with ``score >= C`` that survive class-agnostic NMS, best first."""
+def candidates(boxes, scores, slots, rule: Rule, slot_classes=None) -> np.ndarray:
+    """Indices of predictions with ``score >= C`` (C of the class of their slot, ``slot_classes``, where
+    ``rule.conf_c_class`` names it) that survive class-agnostic NMS, best first."""
     scores = np.asarray(scores, dtype=np.float64).reshape(-1)
-    keep = np.flatnonzero(scores >= rule.conf_c)
+    threshold: float | np.ndarray = rule.conf_c
+    if rule.conf_c_class and slot_classes is not None:
+        slots = np.asarray(slots, dtype=int).reshape(-1)
+        table = np.asarray(slot_classes, dtype=int).reshape(-1)
+        inside = (slots >= 0) & (slots < table.size)
+        classes = np.full(slots.shape, -1, dtype=int)
+        classes[inside] = table[slots[inside]]
+        threshold = rule.thresholds(classes)
+    keep = np.flatnonzero(scores >= threshold)
     if keep.size == 0:
         return keep
     b = torch.as_tensor(_as2d(boxes, 4)[keep], dtype=torch.float32)
@@ -183,7 +222,7 @@ def decide_image(index: int, im: ImageInput, presence: np.ndarray, rule: Rule, r
     slot_classes = np.asarray(im.slot_classes, dtype=int).reshape(-1)
     gt = _as2d(im.gt_boxes, 4)
     k = slot_classes.size if im.prompt_slots is None else int(im.prompt_slots)
-    order = candidates(boxes, scores, slots, rule)
+    order = candidates(boxes, scores, slots, rule, slot_classes)
     if order.size and gt.shape[0]:
         ious = box_iou(torch.as_tensor(boxes[order]), torch.as_tensor(gt)).numpy().max(axis=1)
         order = order[ious < rule.iou_t]

@@ -16,6 +16,7 @@ from medrov.data import layout
 from medrov.errors import ConfigError
 from medrov.model.build import SCALES, ModelError, model_source
 from medrov.model.record import training_record, write_record
+from medrov.prompts import SYNONYM_SEPARATOR
 
 log = logging.getLogger(__name__)
 RUN_INFO = "medrov.json"
@@ -112,7 +113,12 @@ def check_train_args(params: Params, profile: str | None = None, closed_set: boo
             not know or a value of the wrong type; one line naming the params key.
     """
     args = train_args(params, profile, closed_set)
-    val_data_file(params, yaml.safe_load(Path(args["data"]).read_text()))
+    data = yaml.safe_load(Path(args["data"]).read_text())
+    val_data_file(params, data)
+    known = {s.strip() for n in (data.get("names") or {}).values() for s in str(n).split(SYNONYM_SEPARATOR)}
+    unknown = sorted(set(params.pseudo.conf_c_class) - known)
+    if unknown:
+        raise ConfigError(f"pseudo.conf_c_class: {unknown} are not classes of the training data")
     name = profile or params.train.profile
     prefix = f"train.profiles.{name}"
     _check_device(args["device"], f"{prefix}.device")

@@ -270,6 +270,24 @@ def test_text_only_encoder_switches_negatives_off_and_says_so(train_overrides, c
     assert "negatives are OFF" in caplog.text
 
 
+def test_class_thresholds_resolve_by_the_training_data_names(train_overrides):
+    """pseudo.conf_c_class names classes (or synonyms) of the data; the teacher's prefilter keeps the lowest C."""
+    from medrov.errors import ConfigError
+
+    trainer, _ = _trainer(train_overrides, ['pseudo.conf_c_class={"rbc": 0.2, "liver": 0.4}'])
+    mech = trainer.mechanisms
+    names = [n.split("/")[0] for n in trainer.data["names"].values()]
+    assert dict(mech.rule.conf_c_class) == {names.index("red blood cell"): 0.2, names.index("liver"): 0.4}
+    assert mech.rule.min_conf == 0.2 and mech.rule.conf_c == 0.9
+    trainer, params = _trainer(train_overrides, ['pseudo.conf_c_class={"hepatic thing": 0.2}'])
+    with pytest.raises(ConfigError, match="hepatic thing"):
+        trainer.mechanisms
+    from medrov.model.train import check_train_args
+
+    with pytest.raises(ConfigError, match=r"\['hepatic thing'\] are not classes"):  # before any run starts
+        check_train_args(params)
+
+
 def test_mechanisms_off_means_plain_training(train_overrides):
     trainer, _ = _trainer(train_overrides, ["pseudo.labels=false", "pseudo.negatives=false"])
     assert trainer.pseudo is None and trainer.mechanisms is None

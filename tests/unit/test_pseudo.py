@@ -169,6 +169,27 @@ def test_rule_defaults_are_the_params_defaults_and_read_from_a_section_or_its_di
     assert Rule.from_params(section, negatives_available=False).negatives is False
 
 
+def test_a_class_of_its_own_c_passes_below_the_global_c_and_others_do_not():
+    from medrov.config import PseudoParams
+    from medrov.errors import ConfigError
+
+    ids = {"liver": 1, "hepar": 1, "spleen": 0}
+    rule = Rule.from_params(PseudoParams(conf_c=0.9, conf_c_class={"hepar": 0.3}), class_ids=ids)
+    assert rule.conf_c_class == ((1, 0.3),) and rule.min_conf == 0.3  # a synonym names its class
+    assert rule.thresholds(np.array([1, 0, -1])).tolist() == [0.3, 0.9, 0.9]
+    # source 0: a class-1 box (M=0) and a class-0 box (M=1) at 0.5: class 1 passes at its C 0.3 and becomes a
+    # target; class 0 keeps C 0.9, so it is no candidate at all (it would otherwise be a negative crop)
+    far = [[10, 10, 110, 110], [300, 300, 400, 400]]
+    d = decide([image(far, [0.5, 0.5], [1, 0])], PRESENCE, rule)
+    assert [(t.cls, round(t.score, 2)) for t in d.targets] == [(1, 0.5)] and d.negatives == []
+    assert len(decide([image(far, [0.5, 0.5], [1, 0])], PRESENCE, dataclasses.replace(rule, conf_c=0.4)).negatives) == 1
+    assert decide([image(far, [0.5, 0.5], [1, 0])], PRESENCE, Rule(conf_c=0.9)).targets == []  # without it: none
+    with pytest.raises(ConfigError, match=r"\['kidny'\] are not classes"):
+        Rule.from_params(PseudoParams(conf_c_class={"kidny": 0.3}), class_ids=ids)
+    with pytest.raises(ValueError, match="must lie in"):
+        PseudoParams(conf_c_class={"liver": 1.5})
+
+
 # --- probes: classes the image's prompts leave out, scored by the teacher after its K training prompts ----------
 def probed_image(boxes, scores, slots, gt_boxes=(), gt_slots=(), tile_sources=(0,), tiles=((0, 0, 640, 640),)):
     """Training prompts name classes 0, 3, 2 (slots 0-2); slot 3 probes class 1 (M=0 for source 0)."""

@@ -147,7 +147,11 @@ def derive(src: Path, out: Path) -> Path:
             ln for ln in (src / r["label"]).read_text().splitlines() if ln.strip() and int(ln.split()[0]) != dropped
         ]
         (out / label).write_text("\n".join(kept) + ("\n" if kept else ""))
-        rows.append({**r.to_dict(), "image": str(image), "label": str(label), "source": source})
+        # the image's presence row is its new source's (a manifest of per-image presence names it explicitly)
+        record = {**r.to_dict(), "image": str(image), "label": str(label), "source": source, "n_boxes": len(kept)}
+        if "presence_row" in record:
+            record["presence_row"] = source
+        rows.append(record)
         lists["train"].append(str((out / image)))
     for split in ("val", "test"):
         for _, r in manifest[manifest["split"] == split].iterrows():

@@ -87,3 +87,44 @@ def test_calibrated_c_is_the_lowest_score_that_keeps_the_precision():
     assert module.precision_threshold(scores, hits, 1.0) == 0.8
     assert module.precision_threshold(scores, hits, 0.8) == 0.6
     assert module.precision_threshold(scores, [False] * 6, 0.5) == 1.0  # never precise enough: no pseudo-label
+
+
+def test_bccd_split_sources_read_their_own_presence_rows(tmp_path):
+    """derive(): each training image of BCCD_A / BCCD_B is read with its new source's row (M=0 for the class it
+    drops), and its labels lack that class; val and test keep the fully annotated BCCD row."""
+    import pandas as pd
+    import yaml
+
+    from medrov.data.presence import presence_rows
+
+    spec = importlib.util.spec_from_file_location("bench_missing", ROOT / "bench" / "missing_labels.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    src = tmp_path / "src"
+    names = {0: "platelets", 1: "red blood cell/rbc", 2: "white blood cell/wbc"}
+    rows = []
+    for i, split in enumerate(["train"] * 4 + ["val", "test"]):
+        image, label = f"images/BCCD/im{i}.png", f"labels/BCCD/im{i}.txt"
+        for rel in (image, label):
+            (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / image).write_bytes(b"png")
+        (src / label).write_text("0 0.2 0.2 0.1 0.1\n1 0.5 0.5 0.2 0.2\n2 0.8 0.8 0.2 0.2\n")
+        rows.append({"image": image, "label": label, "source": "BCCD", "split": split, "presence_row": "BCCD"})
+    pd.DataFrame(rows).to_parquet(src / "manifest.parquet")
+    pd.DataFrame({"image": [r["image"] for r in rows], "class_id": 0}).to_parquet(src / "boxes.parquet")
+    columns = [n.split("/")[0] for n in names.values()]  # presence.csv names classes without synonyms
+    pd.DataFrame([[1, 1, 1]], index=pd.Index(["BCCD"], name="source"), columns=columns).to_csv(src / "presence.csv")
+    (src / "omnis.yaml").write_text(yaml.safe_dump({"names": names, "nc": 3, "novel": [2]}))
+    out = module.derive(src, tmp_path / "out")
+    table = presence_rows(out, columns)
+    manifest = pd.read_parquet(out / "manifest.parquet")
+    for r in manifest.itertuples():
+        row = table.matrix[table.image_rel[r.image]]
+        if r.split == "train":
+            dropped = 2 if r.source == "BCCD_A" else 0
+            assert table.names[table.image_rel[r.image]] == r.source and row[dropped] == 0 and row.sum() == 2
+            classes = {int(ln.split()[0]) for ln in (out / r.label).read_text().splitlines()}
+            assert classes == {0, 1, 2} - {dropped} and r.n_boxes == 2
+        else:
+            assert table.names[table.image_rel[r.image]] == "BCCD" and list(row) == [1, 1, 1]
+    assert set(manifest["source"]) == {"BCCD_A", "BCCD_B", "BCCD"}

@@ -130,6 +130,22 @@ def pair_scores(
     }
 
 
+def score_weights(weights, eval_params, coco: Path, image_source: dict, presence, novel: set, shown: float) -> dict:
+    """Evaluate ``weights`` on the test split of ``eval_params``' data (the truth) into ``coco`` and score it by
+    presence group (:func:`pair_scores`)."""
+    from medrov.model.evaluate import evaluate
+
+    evaluate(weights, eval_params, split="test", coco_dir=coco)
+    return pair_scores(
+        json.loads((coco / "coco_gt.json").read_text()),
+        json.loads((coco / "coco_dt.json").read_text()),
+        image_source,
+        presence,
+        novel,
+        shown,
+    )
+
+
 def pseudo_quality(
     truth_gt: dict,
     dt: list[dict],
@@ -297,15 +313,7 @@ def main() -> None:
         for item in args.score:
             name, weights = item.split("=", 1)
             coco = work / "coco" / f"score-{name}"
-            evaluate(weights, eval_params, split="test", coco_dir=coco)
-            scored[name] = pair_scores(
-                json.loads((coco / "coco_gt.json").read_text()),
-                json.loads((coco / "coco_dt.json").read_text()),
-                image_source,
-                presence,
-                novel,
-                shown,
-            )
+            scored[name] = score_weights(weights, eval_params, coco, image_source, presence, novel, shown)
         print("\nmAP50 on the fully annotated demo test split (truth), base classes, by demo presence M")
         pairs = sorted({p for r in scored.values() for p in r["pairs"]})
         print(f"recall (R0, R1): truth boxes found with score >= {shown} (evaluate.overlay_conf)")
@@ -375,15 +383,7 @@ def main() -> None:
             print(f"[{key}] reused {info['weights']} (trained in {seconds:.0f} s)", flush=True)
         eval_params = load_params(overrides=[*base, f"train.data={truth_omnis / 'omnis.yaml'}"])
         coco = work / "coco" / slug
-        evaluate(info["weights"], eval_params, split="test", coco_dir=coco)
-        scores = pair_scores(
-            json.loads((coco / "coco_gt.json").read_text()),
-            json.loads((coco / "coco_dt.json").read_text()),
-            image_source,
-            presence,
-            novel,
-            shown,
-        )
+        scores = score_weights(info["weights"], eval_params, coco, image_source, presence, novel, shown)
         quality = {}
         if keep_epochs:
             rule = params.pseudo

@@ -56,10 +56,9 @@ def main() -> None:
     apply_offline_env()
     import pandas as pd
     import yaml
-    from mechanisms import pair_scores, prepare
+    from mechanisms import prepare, score_weights
 
     from medrov import tune
-    from medrov.model.evaluate import evaluate
     from medrov.model.train import train
 
     work = args.work.resolve()
@@ -127,15 +126,7 @@ def main() -> None:
         }
         if trial.get("weights"):
             coco = work / "coco" / trial["trial"]
-            evaluate(trial["weights"], eval_params, split="test", coco_dir=coco)
-            scores = pair_scores(
-                json.loads((coco / "coco_gt.json").read_text()),
-                json.loads((coco / "coco_dt.json").read_text()),
-                image_source,
-                presence,
-                novel,
-                shown,
-            )
+            scores = score_weights(trial["weights"], eval_params, coco, image_source, presence, novel, shown)
             row.update({k: scores[k] for k in ("m0", "m0_recall", "m1", "m1_recall")})
         rows.append(row)
     rows.sort(key=lambda r: -(r["objective"] or 0))
